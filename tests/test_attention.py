@@ -1,0 +1,53 @@
+"""Grouped-query attention: H query heads over G shared key/value heads (Sec. 2.1.1)."""
+import pytest
+import torch
+from timm.layers import Attention
+
+from timm_mlit.layers import GroupedQueryAttention
+
+
+def _explicit_gqa(attn: GroupedQueryAttention, x: torch.Tensor) -> torch.Tensor:
+    """Head by head: query head h uses key/value head h // (H / G)."""
+    H, G, d = attn.num_heads, attn.num_kv_heads, attn.head_dim
+    q, k, v = attn.qkv(x).split([H * d, G * d, G * d], dim=-1)
+    heads = []
+    for h in range(H):
+        g = h // (H // G)
+        qh, kh, vh = q[..., h * d:(h + 1) * d], k[..., g * d:(g + 1) * d], v[..., g * d:(g + 1) * d]
+        weights = ((qh @ kh.transpose(-2, -1)) / d ** 0.5).softmax(-1)
+        heads.append(weights @ vh)
+    return attn.proj(torch.cat(heads, dim=-1))
+
+
+@pytest.mark.parametrize('dim,heads,groups', [(108, 6, 3), (128, 8, 4), (144, 8, 4), (64, 4, 1)])
+def test_matches_explicit_grouped_heads(dim, heads, groups):
+    torch.manual_seed(0)
+    attn = GroupedQueryAttention(dim, heads, groups).eval()
+    assert attn.qkv.weight.shape == ((heads + 2 * groups) * dim // heads, dim)
+    x = torch.randn(2, 145, dim)
+    assert torch.allclose(attn(x), _explicit_gqa(attn, x), atol=1e-5)
+
+
+def test_fused_and_manual_paths_agree():
+    torch.manual_seed(0)
+    attn = GroupedQueryAttention(108, 6, 3).eval()
+    x = torch.randn(3, 20, 108)
+    fused = attn(x)
+    attn.fused_attn = False
+    assert torch.allclose(fused, attn(x), atol=1e-5)
+
+
+def test_with_as_many_groups_as_heads_it_is_timm_multi_head_attention():
+    torch.manual_seed(0)
+    gqa = GroupedQueryAttention(96, 6, 6).eval()
+    mha = Attention(96, num_heads=6, qkv_bias=True).eval()
+    mha.load_state_dict(gqa.state_dict())
+    x = torch.randn(2, 30, 96)
+    assert torch.allclose(gqa(x), mha(x), atol=1e-6)
+
+
+def test_bad_grouping_is_refused():
+    with pytest.raises(ValueError, match='multiple of num_kv_heads'):
+        GroupedQueryAttention(96, 6, 4)
+    with pytest.raises(ValueError, match='divisible by num_heads'):
+        GroupedQueryAttention(100, 6, 3)

@@ -1,0 +1,103 @@
+"""The MoE feed-forward as a unit: its loss leaves the layer for the training loop; static shapes, float32 gate."""
+import copy
+import pickle
+
+import pytest
+import torch
+import torch.nn as nn
+from timm.layers import get_notrace_modules
+
+from timm_mlit.layers import MoEFeedForward, expert_load, moe_loss
+
+
+def _layer(**kwargs):
+    torch.manual_seed(0)
+    return MoEFeedForward(32, 24, 4, top_k=2, **kwargs)
+
+
+def test_training_forward_leaves_the_loss_and_eval_clears_it():
+    moe = _layer().train()
+    x = torch.randn(2, 10, 32)
+    assert moe_loss(moe).item() == 0.0  # no forward yet
+    y = moe(x)
+    assert y.shape == x.shape
+    loss = moe_loss(moe)
+    assert loss.requires_grad and loss.item() > 0
+    assert torch.equal(loss, moe.stash.aux_loss)
+    moe.eval()
+    moe(x)
+    assert moe_loss(moe).item() == 0.0
+
+
+def test_loss_sums_over_layers_and_follows_wrappers():
+    net = nn.Sequential(_layer(), _layer()).train()
+    net(torch.randn(4, 7, 32))
+    expected = net[0].stash.aux_loss + net[1].stash.aux_loss
+    assert torch.allclose(moe_loss(net), expected)
+    holder = nn.Module()
+    holder.module = net  # a DDP-style wrapper
+    assert torch.allclose(moe_loss(holder), expected)
+
+
+def test_expert_load_reports_shares_of_routed_slots():
+    moe = _layer().train()
+    moe(torch.randn(3, 50, 32))
+    load = expert_load(moe)
+    assert list(load) == ['']
+    share = load['']
+    assert share.shape == (4,)
+    assert torch.allclose(share.sum(), torch.tensor(1.0))
+    counts = moe.stash.tokens_per_expert
+    assert counts.sum().item() == 150 * 2  # every token picks k = 2 experts
+
+
+def test_deepcopy_and_pickle_after_a_training_forward():
+    moe = _layer().train()
+    moe(torch.randn(2, 5, 32))
+    twin = copy.deepcopy(moe)  # what ModelEmaV3 does
+    assert twin.stash.aux_loss is None
+    again = pickle.loads(pickle.dumps(moe))
+    assert again.stash.aux_loss is None
+    assert torch.equal(again.experts.fc1.weight, moe.experts.fc1.weight)
+
+
+def test_compiles_as_one_graph_in_training():
+    """fullgraph=True fails on a graph break: no data-dependent shapes, no .item(), no host sync."""
+    moe = _layer().train()
+    compiled = torch.compile(moe, backend='eager', fullgraph=True)
+    x = torch.randn(2, 9, 32)
+    torch.manual_seed(3)
+    y = compiled(x)
+    loss_compiled = moe_loss(moe)
+    torch.manual_seed(3)
+    y_eager = moe(x)
+    assert torch.allclose(y, y_eager, atol=1e-6)
+    assert torch.allclose(loss_compiled, moe_loss(moe))
+
+
+def test_fx_traces_the_layer():
+    class LeafTracer(torch.fx.Tracer):  # timm's FX convention: registered no-trace modules stay whole
+        def is_leaf_module(self, m, name):
+            return isinstance(m, tuple(get_notrace_modules())) or super().is_leaf_module(m, name)
+
+    moe = _layer().eval()
+    gm = torch.fx.GraphModule(moe, LeafTracer().trace(moe))
+    x = torch.randn(2, 6, 32)
+    assert torch.equal(gm(x), moe(x))
+
+
+def test_bfloat16_autocast_keeps_gate_in_float32():
+    moe = _layer().train()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        y = moe(torch.randn(2, 8, 32))
+    assert y.dtype == torch.bfloat16
+    assert moe.stash.aux_loss.dtype == torch.float32
+
+
+@pytest.mark.parametrize('mode', ['expert', 'combined'])
+def test_gradients_reach_every_parameter(mode):
+    moe = _layer(drop_mode=mode).train()
+    y = moe(torch.randn(2, 16, 32))
+    (y.square().mean() + moe_loss(moe)).backward()
+    for name, p in moe.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name

@@ -1,0 +1,78 @@
+"""Grouped-query attention (Ainslie et al. 2023; mLiT Sec. 2.1.1).
+
+H query heads share G key/value heads: query heads ``g·H/G … (g+1)·H/G − 1`` read key/value head g. G = H is
+multi-head attention, G = 1 multi-query attention. mLiT uses H = 8, G = 4 (S, XS) and H = 6, G = 3 (XXS), head
+dim m/H; every projection has a bias (all linear layers inside an encoder layer do).
+
+``qkv`` stacks the projections as ``[W_q (H·d), W_k (G·d), W_v (G·d)]`` so one matmul makes q, k and v; with
+G = H the layout is timm's ``Attention.qkv``.
+"""
+from typing import Final, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import use_fused_attn
+
+__all__ = ['GroupedQueryAttention']
+
+
+class GroupedQueryAttention(nn.Module):
+    """Self-attention with ``num_heads`` query heads and ``num_kv_heads`` key/value heads."""
+    fused_attn: Final[bool]
+
+    def __init__(
+            self,
+            dim: int,
+            num_heads: int = 8,
+            num_kv_heads: Optional[int] = None,
+            head_dim: Optional[int] = None,
+            qkv_bias: bool = True,
+            proj_bias: bool = True,
+            attn_drop: float = 0.,
+            proj_drop: float = 0.,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        num_kv_heads = num_kv_heads or num_heads
+        if num_heads % num_kv_heads:
+            raise ValueError(f'num_heads ({num_heads}) must be a multiple of num_kv_heads ({num_kv_heads}).')
+        if head_dim is None:
+            if dim % num_heads:
+                raise ValueError(f'dim ({dim}) must be divisible by num_heads ({num_heads}), or give head_dim.')
+            head_dim = dim // num_heads
+        self.num_heads = num_heads
+        self.num_kv_heads = num_kv_heads
+        self.head_dim = head_dim
+        self.scale = head_dim ** -0.5
+        self.fused_attn = use_fused_attn()
+        self.qkv = nn.Linear(dim, (num_heads + 2 * num_kv_heads) * head_dim, bias=qkv_bias, **dd)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(num_heads * head_dim, dim, bias=proj_bias, **dd)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, _ = x.shape
+        H, G, d = self.num_heads, self.num_kv_heads, self.head_dim
+        q, k, v = self.qkv(x).split([H * d, G * d, G * d], dim=-1)
+        q = q.reshape(B, N, H, d).transpose(1, 2)
+        k = k.reshape(B, N, G, d).transpose(1, 2)
+        v = v.reshape(B, N, G, d).transpose(1, 2)
+        if G != H:  # each key/value head serves H/G consecutive query heads
+            k = k.repeat_interleave(H // G, dim=1)
+            v = v.repeat_interleave(H // G, dim=1)
+
+        if self.fused_attn:
+            x = F.scaled_dot_product_attention(
+                q, k, v,
+                dropout_p=self.attn_drop.p if self.training else 0.,
+            )
+        else:
+            attn = (q * self.scale) @ k.transpose(-2, -1)
+            attn = self.attn_drop(attn.softmax(dim=-1))
+            x = attn @ v
+
+        x = x.transpose(1, 2).reshape(B, N, H * d)
+        return self.proj_drop(self.proj(x))

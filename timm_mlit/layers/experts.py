@@ -1,0 +1,76 @@
+"""mLiT's SwiGLU experts with V and W2 shared across the layer, computed without per-expert dispatch.
+
+Expert i (Eq. 13 with biases, Sec. 2.1.2): ``FFN_i(x) = (silu(x W_i + b_i) ⊙ (x V + b_V)) W2 + b_2``. Only
+``W_i, b_i`` belong to the expert; ``V, b_V, W2, b_2`` are shared by the t experts of the layer. The MoE output is
+``y = Σ_i G_i FFN_i(x)`` (Eq. 1).
+
+Because V and W2 are shared and the k non-zero gates of a token sum to 1, without dropout
+
+    y = [(Σ_i G_i silu(x W_i + b_i)) ⊙ (x V + b_V)] W2 + b_2
+
+exactly: one matmul of width (t+1)·d_h for all W_i and V, one of width d_h for W2, static shapes, no token
+dispatch and no host sync. ``fc1`` stacks ``[W_1 … W_t, V]`` (rows ``i·d_h:(i+1)·d_h`` are expert i, the last d_h
+rows are V); ``fc2`` is W2.
+
+Dropout (rate 0.1 in the paper) is applied to each expert's output before the gate weighting, Σ G_i drop(FFN_i).
+``drop_mode='expert'`` does exactly that without dispatch: the k chosen silu rows are gathered, multiplied by
+``x V + b_V``, sent through W2 as N·k rows, dropped, weighted and summed. ``drop_mode='combined'`` drops the
+combined output once, ``drop(y)``: same expectation, different training noise, one W2 matmul over N rows.
+Outside training, or with rate 0, both modes take the fused path above.
+"""
+from typing import Final
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .gate import GateOutput
+
+__all__ = ['SharedSwiGLUExperts', 'EXPERT_DROP_MODES']
+
+EXPERT_DROP_MODES = ('expert', 'combined')
+
+
+class SharedSwiGLUExperts(nn.Module):
+    """t SwiGLU experts of hidden size d_h sharing V and W2 (mLiT, Sec. 2.1.2), in the fused form."""
+    per_expert_drop: Final[bool]
+
+    def __init__(
+            self,
+            dim: int,
+            hidden_dim: int,
+            num_experts: int,
+            drop: float = 0.1,
+            drop_mode: str = 'expert',
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        if drop_mode not in EXPERT_DROP_MODES:
+            raise ValueError(f'drop_mode must be one of {EXPERT_DROP_MODES}, got {drop_mode!r}.')
+        dd = {'device': device, 'dtype': dtype}
+        self.dim = dim
+        self.hidden_dim = hidden_dim
+        self.num_experts = num_experts
+        self.drop_mode = drop_mode
+        self.per_expert_drop = drop_mode == 'expert'
+        self.fc1 = nn.Linear(dim, (num_experts + 1) * hidden_dim, **dd)  # [W_1 … W_t, V] and [b_1 … b_t, b_V]
+        self.fc2 = nn.Linear(hidden_dim, dim, **dd)  # W2, b_2
+        self.drop = nn.Dropout(drop)
+
+    def extra_repr(self) -> str:
+        return f'num_experts={self.num_experts}, hidden_dim={self.hidden_dim}, drop_mode={self.drop_mode!r}'
+
+    def forward(self, x: torch.Tensor, gate: GateOutput) -> torch.Tensor:
+        """x: (N, m) tokens, gate: the NoisyTopKGate output for them. Returns (N, m)."""
+        n, t, d_h = x.shape[0], self.num_experts, self.hidden_dim
+        hv = self.fc1(x)
+        s = F.silu(hv[:, :t * d_h]).reshape(n, t, d_h)  # silu(x W_i + b_i) for every expert i
+        v = hv[:, t * d_h:]  # x V + b_V
+        if self.per_expert_drop and self.training and self.drop.p > 0.:
+            k = gate.top_idx.shape[-1]
+            s_k = s.gather(1, gate.top_idx.unsqueeze(-1).expand(n, k, d_h))  # the k chosen experts' rows
+            y = self.drop(self.fc2(s_k * v.unsqueeze(1)))  # drop(FFN_i(x)), (N, k, m)
+            return (y * gate.top_gates.unsqueeze(-1).to(y.dtype)).sum(1)
+        mixed = torch.einsum('nt,ntd->nd', gate.combine.to(s.dtype), s)  # Σ_i G_i silu(x W_i + b_i)
+        return self.drop(self.fc2(mixed * v))

@@ -1,0 +1,169 @@
+"""Noisy top-k gating (Shazeer et al. 2017) as the mLiT paper writes it, Eqs. 2-12.
+
+Symbols follow the paper: ``x`` is the (b·n, m) token matrix, ``W_g`` and ``W_noise`` are (m, t) gate weights,
+``H`` the noisy logits (Eq. 3), ``G = Softmax_k(H)`` the gates (Eq. 2), ``Ψ`` the top-k threshold (Eq. 6),
+``P`` the probability of staying in the top k under fresh noise (Eq. 5).
+
+Choices where the paper is silent or inconsistent (see SPEC.md):
+  * ``noise_eps``: the reference code adds 1e-2 to the noise std, ``softplus(x W_noise) + 1e-2``; Eqs. 3 and 5 omit it.
+    We take it (it keeps Eq. 5's division finite) and use the same std in Eq. 3 and Eq. 5.
+  * Eq. 11 as printed has no CV; Shazeer's importance loss has it, and so does ours.
+  * CV = std / mean with the unbiased std (the paper's wording); ``cv_squared=True`` gives Shazeer's CV².
+  * Logits -> top-k -> softmax (the reference code's 2024 softmax-before-top-k change is a bug).
+  * Everything here runs in float32, also under autocast: fp16 load sums overflow and bf16 ties the k-th and
+    (k+1)-th logits on a fraction of tokens.
+"""
+from typing import NamedTuple, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import register_notrace_module
+
+__all__ = [
+    'GateOutput', 'NoisyTopKGate', 'softmax_k', 'top_k_softmax', 'psi', 'prob_in_top_k', 'coefficient_of_variation',
+]
+
+
+class GateOutput(NamedTuple):
+    """What the gate hands to the experts (and the loss to the training loop)."""
+    combine: torch.Tensor  # G(x), (N, t): k non-zeros per row that sum to 1 (Eq. 2)
+    top_idx: torch.Tensor  # (N, k) indices of the chosen experts, best first
+    top_gates: torch.Tensor  # (N, k) their gate values, G gathered at top_idx
+    aux_loss: Optional[torch.Tensor]  # L = L_importance + L_load (Eq. 12), a scalar; None outside training
+
+
+def top_k_softmax(h: torch.Tensor, k: int, top_vals: Optional[torch.Tensor] = None, top_idx: Optional[torch.Tensor] = None):
+    """Softmax_k of Eq. 2: softmax over the k largest entries of each row, zeros elsewhere.
+
+    Returns ``(G, top_idx, top_gates)``. ``top_vals``/``top_idx`` may be passed when the caller already has
+    ``h.topk(>= k)`` (only their first k columns are used).
+    """
+    if top_vals is None or top_idx is None:
+        top_vals, top_idx = h.topk(k, dim=-1)
+    top_idx = top_idx[..., :k]
+    top_gates = top_vals[..., :k].softmax(dim=-1)
+    gates = torch.zeros_like(h).scatter(-1, top_idx, top_gates)
+    return gates, top_idx, top_gates
+
+
+def softmax_k(h: torch.Tensor, k: int) -> torch.Tensor:
+    """Softmax_k(H) of Eq. 2 as a dense matrix (Eq. 4 is its worked example)."""
+    return top_k_softmax(h, k)[0]
+
+
+def psi(h: torch.Tensor, k: int, top_vals: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Ψ(H) of Eq. 6: for entries in the row's top k, the (k+1)-th largest value of the row, else the k-th.
+
+    ``top_vals`` may carry the row's sorted top-(k+1) values if they are at hand. Eq. 9 is the worked example.
+    """
+    if top_vals is None:
+        top_vals = h.topk(k + 1, dim=-1).values
+    l_k = top_vals[..., k - 1:k]  # l_r^k
+    l_k1 = top_vals[..., k:k + 1]  # l_r^{k+1}
+    return torch.where(h >= l_k, l_k1, l_k)
+
+
+def prob_in_top_k(
+        clean: torch.Tensor,
+        h: torch.Tensor,
+        noise_std: torch.Tensor,
+        k: int,
+        top_vals: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """P(x) of Eq. 5: Φ((x W_g − Ψ(H)) / noise std), the chance that each entry stays in the top k."""
+    return torch.special.ndtr((clean - psi(h, k, top_vals)) / noise_std)
+
+
+def coefficient_of_variation(x: torch.Tensor, squared: bool = False, eps: float = 1e-10) -> torch.Tensor:
+    """CV = std / mean of a vector (unbiased std, as torch and the reference code); CV² with ``squared``.
+
+    The variance is floored at a tiny value before the square root so that a perfectly balanced vector
+    (variance exactly 0) does not give an infinite gradient.
+    """
+    x = x.to(torch.promote_types(x.dtype, torch.float32))
+    var = x.var()
+    mean = x.mean()
+    if squared:
+        return var / (mean * mean + eps)
+    return var.clamp_min(1e-20).sqrt() / (mean + eps)
+
+
+@register_notrace_module  # an FX leaf: traced graphs call it whole, so its float32 autocast-off region survives
+class NoisyTopKGate(nn.Module):
+    """The gating network G of Eqs. 2-3 with the balancing losses of Eqs. 5-12.
+
+    ``W_g`` and ``W_noise`` are bias-free (m, t) maps that start at zero, as in Shazeer et al. and the reference
+    code. Noise is drawn only in training; in eval the gate is ``Softmax_k(x W_g)`` and no loss is computed.
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            num_experts: int,
+            top_k: int = 2,
+            noise_eps: float = 1e-2,
+            importance_weight: float = 1e-2,
+            load_weight: float = 1e-2,
+            cv_squared: bool = False,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        if not 1 <= top_k <= num_experts:
+            raise ValueError(f'top_k must be in [1, num_experts={num_experts}], got {top_k}.')
+        dd = {'device': device, 'dtype': dtype}
+        self.num_experts = num_experts
+        self.top_k = top_k
+        self.noise_eps = noise_eps
+        self.importance_weight = importance_weight  # w_importance, Eq. 11
+        self.load_weight = load_weight  # w_load, Eq. 10
+        self.cv_squared = cv_squared
+        self.w_gate = nn.Linear(dim, num_experts, bias=False, **dd)  # W_g
+        self.w_noise = nn.Linear(dim, num_experts, bias=False, **dd)  # W_noise
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.zeros_(self.w_gate.weight)
+        nn.init.zeros_(self.w_noise.weight)
+
+    def extra_repr(self) -> str:
+        return f'num_experts={self.num_experts}, top_k={self.top_k}, cv_squared={self.cv_squared}'
+
+    def forward(self, x: torch.Tensor) -> GateOutput:
+        """x: (N, m) tokens. The gate runs in float32 (or wider) with autocast off."""
+        x = x.to(torch.promote_types(x.dtype, torch.float32))
+        if torch.jit.is_scripting():  # TorchScript cannot open an autocast region on a runtime device
+            return self._gate(x)
+        else:
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                return self._gate(x)
+
+    def _gate(self, x: torch.Tensor) -> GateOutput:
+        k, t = self.top_k, self.num_experts
+        clean = F.linear(x, self.w_gate.weight.to(x.dtype))  # x W_g
+        if self.training:
+            noise_std = F.softplus(F.linear(x, self.w_noise.weight.to(x.dtype))) + self.noise_eps
+            h = clean + torch.randn_like(clean) * noise_std  # H(x), Eq. 3
+        else:
+            noise_std = clean  # unused outside training
+            h = clean
+        # one top-(k+1) serves Softmax_k (first k columns) and Ψ (columns k-1 and k)
+        top_vals, top_idx = h.topk(min(k + 1, t), dim=-1)
+        gates, top_idx, top_gates = top_k_softmax(h, k, top_vals, top_idx)  # G(x), Eq. 2
+
+        aux_loss: Optional[torch.Tensor] = None
+        if self.training:
+            importance = gates.sum(0)  # sum_0 G(x), Eq. 11
+            if k < t:
+                load = prob_in_top_k(clean, h, noise_std, k, top_vals).sum(0)  # sum_0 P(x), Eq. 10
+            else:
+                load = (gates > 0).sum(0).float()  # every expert always chosen: P is 1, use counts
+            if t > 1:
+                aux_loss = (
+                    self.importance_weight * coefficient_of_variation(importance, self.cv_squared)
+                    + self.load_weight * coefficient_of_variation(load, self.cv_squared)
+                )  # L, Eq. 12
+            else:
+                aux_loss = clean.new_zeros(())
+        return GateOutput(gates, top_idx, top_gates, aux_loss)
