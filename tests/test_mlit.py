@@ -264,7 +264,7 @@ def test_checkpoint_load_resamples_positions_and_unwraps_containers(tmp_path):
     src = timm.create_model('mlit_xxs')
     path = _save(src, tmp_path / 'mlit_xxs.safetensors')
     same = timm.create_model('mlit_xxs', pretrained=True, pretrained_cfg_overlay=dict(file=path))
-    assert torch.equal(same.blocks[3].mlp.experts.fc1.weight, src.blocks[3].mlp.experts.fc1.weight)
+    assert torch.equal(same.blocks[3].mlp.experts.w.weight, src.blocks[3].mlp.experts.w.weight)
     bigger = timm.create_model('mlit_xxs', pretrained=True, pretrained_cfg_overlay=dict(file=path), img_size=48)
     assert bigger.pos_embed.shape == (1, 257, 108)
     assert torch.equal(bigger.pos_embed[:, 0], src.pos_embed[:, 0])  # the dummy patch's position is kept

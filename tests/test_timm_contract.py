@@ -72,6 +72,7 @@ def test_model_default_cfgs_non_std(model_name):
     assert cfg['first_conv'] + '.weight' in state_dict
 
 
+@pytest.mark.filterwarnings('ignore:`torch.jit.script` is deprecated')
 @pytest.mark.parametrize('model_name', MODELS)
 def test_model_forward_torchscript(model_name):
     with set_layer_config(scriptable=True):
@@ -170,3 +171,15 @@ def test_model_backward_fx(model_name):
         assert p.grad is not None, f'No gradient for {n}'
     assert sum(p.grad.numel() for p in fx_model.parameters()) == num_params
     assert out.shape[-1] == 42
+
+
+@pytest.mark.filterwarnings('ignore:The nodes obtained by tracing', 'ignore:`torch.jit.script` is deprecated')
+@pytest.mark.parametrize('model_name', MODELS)
+def test_model_forward_fx_torchscript(model_name):
+    with set_layer_config(scriptable=True):
+        model = timm.create_model(model_name).eval()
+    scripted = torch.jit.script(_create_fx_model(model))
+    x = _input(model)
+    with torch.inference_mode():
+        out = torch.cat(tuple(scripted(x).values()))
+        assert torch.allclose(out, model(x), atol=1e-5)

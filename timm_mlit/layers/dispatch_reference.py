@@ -23,17 +23,17 @@ class DispatchSwiGLUExperts(nn.Module):
         super().__init__()
         self.num_experts = num_experts
         self.hidden_dim = hidden_dim
-        self.fc1 = nn.Linear(dim, (num_experts + 1) * hidden_dim)  # [W_1 … W_t, V]
-        self.fc2 = nn.Linear(hidden_dim, dim)  # W2
+        self.w = nn.Linear(dim, num_experts * hidden_dim)  # [W_1 … W_t]
+        self.v = nn.Linear(dim, hidden_dim)  # V
+        self.w2 = nn.Linear(hidden_dim, dim)  # W2
         self.drop = nn.Dropout(drop)
 
     def expert(self, i: int, x: torch.Tensor) -> torch.Tensor:
         """FFN_i(x) = (silu(x W_i + b_i) ⊙ (x V + b_V)) W2 + b_2 for expert i alone."""
-        d_h, t = self.hidden_dim, self.num_experts
-        w_i = self.fc1.weight[i * d_h:(i + 1) * d_h]
-        b_i = self.fc1.bias[i * d_h:(i + 1) * d_h]
-        v, b_v = self.fc1.weight[t * d_h:], self.fc1.bias[t * d_h:]
-        return self.fc2(F.silu(F.linear(x, w_i, b_i)) * F.linear(x, v, b_v))
+        d_h = self.hidden_dim
+        w_i = self.w.weight[i * d_h:(i + 1) * d_h]
+        b_i = self.w.bias[i * d_h:(i + 1) * d_h]
+        return self.w2(F.silu(F.linear(x, w_i, b_i)) * self.v(x))
 
     def forward(
             self,

@@ -1,0 +1,3 @@
+from timm_mlit.summary import main
+
+main()
