@@ -51,8 +51,7 @@ def main():
     parser.add_argument('--models', nargs='+', default=['mlit_s', 'mlit_xs', 'mlit_xxs'])
     parser.add_argument('--batch-size', type=int, default=None, help='default: 64 on CPU, 512 on CUDA')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    parser.add_argument('--rounds', type=int, default=3)
-    parser.add_argument('--min-run-time', type=float, default=1.0)
+    parser.add_argument('--calls', type=int, default=20, help='timed calls per candidate, taken in turn')
     args = parser.parse_args()
     device = torch.device(args.device)
     bs = args.batch_size or (512 if device.type == 'cuda' else 64)
@@ -78,7 +77,7 @@ def main():
             'mlit_infer': inference_fn(mlit, x),
             'dense_infer': inference_fn(dense, x),
         }
-        ms = interleaved_ms(fns, rounds=args.rounds, min_run_time=args.min_run_time)
+        ms = interleaved_ms(fns, calls=args.calls)
         rows = [
             (model_name, mlit, ms['mlit_train'], ms['mlit_infer'], fns['mlit_train']),
             (f'{model_name} drop=combined', mlit_comb, ms['comb_train'], ms['mlit_infer'], fns['comb_train']),

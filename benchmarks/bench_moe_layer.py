@@ -40,8 +40,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--tokens', type=int, default=64 * 145, help='tokens per step (default: batch 64 x 145)')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    parser.add_argument('--rounds', type=int, default=3)
-    parser.add_argument('--min-run-time', type=float, default=1.0)
+    parser.add_argument('--calls', type=int, default=20, help='timed calls per candidate, taken in turn')
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -65,7 +64,7 @@ def main():
             'dispatch': layer_step(gate, ref, x),
             'expert': layer_step(gate, drop_e, x),
             'combined': layer_step(gate, drop_c, x),
-        }, rounds=args.rounds, min_run_time=args.min_run_time)
+        }, calls=args.calls)
         ratio = ms['dispatch'] / ms['fused']
         ratios.append(ratio)
         print(f'{label:<18}{ms["fused"]:>10.2f}{ms["dispatch"]:>13.2f}{ratio:>7.2f}x'

@@ -289,3 +289,14 @@ def test_pretrained_weights_not_published_yet_is_timms_clear_error():
 def test_moe_layers_are_the_models_feed_forwards():
     model = timm.create_model('mlit_xxs')
     assert [type(b.mlp) for b in model.blocks] == [MoEFeedForward] * 9
+
+
+def test_headless_encoder_loads_for_fine_tuning_like_train_py(tmp_path):
+    """train.py --pretrained --pretrained-path FILE: pretrained_cfg_overlay(file=FILE, num_classes=-1)."""
+    encoder = timm.create_model('mlit_xxs', num_classes=0)
+    path = _save(encoder, tmp_path / 'encoder.safetensors')
+    model = timm.create_model(
+        'mlit_xxs', pretrained=True, pretrained_cfg_overlay=dict(file=path, num_classes=-1), num_classes=100)
+    assert model.head.out_features == 100
+    for name, value in encoder.state_dict().items():
+        assert torch.equal(model.state_dict()[name], value), name

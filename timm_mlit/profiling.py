@@ -1,8 +1,10 @@
 """Measuring models: parameters, MACs, activation memory and timings, shared by the main job and benchmarks/.
 
-Timings use ``torch.utils.benchmark`` (warm-up, CUDA synchronisation, median of blocked runs). Comparisons
-interleave the candidates round by round so that drift on a busy machine hits both sides alike.
+Single timings use ``torch.utils.benchmark`` (warm-up, CUDA synchronisation, median of blocked runs). Comparisons
+call the candidates in turn, one call each, and take each one's median, so that load from elsewhere on a busy
+machine hits all sides alike.
 """
+import time
 from contextlib import nullcontext
 from typing import Callable, Dict, Optional
 
@@ -84,6 +86,11 @@ def inference_fn(model: nn.Module, x: torch.Tensor):
     return run
 
 
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def time_ms(fn: Callable[[], None], min_run_time: float = 1.0) -> float:
     """Median milliseconds per call of ``fn``."""
     fn()  # warm-up outside the timer
@@ -91,10 +98,18 @@ def time_ms(fn: Callable[[], None], min_run_time: float = 1.0) -> float:
     return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
 
 
-def interleaved_ms(fns: Dict[str, Callable[[], None]], rounds: int = 3, min_run_time: float = 1.0) -> Dict[str, float]:
-    """Median over ``rounds`` of each function's median ms, the functions taking turns each round."""
+def interleaved_ms(fns: Dict[str, Callable[[], None]], calls: int = 20, warmup: int = 3) -> Dict[str, float]:
+    """Median milliseconds per call of each function, the functions called in turn (A, B, C, A, B, C, …) so that
+    load from elsewhere on a busy machine falls on all of them alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
     times: Dict[str, list] = {k: [] for k in fns}
-    for _ in range(rounds):
+    for _ in range(calls):
         for name, fn in fns.items():
-            times[name].append(time_ms(fn, min_run_time))
+            _sync()
+            start = time.perf_counter()
+            fn()
+            _sync()
+            times[name].append((time.perf_counter() - start) * 1e3)
     return {k: sorted(v)[len(v) // 2] for k, v in times.items()}

@@ -1,0 +1,174 @@
+"""The train.py recipes of train_scripts/configs: only train.py's own arguments, the paper's numbers, and the library
+calls train.py makes with them (CI has no train.py; the README shows the real train.py runs)."""
+import argparse
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+import timm
+import yaml
+from timm.data import create_dataset, create_loader, resolve_data_config
+from timm.optim import create_optimizer_v2, optimizer_kwargs
+from timm.scheduler import create_scheduler_v2, scheduler_kwargs
+from timm.task import ClassificationTask
+from timm.utils import ModelEmaV3
+
+import timm_mlit
+from train_py_args import TRAIN_PY_DEFAULTS
+
+CONFIGS = Path(__file__).resolve().parents[1] / 'train_scripts' / 'configs'
+ALL = sorted(CONFIGS.glob('*.yaml'))
+
+# Table 4, and the deviations of Tables 5 and 6: batch, base lr, layer decay, warm-up epochs, AutoAugment policy
+TABLE4 = dict(batch_size=448, lr_base=5e-3, layer_decay=0.9, warmup_epochs=20, aa='cifar10', epochs=300)
+TABLE5 = {
+    'flowers102': (16, 10e-3, 0.9, 10, 'cifar10'), 'svhn': (256, 2.5e-3, 0.9, 10, 'svhn'),
+    'cifar10': (256, 2.5e-3, 0.8, 5, 'cifar10'), 'cifar100': (128, 5e-3, 0.9, 5, 'cifar10')}
+TABLE6 = {
+    'flowers102': (16, 10e-3, 1.0, 10, 'cifar10'), 'svhn': (256, 1e-3, 1.0, 10, 'svhn'),
+    'cifar10': (256, 1e-3, 1.0, 5, 'cifar10'), 'cifar100': (128, 2e-3, 1.0, 5, 'cifar10')}
+NUM_CLASSES = {'cifar100': 100, 'cifar10': 10, 'svhn': 10, 'flowers102': 102}
+
+
+def _cfg(path):
+    with open(path) as f:
+        return yaml.safe_load(f)
+
+
+def _train_py_args(path, **overrides):
+    """train.py's ``args``: its defaults, the YAML on top (parser.set_defaults), command-line overrides last."""
+    args = argparse.Namespace(**TRAIN_PY_DEFAULTS)
+    vars(args).update(_cfg(path))
+    vars(args).update(overrides)
+    return args
+
+
+def test_there_is_a_config_per_table_and_dataset():
+    names = {p.stem for p in ALL}
+    assert names == {'table4_finetune_cifar100'} | {f'table5_transfer_{d}' for d in TABLE5} | {
+        f'table6_scratch_{d}' for d in TABLE6}
+
+
+@pytest.mark.parametrize('path', ALL, ids=lambda p: p.stem)
+def test_every_key_is_a_train_py_argument(path):
+    unknown = set(_cfg(path)) - set(TRAIN_PY_DEFAULTS)
+    assert not unknown, f'{path.name}: not train.py arguments: {sorted(unknown)}'
+
+
+@pytest.mark.parametrize('path', ALL, ids=lambda p: p.stem)
+def test_configs_hold_the_papers_numbers(path):
+    cfg = _cfg(path)
+    table, dataset = path.stem.split('_')[0], path.stem.split('_')[-1]
+    if table == 'table4':
+        want = TABLE4
+    else:
+        batch, lr, decay, warmup, aa = (TABLE5 if table == 'table5' else TABLE6)[dataset]
+        want = dict(batch_size=batch, lr_base=lr, layer_decay=decay, warmup_epochs=warmup, aa=aa, epochs=100)
+    for key, value in want.items():
+        assert cfg[key] == pytest.approx(value) if isinstance(value, float) else cfg[key] == value, key
+    # common to all (Table 4): AdamW, wd 0.05, cosine, linear LR scaling, flip, RRC [0.8, 1], mean = std = 0.5, fp16
+    assert cfg['opt'] == 'adamw' and cfg['weight_decay'] == 0.05 and cfg['sched'] == 'cosine'
+    assert cfg['lr_base_size'] == 256 and cfg['lr_base_scale'] == 'linear' and 'lr' not in cfg
+    assert cfg['hflip'] == 0.5 and cfg['scale'] == [0.8, 1.0]
+    assert cfg['mean'] == [0.5] * 3 and cfg['std'] == [0.5] * 3
+    assert cfg['amp'] is True and cfg['amp_dtype'] == 'float16'
+    assert cfg['num_classes'] == NUM_CLASSES[dataset]
+    assert cfg['pretrained'] is (table != 'table6')
+    assert cfg['device_modules'] == ['timm_mlit'] and cfg['model'].startswith('mlit_')
+    # values the paper leaves open are set, not left to timm's defaults
+    assert cfg['smoothing'] == 0.0 and cfg['model_ema'] is False and cfg['drop_path'] == 0.0
+    assert cfg['color_jitter'] == 0.0 and cfg['mixup'] == 0.0 and cfg['cutmix'] == 0.0 and cfg['reprob'] == 0.0
+    assert cfg['model_kwargs'] == {'expert_drop_rate': 0.1, 'expert_drop_mode': 'expert'}
+    text = path.read_text()
+    for key in ('smoothing', 'model_ema', 'drop_path', 'color_jitter', 'train_interpolation', 'warmup_lr', 'min_lr'):
+        line = next(l for l in text.splitlines() if l.startswith(f'{key}:'))
+        assert '#' in line, f'{path.name}: {key} needs its reason'
+
+
+def _setup_like_train_py(args, data_dir):
+    """The library calls of train.py's main(), in its order, with its arguments."""
+    model = timm.create_model(
+        args.model, pretrained=args.pretrained, in_chans=3, num_classes=args.num_classes, drop_rate=args.drop,
+        drop_path_rate=args.drop_path, drop_block_rate=args.drop_block, global_pool=args.gp,
+        bn_momentum=args.bn_momentum, bn_eps=args.bn_eps, **args.model_kwargs)
+    data_config = resolve_data_config(vars(args), model=model)
+    dataset = create_dataset(
+        args.dataset, root=str(data_dir), split=args.train_split, is_training=True, batch_size=args.batch_size,
+        download=False)
+    loader = create_loader(
+        dataset, input_size=data_config['input_size'], batch_size=args.batch_size, is_training=True,
+        no_aug=args.no_aug, re_prob=args.reprob, scale=args.scale, ratio=args.ratio, hflip=args.hflip,
+        vflip=args.vflip, color_jitter=args.color_jitter, auto_augment=args.aa,
+        interpolation=args.train_interpolation, mean=data_config['mean'], std=data_config['std'], num_workers=0,
+        use_prefetcher=False)
+    if args.lr is None:  # train.py's LR rule
+        batch_ratio = args.batch_size * args.grad_accum_steps / args.lr_base_size
+        if args.lr_base_scale == 'sqrt':
+            batch_ratio = batch_ratio ** 0.5
+        args.lr = args.lr_base * batch_ratio
+    optimizer = create_optimizer_v2(model, **optimizer_kwargs(cfg=args))
+    scheduler, num_epochs = create_scheduler_v2(
+        optimizer, **scheduler_kwargs(args, decreasing_metric=False), updates_per_epoch=len(loader))
+    assert num_epochs == args.epochs  # warm-up inside the epochs, as the tables count them
+    ema = ModelEmaV3(model, decay=args.model_ema_decay) if args.model_ema else None
+    task = ClassificationTask(model, nn.CrossEntropyLoss(), verbose=False)
+    return model, data_config, loader, optimizer, scheduler, ema, task
+
+
+def test_library_path_of_train_py_with_a_recipe(cifar10_dir):
+    args = _train_py_args(
+        CONFIGS / 'table5_transfer_cifar10.yaml', pretrained=False, batch_size=16, amp=False, model_ema=True,
+        model_ema_decay=0.9)
+    model, data_config, loader, optimizer, scheduler, ema, task = _setup_like_train_py(args, cifar10_dir)
+    assert data_config['input_size'] == (3, 36, 36) and data_config['mean'] == (0.5, 0.5, 0.5)
+    assert any(isinstance(t, timm_mlit.data.auto_augment.AutoAugment) for t in loader.dataset.transform.transforms)
+    assert args.lr == pytest.approx(2.5e-3 * 16 / 256)  # linear scaling, not train.py's sqrt for AdamW
+    scales = sorted({g['lr_scale'] for g in optimizer.param_groups})
+    depth = len(model.blocks)
+    assert scales == pytest.approx(sorted(0.8 ** i for i in range(depth + 2)))  # Table 5 CIFAR-10: decay 0.8
+    ema_before = ema.module.blocks[0].mlp.experts.w.weight.clone()
+
+    model.train()
+    for step, (x, y) in enumerate(loader):
+        result = task(x, y)
+        assert torch.isfinite(result['loss']) and result['moe_loss'] > 0
+        optimizer.zero_grad()
+        result['loss'].backward()
+        optimizer.step()
+        scheduler.step_update(num_updates=step + 1)
+        ema.update(model, step=step + 1)
+        if step == 2:
+            break
+    assert not torch.equal(ema.module.blocks[0].mlp.experts.w.weight, ema_before)
+    assert ema.module.moe_loss().item() == 0.0  # the EMA copy never carries the live loss
+    assert optimizer.param_groups[0]['lr'] < args.lr  # still warming up from 0
+
+
+def test_from_scratch_training_learns_and_keeps_experts_busy(cifar10_dir, capsys):
+    """The Table 6 recipe from scratch (AutoAugment off, a short constant LR so that 60 steps show learning)."""
+    torch.manual_seed(0)
+    args = _train_py_args(
+        CONFIGS / 'table6_scratch_cifar10.yaml', batch_size=32, amp=False, aa=None, warmup_epochs=0, lr=2e-3,
+        epochs=20)
+    model, _, loader, optimizer, _, _, task = _setup_like_train_py(args, cifar10_dir)
+    model.train()
+    losses, loads = [], []
+    for _ in range(8):
+        for x, y in loader:
+            result = task(x, y)
+            optimizer.zero_grad()
+            result['loss'].backward()
+            optimizer.step()
+            losses.append(result['loss'].item())
+            loads.append(model.expert_load())
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    with capsys.disabled():
+        print(f'\nfrom-scratch run: {len(losses)} steps, loss {first:.3f} -> {last:.3f}; expert load per layer:')
+        for name, share in loads[-1].items():
+            print(f'  {name:<14} ' + ' '.join(f'{s:.2f}' for s in share.tolist()))
+    assert last < first - 0.5 and last < math.log(10) - 0.5
+    for name in loads[-1]:
+        mean_share = torch.stack([step[name] for step in loads[-10:]]).mean(0)
+        assert mean_share.min() > 0.03, f'{name}: an expert fell out of use ({mean_share.tolist()})'

@@ -1,0 +1,150 @@
+"""The MoE loss inside timm's training task, driven the way train.py drives it (train_one_epoch's loss path):
+``result = task(input, target)`` under autocast, ``loss / accum_steps``, then timm's NativeScaler or ``backward()``.
+Every mode's gradients are compared with an explicit ``CE + MoE loss``."""
+import pytest
+import torch
+import torch.nn as nn
+import timm
+from timm.task import ClassificationTask
+from timm.utils import NativeScaler
+
+import timm_mlit
+from timm_mlit import training
+
+
+def _model():
+    torch.manual_seed(0)
+    return timm.create_model('mlit_xxs', num_classes=10)
+
+
+def _batches(n, batch=4):
+    g = torch.Generator().manual_seed(1)
+    return [(torch.randn(batch, 3, 36, 36, generator=g), torch.randint(0, 10, (batch,), generator=g)) for _ in range(n)]
+
+
+def _autocast(mode):
+    if mode == 'bf16':
+        return torch.autocast('cpu', dtype=torch.bfloat16)
+    if mode == 'fp16':
+        return torch.autocast('cpu', dtype=torch.float16)
+    return torch.autocast('cpu', enabled=False)
+
+
+def _grads(model):
+    return {n: p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for n, p in model.named_parameters()}
+
+
+def _train_py_path(model, batches, mode, accum_steps):
+    """train.py's train_one_epoch, reduced to its loss path; the optimizer has lr 0 so the gradients stay readable."""
+    task = ClassificationTask(model, nn.CrossEntropyLoss(), verbose=False)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    scaler = NativeScaler(device='cpu') if mode == 'fp16' else None
+    model.train()
+    optimizer.zero_grad()
+    logged = []
+    for i, (x, y) in enumerate(batches):
+        need_update = (i + 1) % accum_steps == 0
+        torch.manual_seed(100 + i)  # the same gate noise and dropout masks as the reference below
+        with _autocast(mode):
+            result = task(x, y)
+            loss = result['loss']
+        logged.append((loss.item(), result['moe_loss'].item()))
+        if accum_steps > 1:
+            loss = loss / accum_steps
+        if scaler is not None:
+            scaler(loss, optimizer, need_update=need_update)  # scale, backward, unscale_, step
+        else:
+            loss.backward()
+            if need_update:
+                optimizer.step()
+    return _grads(model), logged
+
+
+def _explicit(model, batches, mode, accum_steps, terms=('ce', 'moe')):
+    model.train()
+    model.zero_grad()
+    scaler = torch.amp.GradScaler('cpu') if mode == 'fp16' else None
+    for i, (x, y) in enumerate(batches):
+        torch.manual_seed(100 + i)
+        with _autocast(mode):
+            out = model(x)
+            loss = 0.
+            if 'ce' in terms:
+                loss = loss + nn.functional.cross_entropy(out, y)
+            if 'moe' in terms:
+                loss = loss + model.moe_loss()
+        loss = loss / accum_steps
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+    if scaler is not None:
+        for p in model.parameters():
+            if p.grad is not None:
+                p.grad.div_(scaler.get_scale())
+    return _grads(model)
+
+
+def _max_rel_diff(a, b):
+    return max(((a[n] - b[n]).norm() / (b[n].norm() + 1e-12)).item() for n in a)
+
+
+@pytest.mark.parametrize('mode,accum_steps,tol', [
+    ('fp32', 1, 1e-5),
+    ('fp32', 2, 1e-5),
+    ('bf16', 1, 1e-5),
+    ('fp16', 1, 1e-5),
+    ('fp16', 2, 1e-5),
+])
+def test_train_py_loss_path_back_propagates_ce_plus_moe_loss(mode, accum_steps, tol):
+    model = _model()
+    batches = _batches(accum_steps)
+    got, logged = _train_py_path(model, batches, mode, accum_steps)
+    want = _explicit(model, batches, mode, accum_steps)
+    assert _max_rel_diff(got, want) < tol
+    # the MoE loss is in there at weight 1 (not shrunk by the loss scale): what it adds is its own gradient
+    ce_only = _explicit(model, batches, mode, accum_steps, terms=('ce',))
+    moe_only = _explicit(model, batches, mode, accum_steps, terms=('moe',))
+    for name in ('blocks.0.mlp.gate.w_noise.weight', 'blocks.8.mlp.gate.w_gate.weight'):
+        added = got[name] - ce_only[name]
+        assert moe_only[name].norm() > 0
+        assert ((added - moe_only[name]).norm() / moe_only[name].norm()).item() < 1e-3, name
+    for total, moe in logged:  # the logged loss is CE + MoE loss
+        assert moe > 0 and total > moe
+
+
+def test_other_models_train_exactly_as_before():
+    assert training.is_installed()
+    torch.manual_seed(0)
+    model = timm.create_model('test_vit', num_classes=10).train()
+    task = ClassificationTask(model, nn.CrossEntropyLoss(), verbose=False)
+    x, y = _batches(1)[0]
+    x = nn.functional.interpolate(x, size=model.pretrained_cfg['input_size'][-2:])
+    torch.manual_seed(3)
+    result = task(x, y)
+    torch.manual_seed(3)
+    expected = nn.functional.cross_entropy(model(x), y)
+    assert set(result) == {'loss', 'output'}
+    assert torch.equal(result['loss'], expected)
+
+
+def test_no_moe_loss_from_an_eval_forward_or_an_earlier_forward():
+    model = _model()
+    task = ClassificationTask(model, nn.CrossEntropyLoss(), verbose=False)
+    x, y = _batches(1)[0]
+    model.train()
+    model(x)  # leaves a loss on the layers, outside the task
+    model.eval()
+    result = task(x, y)
+    assert 'moe_loss' not in result
+    assert torch.equal(result['loss'], nn.functional.cross_entropy(model(x), y))
+
+
+def test_uninstall_restores_timm():
+    model = _model().train()
+    task = ClassificationTask(model, nn.CrossEntropyLoss(), verbose=False)
+    x, y = _batches(1)[0]
+    training.uninstall()
+    try:
+        assert 'moe_loss' not in task(x, y)
+    finally:
+        training.install()
+    assert 'moe_loss' in task(x, y)
+    assert timm_mlit.training.is_installed()
