@@ -62,10 +62,11 @@ def autocast_for(device: torch.device):
 
 
 def train_step_fn(model: nn.Module, x: torch.Tensor, loss_extra: Optional[Callable[[], torch.Tensor]] = None):
-    """A forward + backward closure: mean of the logits plus, if given, ``loss_extra()`` (e.g. the MoE loss)."""
-    model.train()
+    """A forward + backward closure in train mode: mean of the logits plus, if given, ``loss_extra()``
+    (e.g. the MoE loss)."""
 
     def step():
+        model.train()
         model.zero_grad(set_to_none=True)
         with autocast_for(x.device):
             out = model(x)
@@ -77,10 +78,10 @@ def train_step_fn(model: nn.Module, x: torch.Tensor, loss_extra: Optional[Callab
 
 
 def inference_fn(model: nn.Module, x: torch.Tensor):
-    """An eval forward closure under ``inference_mode``."""
-    model.eval()
+    """An eval-mode forward closure under ``inference_mode``."""
 
     def run():
+        model.eval()
         with torch.inference_mode(), autocast_for(x.device):
             model(x)
     return run
