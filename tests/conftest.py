@@ -66,3 +66,28 @@ def cifar10_dir(tmp_path, monkeypatch):
 @pytest.fixture
 def image_folder(tmp_path):
     return write_image_folder(tmp_path / 'folder')
+
+
+def smooth_images(n: int, seed: int = 0, size: int = 32):
+    """Images an autoencoder can learn fast: each a blend between two random colours along a random direction, so
+    every hidden patch follows from the visible ones (unlike i.i.d. noise, which nothing predicts better than the
+    mean)."""
+    rng = np.random.RandomState(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / (size - 1)
+    images = np.zeros((n, size, size, 3))
+    for i in range(n):
+        a, b = rng.uniform(0, 1, 3), rng.uniform(0, 1, 3)
+        angle = rng.uniform(0, 2 * np.pi)
+        t = (np.cos(angle) * (xx - 0.5) + np.sin(angle) * (yy - 0.5)) / np.sqrt(2) + 0.5
+        images[i] = a + t[..., None] * (b - a)
+    return (images.clip(0, 1) * 255).astype(np.uint8)
+
+
+@pytest.fixture
+def smooth_folder(tmp_path):
+    """An ImageFolder of smooth images (one class folder) for MAE pre-training."""
+    folder = tmp_path / 'smooth' / 'train' / 'all'
+    folder.mkdir(parents=True)
+    for i, img in enumerate(smooth_images(128)):
+        Image.fromarray(img).save(folder / f'{i:05d}.png')
+    return tmp_path / 'smooth'

@@ -300,3 +300,12 @@ def test_headless_encoder_loads_for_fine_tuning_like_train_py(tmp_path):
     assert model.head.out_features == 100
     for name, value in encoder.state_dict().items():
         assert torch.equal(model.state_dict()[name], value), name
+
+
+def test_headless_encoder_loads_with_a_new_head_through_the_default_cfg(tmp_path):
+    """create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=...), num_classes=100): the cfg's
+    100 classes match, so timm loads strictly; only the head may be absent from the file."""
+    encoder = timm.create_model('mlit_xxs', num_classes=0)
+    path = _save(encoder, tmp_path / 'encoder.safetensors')
+    model = timm.create_model('mlit_xxs', pretrained=True, pretrained_cfg_overlay=dict(file=path), num_classes=100)
+    assert torch.equal(model.pos_embed, encoder.pos_embed) and model.head.out_features == 100

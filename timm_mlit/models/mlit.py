@@ -21,6 +21,7 @@ at zero); the classifier head has a bias (the paper removes biases from embeddin
 A training forward leaves the MoE balancing loss of Eq. 12 on the model: add ``model.moe_loss()`` (or
 ``timm_mlit.moe_loss(model)`` for wrapped models) to the classification loss.
 """
+import logging
 import math
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
 
@@ -38,6 +39,8 @@ from timm_mlit.layers import EXPERT_DROP_MODES, MoEBlock, expert_load, moe_loss
 from timm_mlit.layers._tracing import is_graph_capture
 
 __all__ = ['MLiT', 'hidden_sizes', 'experts_per_layer']
+
+_logger = logging.getLogger(__name__)
 
 _GLOBAL_POOLS = ('', 'token', 'avg', 'max', 'avgmax')
 
@@ -253,12 +256,18 @@ class MLiT(nn.Module):
             f'with img_size=/in_chans= matching your data.'
         )
 
-    def _embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Patch embeddings plus positions, with the dummy patch first: its embedding is pos_embed[0]."""
+    def embed_patches(self, x: torch.Tensor) -> torch.Tensor:
+        """Images -> patch embeddings plus their positions, (B, 144, m), without the dummy patch."""
         self._check_input(x)
-        x = self.patch_embed(x) + self.pos_embed[:, self.num_prefix_tokens:]
+        return self.patch_embed(x) + self.pos_embed[:, self.num_prefix_tokens:]
+
+    def add_dummy_patch(self, x: torch.Tensor) -> torch.Tensor:
+        """Put the all-zero dummy patch first; no bias in the projection, so its embedding is pos_embed[0]."""
         dummy = self.pos_embed[:, :self.num_prefix_tokens].expand(x.shape[0], -1, -1)
         return self.pos_drop(torch.cat([dummy, x], dim=1))
+
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.add_dummy_patch(self.embed_patches(x))
 
     def forward_intermediates(
             self,
@@ -363,7 +372,7 @@ def checkpoint_filter_fn(
 ) -> Dict[str, torch.Tensor]:
     """Adapt a checkpoint to ``model``: unwrap training-checkpoint containers and DDP prefixes, refuse weights of
     another architecture with a message that says so, resample the position table and patch projection when
-    the image or patch size differs."""
+    the image or patch size differs, and give a headless encoder (an MAE export) the model's own new head."""
     for key in ('model', 'state_dict', 'model_ema', 'state_dict_ema'):
         if key in state_dict and isinstance(state_dict[key], dict):
             state_dict = state_dict[key]
@@ -402,6 +411,10 @@ def checkpoint_filter_fn(
                 antialias=antialias,
             )
         out[k] = v
+    if 'head.weight' not in out and isinstance(model.head, nn.Linear):
+        # a headless encoder (MAE export): the model keeps its freshly initialised head, everything else loads
+        _logger.info('Checkpoint has no classifier head: keeping the model\'s newly initialised head.')
+        out.update({f'head.{k}': v for k, v in model.head.state_dict().items()})
     return out
 
 

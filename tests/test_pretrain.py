@@ -1,0 +1,176 @@
+"""train_scripts/pretrain_mae.py end to end: it learns, writes what a long run needs, resumes exactly after a kill,
+and hands a timm-loadable encoder to fine-tuning."""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import timm
+from safetensors import safe_open
+from timm.task import ClassificationTask
+
+from timm_mlit.mae import checkpoint as ckpt
+from timm_mlit.mae.pretrain import main as pretrain_main
+from timm_mlit.mae.pretrain import parse_args
+
+SCRIPT = Path(__file__).resolve().parents[1] / 'train_scripts' / 'pretrain_mae.py'
+SMALL = ['--model', 'mlit_xxs', '--dataset', '', '--workers', '0', '--device', 'cpu', '--no-progress']
+
+
+def _steps(run: Path):
+    with open(run / 'steps.csv') as f:
+        return [(int(r['epoch']), int(r['step']), float(r['loss'])) for r in csv.DictReader(f)]
+
+
+def test_table3_defaults_per_size_and_yaml_config(tmp_path):
+    args = parse_args(['--model', 'mlit_s'])
+    assert args.lr_base == 3e-4 and args.weight_decay == 0.05 and args.opt == 'adamw' and args.scale == [0.6, 1.0]
+    assert args.hflip == 0.5 and args.mean == [0.5] * 3 and args.std == [0.5] * 3 and args.mask_ratio == 0.75
+    assert (args.alpha, args.beta) == (0.1, 0.5)
+    from timm_mlit.mae.pretrain import TABLE3, _fill_defaults
+    assert TABLE3 == {'mlit_s': dict(epochs=4000, batch_size=840), 'mlit_xs': dict(epochs=6000, batch_size=1280),
+                      'mlit_xxs': dict(epochs=8000, batch_size=1280)}
+    args.world_size = 1
+    _fill_defaults(args)
+    assert (args.epochs, args.batch_size, args.warmup_epochs) == (4000, 840, 200)  # warm-up 5%: Table 3's 200
+    assert args.lr == pytest.approx(3e-4 * 840 / 256)
+    cfg = tmp_path / 'c.yaml'
+    cfg.write_text('model: mlit_xs\nepochs: 12\nbatch_size: 8\n')
+    args = parse_args(['--config', str(cfg), '--epochs', '20'])
+    assert (args.model, args.epochs, args.batch_size) == ('mlit_xs', 20, 8)  # the command line wins
+    cfg.write_text('not_an_option: 1\n')
+    with pytest.raises(SystemExit):
+        parse_args(['--config', str(cfg)])
+
+
+def test_pretraining_learns_and_writes_what_a_long_run_needs(smooth_folder, tmp_path):
+    """200 updates on smooth images: the reconstruction loss ends well below predicting the mean."""
+    torch.manual_seed(0)
+    run = pretrain_main(SMALL + [
+        '--data-dir', str(smooth_folder), '--batch-size', '16', '--epochs', '25', '--lr', '2e-3',
+        '--warmup-epochs', '2', '--output', str(tmp_path), '--experiment', 'run', '--recon-interval', '12',
+        '--plot-interval', '12', '--checkpoint-interval', '12'])
+    from timm.data import create_dataset, create_transform
+    plain = create_dataset('', root=str(smooth_folder), split='train', transform=create_transform(
+        36, crop_pct=1.0, mean=(0.5,) * 3, std=(0.5,) * 3))
+    pixels = torch.stack([plain[i][0] for i in range(len(plain))])
+    predict_the_mean = (pixels - pixels.mean(0)).pow(2).mean().item()
+    history = [json.loads(line) for line in (run / 'log.jsonl').read_text().splitlines()]
+    assert len(history) == 25 and len(_steps(run)) == 25 * 8
+    first, last = history[0]['mse_masked'], history[-1]['mse_masked']
+    print(f'\nMAE on smooth images: masked MSE {first:.4f} -> {last:.4f}; predicting the mean: {predict_the_mean:.4f}')
+    assert last < 0.5 * predict_the_mean and last < 0.5 * first
+    for name in ('log.csv', 'loss_curve.png', 'expert_load.png', 'recon_epoch00012.png', 'recon_epoch00025.png',
+                 'last.pth', 'encoder.safetensors'):
+        assert (run / name).is_file() and (run / name).stat().st_size > 0, name
+    assert len(history[-1]['expert_load']) == 9 + 4
+    assert not list(run.glob('*.tmp-*'))
+
+
+def test_kill_mid_epoch_then_resume_equals_an_uninterrupted_run(image_folder, tmp_path):
+    common = SMALL + ['--data-dir', str(image_folder), '--batch-size', '16', '--epochs', '4', '--lr', '1e-3',
+                      '--recon-interval', '100', '--plot-interval', '100', '--seed', '7']
+    straight = pretrain_main(common + ['--output', str(tmp_path / 'a'), '--experiment', 'run'])
+
+    run = tmp_path / 'b' / 'run'
+    proc = subprocess.Popen(
+        [sys.executable, str(SCRIPT)] + common + ['--output', str(tmp_path / 'b'), '--experiment', 'run'],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:  # wait for the epoch-2 checkpoint, then kill at once
+        if (run / 'log.csv').is_file() and len((run / 'log.csv').read_text().splitlines()) >= 3 \
+                and (run / 'last.pth').is_file() and torch.load(run / 'last.pth', weights_only=False)['epoch'] >= 2:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, 'the run ended before it could be killed'
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = ckpt.load_checkpoint(run / 'last.pth')['epoch']
+    assert killed_at < 4
+    (run / 'last.pth.tmp-99999').write_bytes(b'half a checkpoint')  # what a kill during a save leaves
+
+    pretrain_main(common + ['--output', str(tmp_path / 'b'), '--resume', 'auto', '--experiment', 'run'])
+    assert _steps(run) == _steps(straight)  # every update's loss, before and after the kill
+    a = torch.load(straight / 'last.pth', weights_only=False)
+    b = torch.load(run / 'last.pth', weights_only=False)
+    assert a['epoch'] == b['epoch'] == 4
+    for name, value in a['model'].items():
+        assert torch.equal(value, b['model'][name]), name
+    with open(straight / 'log.csv') as fa, open(run / 'log.csv') as fb:
+        assert [r['loss'] for r in csv.DictReader(fa)] == [r['loss'] for r in csv.DictReader(fb)]
+
+
+def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / 'last.pth'
+    ckpt.save_checkpoint(path, {'epoch': 1})
+
+    def dies_halfway(obj, f):
+        Path(f).write_bytes(b'\x80partial')
+        raise KeyboardInterrupt('killed while writing')
+
+    monkeypatch.setattr(torch, 'save', dies_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save_checkpoint(path, {'epoch': 2})
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=False) == {'epoch': 1}
+    assert list(tmp_path.iterdir()) == [path]
+
+
+def test_resume_errors_say_what_is_wrong(image_folder, tmp_path):
+    with pytest.raises(ckpt.CheckpointError, match='No checkpoint'):
+        ckpt.load_checkpoint(tmp_path / 'missing.pth')
+    bad = tmp_path / 'bad.pth'
+    bad.write_bytes(b'truncated')
+    with pytest.raises(ckpt.CheckpointError, match='not a readable checkpoint'):
+        ckpt.load_checkpoint(bad)
+    run = pretrain_main(SMALL + ['--data-dir', str(image_folder), '--batch-size', '32', '--epochs', '1',
+                                 '--output', str(tmp_path), '--experiment', 'r', '--recon-interval', '9'])
+    with pytest.raises(ckpt.CheckpointError, match='pre-trains mlit_xxs, not mlit_xs'):
+        pretrain_main(SMALL[2:] + ['--model', 'mlit_xs', '--data-dir', str(image_folder), '--resume',
+                                   str(run / 'last.pth')])
+
+
+def test_encoder_hand_off_to_timm_and_fine_tuning(image_folder, tmp_path):
+    run = pretrain_main(SMALL + ['--data-dir', str(image_folder), '--batch-size', '32', '--epochs', '1',
+                                 '--output', str(tmp_path), '--experiment', 'r', '--recon-interval', '9'])
+    encoder_file = run / 'encoder.safetensors'
+    with safe_open(str(encoder_file), 'pt') as f:
+        assert f.metadata()['architecture'] == 'mlit_xxs'
+        keys = set(f.keys())
+    model = timm.create_model('mlit_xxs', num_classes=100)
+    missing = set(model.state_dict()) - keys
+    assert missing == {'head.weight', 'head.bias'} and not keys - set(model.state_dict())
+    mae_state = torch.load(run / 'last.pth', weights_only=False)['model']
+
+    # the two ways the README names: create_model with the file, and train.py's --pretrained-path overlay
+    for overlay in (dict(file=str(encoder_file)), dict(file=str(encoder_file), num_classes=-1)):
+        model = timm.create_model('mlit_xxs', pretrained=True, pretrained_cfg_overlay=overlay, num_classes=4)
+        for k in keys:
+            assert torch.equal(model.state_dict()[k], mae_state[f'encoder.{k}']), k
+
+    # fine-tuning through the library path train.py uses: the loss falls
+    torch.manual_seed(0)
+    task = ClassificationTask(model, nn.CrossEntropyLoss(), verbose=False)
+    optimizer = timm.optim.create_optimizer_v2(model, 'adamw', lr=2e-3, weight_decay=0.05, layer_decay=0.9)
+    from timm.data import create_dataset, create_loader
+    loader = create_loader(create_dataset('', root=str(image_folder), split='train'), input_size=(3, 36, 36),
+                           batch_size=32, is_training=True, mean=(0.5,) * 3, std=(0.5,) * 3, num_workers=0,
+                           use_prefetcher=False)
+    model.train()
+    losses = []
+    for _ in range(6):
+        for x, y in loader:
+            result = task(x, y)
+            optimizer.zero_grad()
+            result['loss'].backward()
+            optimizer.step()
+            losses.append(result['loss'].item())
+    assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.3

@@ -1,0 +1,363 @@
+"""mmLiT pre-training: the masked autoencoder of Sec. 2.2 trained with Table 3's recipe, timm's train.py way.
+
+    python train_scripts/pretrain_mae.py --model mlit_xxs --data-dir ~/data/cifar100 --output output/
+    torchrun --nproc_per_node=4 train_scripts/pretrain_mae.py --model mlit_s --data-dir ~/data/cifar100
+
+Data flags are train.py's (``--data-dir``, ``--dataset torch/cifar100`` or ``''`` for an ImageFolder,
+``--train-split``), as are ``--epochs``, ``--batch-size``, ``--output``, ``--resume``, ``--amp`` / ``--amp-dtype``
+and ``--config`` (a YAML of these arguments; the command line wins). Left unset, each size gets Table 3:
+AdamW, weight decay 0.05, base LR 3e-4 scaled linearly (lr = base × global batch / 256), warm-up 5% of the
+epochs, cosine decay, epochs 4000 (S) / 6000 (XS) / 8000 (XXS), batch 840 (S) / 1280 (XS, XXS), horizontal flip,
+random-resized-crop [0.6, 1], mean = std = 0.5. Choices the paper leaves open: AdamW betas (0.9, 0.95) and LR floor
+0 as MAE's pre-training, a per-step schedule, bicubic resize.
+
+The output folder gets: ``log.csv`` and ``log.json`` (per epoch: losses, LR, speed, expert load, step losses),
+``loss_curve.png`` (log-log, Figure 6) and ``expert_load.png`` when matplotlib is installed,
+``recon_epochNNNNN.png`` every ``--recon-interval`` epochs, ``last.pth`` (resumable) and ``encoder.safetensors``
+(the encoder alone, for timm) at every checkpoint. ``--resume OUTPUT/last.pth`` (or ``--resume auto``) continues
+exactly: a run killed mid-epoch restarts that epoch from the last checkpoint's state.
+"""
+import argparse
+import csv
+import json
+import logging
+import math
+import os
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import torch
+import torch.nn as nn
+import yaml
+from timm.data import create_dataset, create_transform
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from timm.utils import NativeScaler, init_distributed_device, random_seed
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from timm_mlit.layers import expert_load
+from .checkpoint import CheckpointError, export_encoder, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .model import MaskedAutoencoder, create_mae
+from .visualize import have_matplotlib, plot_expert_load, plot_loss_curve, save_reconstructions
+
+__all__ = ['TABLE3', 'build_parser', 'parse_args', 'main']
+
+_logger = logging.getLogger('timm_mlit.pretrain')
+
+# Table 3, per size: epochs and batch (warm-up is 5% of the epochs for all)
+TABLE3 = {
+    'mlit_s': dict(epochs=4000, batch_size=840),
+    'mlit_xs': dict(epochs=6000, batch_size=1280),
+    'mlit_xxs': dict(epochs=8000, batch_size=1280),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, prog='pretrain_mae.py')
+    p.add_argument('--config', default='', help='YAML of these arguments (by their dest names)')
+    d = p.add_argument_group('data (as train.py)')
+    d.add_argument('--data-dir', default=None, help='dataset root')
+    d.add_argument('--dataset', default='torch/cifar100', help="timm dataset name; '' reads an ImageFolder")
+    d.add_argument('--train-split', default='train')
+    d.add_argument('--dataset-download', action='store_true', default=False)
+    d.add_argument('--workers', type=int, default=4)
+    d.add_argument('--scale', type=float, nargs=2, default=[0.6, 1.0], help='random-resized-crop scale (Table 3)')
+    d.add_argument('--ratio', type=float, nargs=2, default=[3 / 4, 4 / 3])
+    d.add_argument('--hflip', type=float, default=0.5)
+    d.add_argument('--mean', type=float, nargs=3, default=[0.5, 0.5, 0.5])
+    d.add_argument('--std', type=float, nargs=3, default=[0.5, 0.5, 0.5])
+    d.add_argument('--train-interpolation', default='bicubic')
+    m = p.add_argument_group('model')
+    m.add_argument('--model', default='mlit_xxs', help='encoder: any registered mLiT')
+    m.add_argument('--mask-ratio', type=float, default=0.75)
+    m.add_argument('--alpha', type=float, default=0.1, help='weight of the loss on visible patches (Eq. 16)')
+    m.add_argument('--beta', type=float, default=0.5, help='weight of the MoE loss (Eq. 16)')
+    m.add_argument('--decoder-pos', default='encoder', choices=['encoder', 'separate'],
+                   help="'encoder': the text's reading (no decoder table); 'separate': a 145x108 decoder table")
+    m.add_argument('--encoder-pos-to', default='mask', choices=['mask', 'all'],
+                   help='with --decoder-pos encoder: add the encoder positions to the mask tokens only, or to all')
+    m.add_argument('--model-kwargs', type=yaml.safe_load, default={}, help='encoder kwargs as a YAML/JSON dict')
+    o = p.add_argument_group('optimisation (Table 3)')
+    o.add_argument('--epochs', type=int, default=None, help='default: Table 3 for the size')
+    o.add_argument('--batch-size', type=int, default=None, help='per process; default: Table 3 / world size')
+    o.add_argument('--lr', type=float, default=None, help='absolute LR; default lr-base x global batch / 256')
+    o.add_argument('--lr-base', type=float, default=3e-4)
+    o.add_argument('--lr-base-size', type=int, default=256)
+    o.add_argument('--warmup-epochs', type=int, default=None, help='default: 5%% of the epochs')
+    o.add_argument('--min-lr', type=float, default=0.0)
+    o.add_argument('--opt', default='adamw')
+    o.add_argument('--opt-betas', type=float, nargs=2, default=[0.9, 0.95])
+    o.add_argument('--weight-decay', type=float, default=0.05)
+    o.add_argument('--amp', action='store_true', default=False, help='mixed precision (float16 + GradScaler)')
+    o.add_argument('--amp-dtype', default='float16', choices=['float16', 'bfloat16'])
+    r = p.add_argument_group('run')
+    r.add_argument('--output', default='./output/pretrain', help='folder for logs, images and checkpoints')
+    r.add_argument('--experiment', default='', help='subfolder name (default: <model>-<time>)')
+    r.add_argument('--resume', default='', help="a last.pth to continue from, or 'auto' for OUTPUT/last.pth")
+    r.add_argument('--checkpoint-interval', type=int, default=1, help='epochs between checkpoints')
+    r.add_argument('--keep-every', type=int, default=0, help='also keep encoder-epochNNNNN.safetensors every N')
+    r.add_argument('--recon-interval', type=int, default=50, help='epochs between reconstruction grids')
+    r.add_argument('--plot-interval', type=int, default=10, help='epochs between plot updates')
+    r.add_argument('--seed', type=int, default=42)
+    r.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    r.add_argument('--no-progress', action='store_true', default=False, help='no tqdm progress bar')
+    return p
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    parser = build_parser()
+    args, _ = parser.parse_known_args(argv)
+    if args.config:
+        with open(args.config) as f:
+            cfg = yaml.safe_load(f) or {}
+        unknown = set(cfg) - {a.dest for a in parser._actions}
+        if unknown:
+            parser.error(f'{args.config}: unknown keys {sorted(unknown)}')
+        parser.set_defaults(**cfg)
+    return parser.parse_args(argv)
+
+
+def _fill_defaults(args: argparse.Namespace) -> None:
+    table = TABLE3.get(args.model, {})
+    if args.epochs is None:
+        args.epochs = table.get('epochs', 800)
+    if args.batch_size is None:
+        args.batch_size = max(1, table.get('batch_size', 256) // args.world_size)
+    if args.warmup_epochs is None:
+        args.warmup_epochs = int(round(0.05 * args.epochs))
+    if args.lr is None:
+        args.lr = args.lr_base * args.batch_size * args.world_size / args.lr_base_size
+
+
+def build_loader(args, epoch: int, dataset) -> DataLoader:
+    """A loader whose order and augmentation depend only on (seed, epoch): resuming an epoch replays it."""
+    sampler = DistributedSampler(
+        dataset, num_replicas=args.world_size, rank=args.rank, shuffle=True, seed=args.seed, drop_last=True)
+    sampler.set_epoch(epoch)
+    generator = torch.Generator().manual_seed(args.seed * 100003 + epoch)  # seeds the workers' RNGs
+    return DataLoader(
+        dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers, drop_last=True,
+        pin_memory=args.device.startswith('cuda'), generator=generator, persistent_workers=False)
+
+
+LOG_FIELDS = ['epoch', 'loss', 'mse_masked', 'mse_unmasked', 'moe_loss', 'lr', 'epoch_time_s', 'images_per_s']
+
+
+class RunLog:
+    """Append-only logs: ``log.csv`` and ``log.jsonl`` (one row per epoch; the JSON adds the expert load) and
+    ``steps.csv`` (every update's loss). On resume, rows of epochs the checkpoint does not hold are dropped."""
+
+    def __init__(self, out: Path, start_epoch: int):
+        self.out = out
+        self.history: List[dict] = []
+        jsonl = out / 'log.jsonl'
+        if jsonl.is_file():
+            for line in jsonl.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut short by a kill
+                if row['epoch'] < start_epoch:
+                    self.history.append(row)
+        steps = []
+        if (out / 'steps.csv').is_file():
+            with open(out / 'steps.csv') as f:
+                steps = [r for r in csv.DictReader(f) if r.get('loss') and int(r['epoch']) < start_epoch]
+        self._rewrite(steps)
+
+    def _rewrite(self, steps) -> None:
+        with open(self.out / 'log.csv', 'w', newline='') as f:
+            w = csv.DictWriter(f, fieldnames=LOG_FIELDS, extrasaction='ignore')
+            w.writeheader()
+            w.writerows(self.history)
+        with open(self.out / 'log.jsonl', 'w') as f:
+            f.writelines(json.dumps(row) + '\n' for row in self.history)
+        with open(self.out / 'steps.csv', 'w', newline='') as f:
+            w = csv.DictWriter(f, fieldnames=['epoch', 'step', 'loss'])
+            w.writeheader()
+            w.writerows(steps)
+
+    def append(self, row: dict, step_losses: List[float]) -> None:
+        self.history.append(row)
+        with open(self.out / 'log.csv', 'a', newline='') as f:
+            csv.DictWriter(f, fieldnames=LOG_FIELDS, extrasaction='ignore').writerow(row)
+        with open(self.out / 'log.jsonl', 'a') as f:
+            f.write(json.dumps(row) + '\n')
+        with open(self.out / 'steps.csv', 'a', newline='') as f:
+            csv.writer(f).writerows([row['epoch'], i, loss] for i, loss in enumerate(step_losses))
+
+    def plot(self, model_name: str) -> None:
+        if not have_matplotlib():
+            return
+        epochs = [h['epoch'] for h in self.history]
+        plot_loss_curve(
+            epochs, {k: [h[k] for h in self.history] for k in ('loss', 'mse_masked', 'mse_unmasked')},
+            self.out / 'loss_curve.png', title=f'mmLiT pre-training, {model_name}')
+        layers = list(self.history[-1]['expert_load'])
+        plot_expert_load(
+            epochs, {n: [min(h['expert_load'][n]) for h in self.history] for n in layers},
+            self.out / 'expert_load.png')
+
+
+def main(argv: Optional[List[str]] = None) -> Path:
+    logging.basicConfig(level=logging.INFO, format='%(message)s')
+    args = parse_args(argv)
+    device = init_distributed_device(args)
+    primary = args.rank == 0
+    _fill_defaults(args)
+    random_seed(args.seed, args.rank)
+
+    out = Path(args.output)
+    if args.resume == 'auto':
+        args.resume = str(out / (args.experiment or '') / 'last.pth')
+    state = None
+    if args.resume:
+        state = load_checkpoint(args.resume)
+        saved = state.get('args', {})
+        if saved.get('model') not in (None, args.model):
+            raise CheckpointError(
+                f'{args.resume} pre-trains {saved["model"]}, not {args.model}: pass --model {saved["model"]}.')
+        out = Path(args.resume).parent
+    else:
+        out = out / (args.experiment or f'{args.model}-{time.strftime("%Y%m%d-%H%M%S")}')
+    if primary:
+        out.mkdir(parents=True, exist_ok=True)
+
+    model = create_mae(
+        args.model, decoder_pos=args.decoder_pos, encoder_pos_to=args.encoder_pos_to, mask_ratio=args.mask_ratio,
+        alpha=args.alpha, beta=args.beta, **args.model_kwargs).to(device)
+    if primary:
+        n_enc = sum(p.numel() for p in model.encoder.parameters())
+        _logger.info(
+            f'mmLiT pre-training {args.model}: encoder {n_enc:,} params, decoder {model.decoder_param_count():,} '
+            f'(Table 2: 0.34M); {args.epochs} epochs, batch {args.batch_size} x {args.world_size}, lr {args.lr:.3g}, '
+            f'warm-up {args.warmup_epochs} epochs; output {out}')
+
+    transform = create_transform(
+        model.encoder.pretrained_cfg['input_size'][-2:], is_training=True, scale=tuple(args.scale),
+        ratio=tuple(args.ratio), hflip=args.hflip, vflip=0., color_jitter=None, auto_augment=None,
+        interpolation=args.train_interpolation, mean=tuple(args.mean), std=tuple(args.std), re_prob=0.)
+    dataset = create_dataset(
+        args.dataset, root=args.data_dir, split=args.train_split, is_training=True, batch_size=args.batch_size,
+        download=args.dataset_download, transform=transform)
+    updates_per_epoch = len(build_loader(args, 0, dataset))
+    if updates_per_epoch == 0:
+        raise ValueError(f'{len(dataset)} images give no full batch of {args.batch_size}: lower --batch-size.')
+
+    optimizer = create_optimizer_v2(
+        model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay, betas=tuple(args.opt_betas))
+    scheduler, _ = create_scheduler_v2(
+        optimizer, sched='cosine', num_epochs=args.epochs, warmup_epochs=args.warmup_epochs, warmup_lr=0.0,
+        min_lr=args.min_lr, updates_per_epoch=updates_per_epoch, step_on_epochs=False)
+    amp_dtype = torch.bfloat16 if args.amp_dtype == 'bfloat16' else torch.float16
+    autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if args.amp else nullcontext
+    scaler = NativeScaler(device=device.type) if args.amp and amp_dtype == torch.float16 else None
+
+    start_epoch = 0
+    if state is not None:
+        model.load_state_dict(state['model'])
+        optimizer.load_state_dict(state['optimizer'])
+        scheduler.load_state_dict(state['scheduler'])
+        if scaler is not None and state.get('scaler') is not None:
+            scaler.load_state_dict(state['scaler'])
+        start_epoch = state['epoch']
+        rngs = state['rng']
+        if len(rngs) != args.world_size and primary:
+            _logger.warning(f'{args.resume} was saved by {len(rngs)} processes, this run has {args.world_size}: '
+                            'the data order is restored, the random streams are not.')
+        set_rng_state(rngs[args.rank] if args.rank < len(rngs) else rngs[0])
+        if primary:
+            _logger.info(f'Resumed from {args.resume}: {start_epoch} epochs done.')
+    log = RunLog(out, start_epoch) if primary else None
+
+    train_model = model
+    if args.distributed:
+        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == 'cuda' else None)
+
+    recon_imgs = None
+    if primary:  # a fixed batch, resized without augmentation, for the reconstruction grids
+        plain = create_dataset(
+            args.dataset, root=args.data_dir, split=args.train_split, is_training=False,
+            download=args.dataset_download, transform=create_transform(
+                model.encoder.pretrained_cfg['input_size'][-2:], is_training=False, crop_pct=1.0,
+                interpolation=args.train_interpolation, mean=tuple(args.mean), std=tuple(args.std)))
+        picks = torch.linspace(0, len(plain) - 1, min(8, len(plain))).long().tolist()  # spread over the classes
+        recon_imgs = torch.stack([plain[i][0] for i in picks]).to(device)
+
+    num_updates = start_epoch * updates_per_epoch
+    for epoch in range(start_epoch, args.epochs):
+        loader = build_loader(args, epoch, dataset)
+        train_model.train()
+        sums = {k: torch.zeros((), device=device) for k in ('loss', 'mse_masked', 'mse_unmasked', 'moe_loss')}
+        load_sums: Dict[str, torch.Tensor] = {}
+        step_losses = []
+        start = time.time()
+        bar = tqdm(loader, desc=f'epoch {epoch + 1}/{args.epochs}', disable=not primary or args.no_progress,
+                   leave=False, unit='batch')
+        for step, (imgs, _) in enumerate(bar):
+            imgs = imgs.to(device, non_blocking=True)
+            with autocast():
+                output = train_model(imgs)
+            if scaler is not None:
+                scaler(output.loss, optimizer)
+            else:
+                output.loss.backward()
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            num_updates += 1
+            scheduler.step_update(num_updates=num_updates)
+            # statistics stay on the device; the host reads them once per epoch (and for the progress bar)
+            loss = output.loss.detach()
+            step_losses.append(loss)
+            sums['loss'] += loss
+            for k, v in output.parts.items():
+                sums[k] += v
+            for name, share in expert_load(model).items():
+                load_sums[name] = load_sums.get(name, 0) + share
+            if step % 20 == 0 and primary and not args.no_progress:
+                bar.set_postfix(loss=f'{loss.item():.4f}', lr=f'{optimizer.param_groups[0]["lr"]:.2e}')
+        scheduler.step(epoch + 1)
+        seconds = time.time() - start
+        n = len(step_losses)
+        step_losses = torch.stack(step_losses).tolist()
+        if not all(math.isfinite(x) for x in step_losses):
+            raise FloatingPointError(f'non-finite loss in epoch {epoch + 1}: stopping (last checkpoint is intact).')
+        row = {'epoch': epoch, **{k: v.item() / n for k, v in sums.items()}}
+        row.update(
+            lr=optimizer.param_groups[0]['lr'], epoch_time_s=seconds,
+            images_per_s=n * args.batch_size * args.world_size / max(seconds, 1e-9),
+            expert_load={name: (v / n).tolist() for name, v in load_sums.items()})
+        done = epoch + 1
+        checkpoint_now = done % args.checkpoint_interval == 0 or done == args.epochs
+        rngs = [rng_state()]
+        if checkpoint_now and args.distributed:  # every rank's RNG, so that each resumes its own stream
+            rngs = [None] * args.world_size
+            torch.distributed.all_gather_object(rngs, rng_state())
+        if not primary:
+            continue
+        log.append(row, step_losses)
+        _logger.info(
+            f'epoch {done}/{args.epochs}  loss {row["loss"]:.5f}  masked {row["mse_masked"]:.5f}  '
+            f'unmasked {row["mse_unmasked"]:.5f}  moe {row["moe_loss"]:.4f}  {row["images_per_s"]:.0f} img/s')
+        if done % args.plot_interval == 0 or done == args.epochs:
+            log.plot(args.model)
+        if done % args.recon_interval == 0 or done == args.epochs:
+            with torch.random.fork_rng(devices=[device] if device.type == 'cuda' else []):
+                torch.manual_seed(0)  # the same mask every time, and the training RNG untouched
+                save_reconstructions(model, recon_imgs, args.mean, args.std, out / f'recon_epoch{done:05d}.png')
+        if checkpoint_now:
+            meta = {'architecture': args.model, 'mae_epochs': done, 'source': 'timm_mlit mmLiT pre-training'}
+            export_encoder(model.encoder, out / 'encoder.safetensors', meta)
+            if args.keep_every and done % args.keep_every == 0:
+                export_encoder(model.encoder, out / f'encoder-epoch{done:05d}.safetensors', meta)
+            save_checkpoint(out / 'last.pth', {
+                'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
+                'scheduler': scheduler.state_dict(), 'scaler': scaler.state_dict() if scaler else None,
+                'epoch': done, 'rng': rngs, 'args': vars(args)})
+    if args.distributed:
+        torch.distributed.destroy_process_group()
+    return out

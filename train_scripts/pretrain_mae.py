@@ -1,0 +1,9 @@
+"""mmLiT masked-autoencoder pre-training (Table 3's recipe by default). See ``--help`` and the README.
+
+    python train_scripts/pretrain_mae.py --model mlit_xxs --data-dir ~/data/cifar100 --output output/
+    torchrun --nproc_per_node=4 train_scripts/pretrain_mae.py --model mlit_s --data-dir ~/data/cifar100
+"""
+from timm_mlit.mae.pretrain import main
+
+if __name__ == '__main__':
+    main()
