@@ -17,6 +17,7 @@ import timm
 from safetensors import safe_open
 from timm.task import ClassificationTask
 
+from helpers import train_epochs
 from timm_mlit.mae import checkpoint as ckpt
 from timm_mlit.mae.pretrain import main as pretrain_main
 from timm_mlit.mae.pretrain import parse_args
@@ -164,13 +165,5 @@ def test_encoder_hand_off_to_timm_and_fine_tuning(image_folder, tmp_path):
     loader = create_loader(create_dataset('', root=str(image_folder), split='train'), input_size=(3, 36, 36),
                            batch_size=32, is_training=True, mean=(0.5,) * 3, std=(0.5,) * 3, num_workers=0,
                            use_prefetcher=False)
-    model.train()
-    losses = []
-    for _ in range(6):
-        for x, y in loader:
-            result = task(x, y)
-            optimizer.zero_grad()
-            result['loss'].backward()
-            optimizer.step()
-            losses.append(result['loss'].item())
+    losses = train_epochs(task, optimizer, loader, 6)
     assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.3

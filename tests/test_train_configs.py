@@ -16,6 +16,7 @@ from timm.task import ClassificationTask
 from timm.utils import ModelEmaV3
 
 import timm_mlit
+from helpers import train_epochs
 from train_py_args import TRAIN_PY_DEFAULTS
 
 CONFIGS = Path(__file__).resolve().parents[1] / 'train_scripts' / 'configs'
@@ -153,16 +154,8 @@ def test_from_scratch_training_learns_and_keeps_experts_busy(cifar10_dir, capsys
         CONFIGS / 'table6_scratch_cifar10.yaml', batch_size=32, amp=False, aa=None, warmup_epochs=0, lr=2e-3,
         epochs=20)
     model, _, loader, optimizer, _, _, task = _setup_like_train_py(args, cifar10_dir)
-    model.train()
-    losses, loads = [], []
-    for _ in range(8):
-        for x, y in loader:
-            result = task(x, y)
-            optimizer.zero_grad()
-            result['loss'].backward()
-            optimizer.step()
-            losses.append(result['loss'].item())
-            loads.append(model.expert_load())
+    loads = []
+    losses = train_epochs(task, optimizer, loader, 8, after_step=lambda: loads.append(model.expert_load()))
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     with capsys.disabled():
         print(f'\nfrom-scratch run: {len(losses)} steps, loss {first:.3f} -> {last:.3f}; expert load per layer:')

@@ -1,0 +1,18 @@
+"""Small helpers shared by the test files."""
+from typing import Callable, List, Optional
+
+
+def train_epochs(task, optimizer, loader, epochs: int, after_step: Optional[Callable[[], None]] = None) -> List[float]:
+    """timm's training-task loop at its simplest: task loss, backward, step; returns every step's loss."""
+    task.get_trainable_module().train()
+    losses = []
+    for _ in range(epochs):
+        for x, y in loader:
+            result = task(x, y)
+            optimizer.zero_grad()
+            result['loss'].backward()
+            optimizer.step()
+            losses.append(result['loss'].item())
+            if after_step is not None:
+                after_step()
+    return losses
