@@ -274,16 +274,21 @@ def test_checkpoint_load_resamples_positions_and_unwraps_containers(tmp_path):
 
 def test_checkpoint_of_another_model_is_refused_clearly(tmp_path):
     path = _save(timm.create_model('mlit_s'), tmp_path / 'mlit_s.safetensors')
-    with pytest.raises(ValueError, match=r'embed_dim=144 and 15 blocks.*embed_dim=108 and 9 blocks'):
+    with pytest.raises(timm_mlit.hub.PretrainedWeightsError,
+                       match=r'mlit_s.safetensors does not hold .*embed_dim=144 and 15 blocks.*embed_dim=108 and 9'):
         timm.create_model('mlit_xxs', pretrained=True, pretrained_cfg_overlay=dict(file=path))
     vit = timm.create_model('vit_tiny_patch16_224', num_classes=0)
     with pytest.raises(ValueError, match='not an mLiT encoder'):
         checkpoint_filter_fn(vit.state_dict(), timm.create_model('mlit_xxs'))
 
 
-def test_pretrained_weights_not_published_yet_is_timms_clear_error():
-    with pytest.raises(RuntimeError, match='No pretrained weights exist for mlit_xxs'):
+def test_pretrained_weights_not_published_yet_say_so_without_a_download():
+    with pytest.raises(timm_mlit.hub.PretrainedWeightsError) as err:
         timm.create_model('mlit_xxs', pretrained=True)
+    msg = str(err.value)
+    assert 'No weights are published yet for mlit_xxs.mae_c100_ft_c100_300e' in msg
+    assert 'timm-mlit/mlit_xxs.mae_c100_ft_c100_300e' in msg and 'table4_finetune_cifar100.yaml' in msg
+    assert 'push_to_hub.py' in msg
 
 
 def test_moe_layers_are_the_models_feed_forwards():

@@ -21,6 +21,7 @@ at zero); the classifier head has a bias (the paper removes biases from embeddin
 A training forward leaves the MoE balancing loss of Eq. 12 on the model: add ``model.moe_loss()`` (or
 ``timm_mlit.moe_loss(model)`` for wrapped models) to the classification loss.
 """
+import functools
 import logging
 import math
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
@@ -31,11 +32,15 @@ from timm.layers import (
     LayerType, PatchEmbed, calculate_drop_path_rates, get_norm_layer, resample_abs_pos_embed,
     resample_patch_embed, trunc_normal_,
 )
-from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import (
+    build_model_with_cfg, checkpoint, checkpoint_seq, generate_default_cfgs, register_model, resolve_pretrained_cfg,
+)
 from timm.models._features import feature_take_indices
 from timm.models.vision_transformer import global_pool_nlc
 
 from timm_mlit.layers import EXPERT_DROP_MODES, MoEBlock, expert_load, moe_loss
+from timm_mlit.hub.errors import CheckpointMismatchError, explain_load_error, unpublished_on_public_hub
+from timm_mlit.hub.variants import DEFAULT_TAG, MODELS, VARIANTS, hub_repo_id
 from timm_mlit.layers._tracing import is_graph_capture
 
 __all__ = ['MLiT', 'hidden_sizes', 'experts_per_layer']
@@ -381,14 +386,14 @@ def checkpoint_filter_fn(
 
     if 'pos_embed' not in state_dict or 'blocks.0.mlp.gate.w_gate.weight' not in state_dict:
         sample = ', '.join(list(state_dict)[:4])
-        raise ValueError(
+        raise CheckpointMismatchError(
             f'This checkpoint is not an mLiT encoder (no pos_embed / blocks.0.mlp.gate.w_gate.weight; its first keys '
             f'are: {sample}). Load it into the model it was trained for, or pass an mLiT checkpoint.'
         )
     got = _mlit_signature(state_dict)
     want = (model.embed_dim, len(model.blocks))
     if got != want:
-        raise ValueError(
+        raise CheckpointMismatchError(
             f'This checkpoint is an mLiT with embed_dim={got[0]} and {got[1]} blocks, but the model has '
             f'embed_dim={want[0]} and {want[1]} blocks. Create the matching size '
             f'(mlit_s: 144/15, mlit_xs: 128/12, mlit_xxs: 108/9) to load it.'
@@ -420,7 +425,8 @@ def checkpoint_filter_fn(
 
 def _create_mlit(variant: str, pretrained: bool = False, **kwargs) -> MLiT:
     out_indices = kwargs.pop('out_indices', 3)
-    return build_model_with_cfg(
+    build = functools.partial(
+        build_model_with_cfg,
         MLiT,
         variant,
         pretrained,
@@ -428,6 +434,21 @@ def _create_mlit(variant: str, pretrained: bool = False, **kwargs) -> MLiT:
         feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
         **kwargs,
     )
+    if not pretrained:
+        return build()
+    cfg = resolve_pretrained_cfg(
+        variant, pretrained_cfg=kwargs.get('pretrained_cfg'),
+        pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay')).to_dict()
+    unpublished = unpublished_on_public_hub(variant, cfg)
+    if unpublished is not None:
+        raise unpublished
+    try:
+        return build()
+    except Exception as e:  # say which weights failed and what to do, for the errors that are about the weights
+        explained = explain_load_error(variant, cfg, e)
+        if explained is None:
+            raise
+        raise explained from e
 
 
 def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
@@ -451,9 +472,11 @@ def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
 
 
 default_cfgs = generate_default_cfgs({
-    'mlit_s': _cfg(),
-    'mlit_xs': _cfg(),
-    'mlit_xxs': _cfg(),
+    # one Hub repo per model.tag (timm_mlit/hub/variants.py says what each is and how it is made; none is
+    # published yet); '*' marks the default tag, the paper's headline CIFAR-100 classifier (Table 7)
+    f'{model}.{v.tag}{"*" if v.tag == DEFAULT_TAG else ""}': _cfg(
+        hf_hub_id=hub_repo_id(model, v.tag), num_classes=v.num_classes, description=v.description)
+    for model in MODELS for v in VARIANTS.values()
 })
 
 

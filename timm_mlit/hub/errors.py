@@ -1,0 +1,113 @@
+"""Errors a user can act on when pretrained weights do not load: what went wrong, with which repo, and what to do.
+
+``timm.create_model(name, pretrained=True)`` ends in huggingface_hub, safetensors or torch errors that name a
+URL or a byte offset. :func:`explain_load_error` turns those into one :class:`PretrainedWeightsError` that names the
+model, the repo (or file) and the fix: weights not published yet, repo or file missing, offline without a cached
+copy, a corrupt file, or weights of another architecture.
+"""
+from typing import Any, Dict, Optional
+
+__all__ = ['PretrainedWeightsError', 'CheckpointMismatchError', 'explain_load_error', 'unpublished_on_public_hub']
+
+
+class PretrainedWeightsError(RuntimeError):
+    """Pretrained weights could not be loaded; the message says why and what to do."""
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint belongs to another architecture or model size."""
+
+
+def _source(cfg: Dict[str, Any]) -> str:
+    if cfg.get('file'):
+        return f"file {cfg['file']}"
+    if cfg.get('hf_hub_id'):
+        from huggingface_hub import constants
+        return f"Hub repo {cfg['hf_hub_id']} (at {constants.ENDPOINT})"
+    return f"URL {cfg.get('url')}"
+
+
+def _cached_weights(cfg: Dict[str, Any]) -> Optional[str]:
+    if not cfg.get('hf_hub_id'):
+        return cfg.get('file')
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        for name in (cfg.get('hf_hub_filename'), 'model.safetensors', 'pytorch_model.bin'):
+            if name:
+                path = try_to_load_from_cache(cfg['hf_hub_id'], name)
+                if isinstance(path, str):
+                    return path
+    except Exception:  # only for the hint
+        pass
+    return None
+
+
+def _not_published(full_name: str, variant, where: str, local: str) -> PretrainedWeightsError:
+    cmds = variant.commands(full_name.split('.')[0])
+    return PretrainedWeightsError(
+        f'No weights are published yet for {full_name} ({where}). Produce them with\n  {cmds["produce"]}\n'
+        f'publish them with\n  {cmds["publish"]}\nor load a local file: {local}')
+
+
+def unpublished_on_public_hub(model_name: str, cfg: Dict[str, Any]) -> Optional[PretrainedWeightsError]:
+    """The error for a tag of ours that is not in PUBLISHED, when the weights would come from the public Hub:
+    raised before any download, so nobody waits for retries. With HF_ENDPOINT set to a mirror or a local server,
+    the download is tried (weights may have been pushed there)."""
+    from huggingface_hub import constants
+    from .variants import PUBLISHED, find_variant, hub_repo_id
+    tag = cfg.get('tag') or ''
+    full_name = f"{cfg.get('architecture') or model_name}.{tag}"
+    variant = find_variant(full_name)
+    if (variant is None or full_name in PUBLISHED or cfg.get('file') or cfg.get('url')
+            or cfg.get('hf_hub_id') != hub_repo_id(*full_name.split('.', 1))
+            or constants.ENDPOINT.rstrip('/') != getattr(constants, '_HF_DEFAULT_ENDPOINT', 'https://huggingface.co')):
+        return None
+    local = f"timm.create_model('{full_name}', pretrained=True, pretrained_cfg_overlay=dict(file='PATH'))"
+    return _not_published(full_name, variant, _source(cfg), local)
+
+
+def explain_load_error(model_name: str, cfg: Dict[str, Any], error: BaseException) -> Optional[Exception]:
+    """A PretrainedWeightsError for ``error`` raised while loading ``model_name``'s weights from ``cfg``, or None
+    when the error is not about the weights (it should then propagate unchanged)."""
+    from huggingface_hub import errors as hf_errors
+    from safetensors import SafetensorError
+    from .variants import PUBLISHED, find_variant, hub_repo_id
+
+    tag = cfg.get('tag') or ''
+    full_name = f"{cfg.get('architecture') or model_name}.{tag}" if tag else model_name
+    where = _source(cfg)
+    local = f"timm.create_model('{full_name}', pretrained=True, pretrained_cfg_overlay=dict(file='PATH'))"
+    variant = find_variant(full_name)
+    is_ours = variant is not None and cfg.get('hf_hub_id') == hub_repo_id(*full_name.split('.', 1))
+    missing = isinstance(error, (hf_errors.RepositoryNotFoundError, hf_errors.EntryNotFoundError,
+                                 hf_errors.RevisionNotFoundError, hf_errors.OfflineModeIsEnabled))
+
+    if isinstance(error, CheckpointMismatchError):
+        return PretrainedWeightsError(f'{where} does not hold {full_name} weights: {error}')
+    if isinstance(error, hf_errors.LocalEntryNotFoundError):
+        return PretrainedWeightsError(
+            f'The weights of {full_name} ({where}) are not in the local cache and the Hub cannot be reached '
+            f'(HF_HUB_OFFLINE set, or no network). Download them once online, or load a local file: {local}')
+    if is_ours and full_name not in PUBLISHED and missing:
+        return _not_published(full_name, variant, where, local)
+    if isinstance(error, hf_errors.RepositoryNotFoundError):
+        return PretrainedWeightsError(
+            f'{where} does not exist. Check the name (hf-hub:ORG/NAME), HF_ENDPOINT, and HF_TOKEN for a private '
+            f'repo; or publish it with python train_scripts/push_to_hub.py.')
+    if isinstance(error, (hf_errors.EntryNotFoundError, hf_errors.RevisionNotFoundError)):
+        return PretrainedWeightsError(
+            f'{where} has no weights file for {full_name} ({error.__class__.__name__}): push model.safetensors '
+            f'with python train_scripts/push_to_hub.py, or set hf_hub_filename in pretrained_cfg_overlay.')
+    corrupt = isinstance(error, SafetensorError) or (
+        isinstance(error, (RuntimeError, EOFError)) and any(
+            s in str(error) for s in ('zip archive', 'unpickl', 'invalid load key', 'Ran out of input', 'EOF')))
+    if corrupt:
+        path = _cached_weights(cfg) or 'the cached weights file'
+        return PretrainedWeightsError(
+            f'The weights file of {full_name} from {where} is corrupt or truncated ({error}). Delete {path} '
+            f'(or the repo\'s folder in the Hugging Face cache) and load again; if it persists, re-push the weights.')
+    if isinstance(error, FileNotFoundError) and cfg.get('file'):
+        return PretrainedWeightsError(f'{where} does not exist: pass the path of a checkpoint file.')
+    if isinstance(error, hf_errors.HfHubHTTPError):
+        return PretrainedWeightsError(f'Downloading {full_name} from {where} failed: {error}')
+    return None
