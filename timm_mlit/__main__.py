@@ -1,3 +1,3 @@
-from timm_mlit.summary import main
+from timm_mlit.demo import main
 
 main()
