@@ -14,7 +14,7 @@ import argparse
 import torch
 import timm
 
-import timm_mlit
+import timm_mlit  # noqa: F401  registers the models
 from timm_mlit.profiling import (
     count_macs, count_params, inference_fn, interleaved_ms, saved_activation_bytes, train_step_fn,
 )

@@ -26,7 +26,7 @@ import re
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 from urllib.parse import unquote, urlparse
 
 import yaml
@@ -81,16 +81,29 @@ class _Handler(BaseHTTPRequestHandler):
         return self.rfile.read(int(self.headers.get('Content-Length') or 0))
 
     def _authorized(self) -> bool:
+        """Writes need the server's token, as the Hub's do; answers 401 when it is missing or wrong."""
         token = self.server.token
-        if token is None:
+        if token is None or self.headers.get('Authorization', '') == f'Bearer {token}':
             return True
-        return self.headers.get('Authorization', '') == f'Bearer {token}'
+        self._error(401, None, 'Invalid credentials in Authorization header')
+        return False
 
     def _repo(self, repo_id: str, head: bool = False) -> Optional[_Repo]:
         repo = self.server.repos.get(repo_id)
         if repo is None:
             self._error(404, 'RepoNotFound', f'Repository {repo_id} not found', head=head)
         return repo
+
+    def _revision(self, repo_id: str, revision: str, head: bool = False) -> Optional[Tuple[_Repo, str]]:
+        """(repo, commit sha) of a branch or sha, or None after answering RepoNotFound / RevisionNotFound."""
+        repo = self._repo(repo_id, head=head)
+        if repo is None:
+            return None
+        sha = repo.resolve(revision)
+        if sha is None:
+            self._error(404, 'RevisionNotFound', f'Invalid rev id: {revision}', head=head)
+            return None
+        return repo, sha
 
     # --- routes ---------------------------------------------------------------------------------------------------
     def do_HEAD(self):
@@ -122,7 +135,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _create_repo(self):
         if not self._authorized():
-            return self._error(401, None, 'Invalid credentials in Authorization header')
+            return
         payload = json.loads(self._body() or b'{}')
         repo_id = f"{payload['organization']}/{payload['name']}" if payload.get('organization') else payload['name']
         url = f'{self.server.endpoint}/{repo_id}'
@@ -144,12 +157,10 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(200, {'warnings': [] if meta else [{'message': 'Empty or missing yaml metadata in repo card'}]})
 
     def _info(self, repo_id: str, revision: str):
-        repo = self._repo(repo_id)
-        if repo is None:
+        found = self._revision(repo_id, revision)
+        if found is None:
             return
-        sha = repo.resolve(revision)
-        if sha is None:
-            return self._error(404, 'RevisionNotFound', f'Invalid rev id: {revision}')
+        repo, sha = found
         self._json(200, {
             'id': repo_id, 'modelId': repo_id, 'sha': sha, 'private': False, 'disabled': False, 'gated': False,
             'tags': ['timm'], 'library_name': 'timm',
@@ -157,23 +168,17 @@ class _Handler(BaseHTTPRequestHandler):
         })
 
     def _preupload(self, repo_id: str, revision: str):
-        if not self._authorized():
-            return self._error(401, None, 'Invalid credentials in Authorization header')
-        if self._repo(repo_id) is None:
+        if not self._authorized() or self._repo(repo_id) is None:
             return
         payload = json.loads(self._body() or b'{}')
         files = [{'path': f['path'], 'uploadMode': 'regular', 'shouldIgnore': False} for f in payload.get('files', [])]
         self._json(200, {'files': files})
 
     def _commit(self, repo_id: str, revision: str):
-        if not self._authorized():
-            return self._error(401, None, 'Invalid credentials in Authorization header')
-        repo = self._repo(repo_id)
-        if repo is None:
+        found = self._revision(repo_id, revision) if self._authorized() else None
+        if found is None:
             return
-        parent = repo.resolve(revision)
-        if parent is None:
-            return self._error(404, 'RevisionNotFound', f'Invalid rev id: {revision}')
+        repo, parent = found
         files = dict(repo.commits[parent])
         summary = ''
         for line in self._body().decode().splitlines():
@@ -203,12 +208,10 @@ class _Handler(BaseHTTPRequestHandler):
                          'success': True})
 
     def _resolve(self, repo_id: str, revision: str, filename: str, head: bool):
-        repo = self._repo(repo_id, head=head)
-        if repo is None:
+        found = self._revision(repo_id, revision, head=head)
+        if found is None:
             return
-        sha = repo.resolve(revision)
-        if sha is None:
-            return self._error(404, 'RevisionNotFound', f'Invalid rev id: {revision}', head=head)
+        repo, sha = found
         content = repo.commits[sha].get(filename)
         if content is None:
             return self._error(404, 'EntryNotFound', f'{filename} does not exist at {revision}', head=head)

@@ -13,7 +13,7 @@ Choices where the paper is silent or inconsistent (see SPEC.md):
   * Everything here runs in float32, also under autocast: fp16 load sums overflow and bf16 ties the k-th and
     (k+1)-th logits on a fraction of tokens.
 """
-from typing import NamedTuple, Optional, Tuple
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn as nn

@@ -22,7 +22,6 @@ import csv
 import json
 import logging
 import math
-import os
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -40,7 +39,7 @@ from tqdm import tqdm
 
 from timm_mlit.layers import expert_load
 from .checkpoint import CheckpointError, export_encoder, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .model import MaskedAutoencoder, create_mae
+from .model import create_mae
 from .visualize import have_matplotlib, plot_expert_load, plot_loss_curve, save_reconstructions
 
 __all__ = ['TABLE3', 'build_parser', 'parse_args', 'main']
