@@ -271,6 +271,10 @@ def main(argv: Optional[List[str]] = None) -> Path:
         set_rng_state(rngs[args.rank] if args.rank < len(rngs) else rngs[0])
         if primary:
             _logger.info(f'Resumed from {args.resume}: {start_epoch} epochs done.')
+            if saved.get('epochs') not in (None, args.epochs):
+                _logger.warning(
+                    f'The checkpoint was made for {saved["epochs"]} epochs, this run asks for {args.epochs}: the LR '
+                    f'schedule is the checkpoint\'s, so the added epochs run at its final LR.')
     log = RunLog(out, start_epoch) if primary else None
 
     train_model = model
