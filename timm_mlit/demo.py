@@ -1,6 +1,6 @@
 """The main job: the whole life cycle on a built-in dataset, in a few minutes on a laptop CPU.
 
-    python -m timm_mlit [--output output/demo] [--mae-epochs 3] [--epochs 4]
+    python -m timm_mlit [--output output/demo] [--mae-epochs 3] [--epochs 6]
 
   1. the three mLiT sizes: parameters against the paper, MACs;
   2. the built-in dataset: ten classes of procedurally drawn shapes (timm_mlit/data/shapes.py), as an ImageFolder;

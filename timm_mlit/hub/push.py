@@ -16,7 +16,7 @@ import timm
 import torch
 import yaml
 from huggingface_hub import HfApi
-from timm.models import load_checkpoint, save_for_hf
+from timm.models import load_state_dict, save_for_hf
 
 import timm_mlit  # noqa: F401  registers the models
 from timm_mlit.models.mlit import checkpoint_filter_fn
@@ -27,27 +27,22 @@ from .variants import find_variant
 __all__ = ['load_for_push', 'write_repo_files', 'push', 'main']
 
 
-def _num_classes_in(checkpoint: Path, use_ema: bool) -> int:
-    from timm.models import load_state_dict
-    state = load_state_dict(str(checkpoint), use_ema=use_ema)
-    head = state.get('head.weight')
-    return 0 if head is None else head.shape[0]
-
-
 def load_for_push(model_name: str, checkpoint, use_ema: bool = False, num_classes: Optional[int] = None):
     """The timm model ``model_name`` ('mlit_xxs.c10' or 'mlit_xxs') with the checkpoint's weights, loaded strictly
-    (after the architecture check of ``checkpoint_filter_fn``)."""
+    (after the architecture check of ``checkpoint_filter_fn``). The file is read once."""
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise FileNotFoundError(f'No checkpoint at {checkpoint}.')
+    state = load_state_dict(str(checkpoint), use_ema=use_ema)
     variant = find_variant(model_name)
     if num_classes is None:
-        num_classes = variant.num_classes if variant else _num_classes_in(checkpoint, use_ema)
+        head = state.get('head.weight', state.get('module.head.weight'))
+        num_classes = variant.num_classes if variant else (0 if head is None else head.shape[0])
     overlay = None
     if variant is None:  # an untagged or custom name: not the default tag's description
         overlay = dict(tag=None, description=f'{model_name.split(".")[0]} trained with timm_mlit.')
     model = timm.create_model(model_name, pretrained=False, num_classes=num_classes, pretrained_cfg_overlay=overlay)
-    load_checkpoint(model, str(checkpoint), use_ema=use_ema, strict=True, filter_fn=checkpoint_filter_fn)
+    model.load_state_dict(checkpoint_filter_fn(state, model), strict=True)
     return model.eval()
 
 

@@ -11,8 +11,8 @@ epochs, cosine decay, epochs 4000 (S) / 6000 (XS) / 8000 (XXS), batch 840 (S) / 
 random-resized-crop [0.6, 1], mean = std = 0.5. Choices the paper leaves open: AdamW betas (0.9, 0.95) and LR floor
 0 as MAE's pre-training, a per-step schedule, bicubic resize.
 
-The output folder gets: ``log.csv`` and ``log.json`` (per epoch: losses, LR, speed, expert load, step losses),
-``loss_curve.png`` (log-log, Figure 6) and ``expert_load.png`` when matplotlib is installed,
+The output folder gets: ``log.csv`` and ``log.jsonl`` (per epoch: losses, LR, speed; the JSON adds the expert
+load), ``steps.csv`` (every update's loss), ``loss_curve.png`` (log-log, Figure 6) and ``expert_load.png`` when matplotlib is installed,
 ``recon_epochNNNNN.png`` every ``--recon-interval`` epochs, ``last.pth`` (resumable) and ``encoder.safetensors``
 (the encoder alone, for timm) at every checkpoint. ``--resume OUTPUT/last.pth`` (or ``--resume auto``) continues
 exactly: a run killed mid-epoch restarts that epoch from the last checkpoint's state.
