@@ -1,0 +1,319 @@
+"""The ViT skeleton the zoo's models share: patch stem, one learned prefix token (the papers' dummy patch), encoder
+blocks, final norm, classifier, in timm's model API (``forward_features`` / ``forward_head`` /
+``forward_intermediates`` / ``prune_intermediate_layers`` / ``group_matcher`` / ``reset_classifier``).
+
+The dummy patch (mLiT Sec. 2.1, Mae-ViT-C100): an all-zero patch joins every image. With a bias-free patch
+projection its embedding is exactly its position embedding ``pos_embed[0]``, so the prefix token *is*
+``pos_embed[0]``: timm's class token and its position merged into one learned vector. It sits first (timm's
+prefix-token place) and its output is what the classifier reads (``global_pool='token'``). With a biased
+projection (Mobile V-MoE's standard ViT stem) the same vector plays the class token.
+
+Subclasses give the blocks (``block_fn(i) -> nn.Module``); models whose blocks need more than ``x`` override
+``_run_blocks`` (and that is all forward_features / forward_intermediates need).
+"""
+import logging
+import math
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple, Union
+
+import torch
+import torch.nn as nn
+from timm.layers import LayerType, PatchEmbed, get_norm_layer, resample_abs_pos_embed, resample_patch_embed, \
+    trunc_normal_
+from timm.models import checkpoint, checkpoint_seq
+from timm.models._features import feature_take_indices
+from timm.models.vision_transformer import global_pool_nlc
+
+from timm_mlit.hub.errors import CheckpointMismatchError
+from timm_mlit.layers._tracing import is_graph_capture
+
+__all__ = ['DummyPatchViT', 'GLOBAL_POOLS', 'filter_checkpoint', 'block_count']
+
+_logger = logging.getLogger(__name__)
+
+GLOBAL_POOLS = ('', 'token', 'avg', 'max', 'avgmax')
+
+
+class DummyPatchViT(nn.Module):
+    """Patch stem + dummy patch + ``blocks`` + norm + head. See the module docstring."""
+
+    def __init__(
+            self,
+            block_fn: Callable[[int], nn.Module],
+            depth: int,
+            img_size: Union[int, Tuple[int, int]] = 36,
+            patch_size: int = 3,
+            in_chans: int = 3,
+            num_classes: int = 100,
+            global_pool: str = 'token',
+            embed_dim: int = 108,
+            patch_bias: bool = False,
+            drop_rate: float = 0.,
+            pos_drop_rate: float = 0.,
+            norm_layer: Optional[LayerType] = None,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        if global_pool not in GLOBAL_POOLS:
+            raise ValueError(f'global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}.')
+        norm_layer = get_norm_layer(norm_layer) or nn.LayerNorm
+
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.global_pool = global_pool
+        self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
+        self.num_prefix_tokens = 1  # the dummy patch
+        self.grad_checkpointing = False
+
+        self.patch_embed = PatchEmbed(
+            img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim, bias=patch_bias, **dd)
+        num_patches = self.patch_embed.num_patches
+        reduction = self.patch_embed.feat_ratio()
+        self.pos_embed = nn.Parameter(torch.empty(1, num_patches + self.num_prefix_tokens, embed_dim, **dd))
+        self.pos_drop = nn.Dropout(pos_drop_rate)
+        self.blocks = nn.Sequential(*[block_fn(i) for i in range(depth)])
+        self.feature_info = [
+            dict(module=f'blocks.{i}', num_chs=embed_dim, reduction=reduction) for i in range(depth)]
+        self.norm = norm_layer(embed_dim, **dd)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(embed_dim, num_classes, **dd) if num_classes > 0 else nn.Identity()
+
+    def init_weights(self, needs_reset: bool = True) -> None:
+        """Position table trunc-normal(0.02) like timm's ViT; every other layer its own ``reset_parameters``.
+
+        ``needs_reset=True`` re-runs each layer's ``reset_parameters`` too, e.g. after ``to_empty()`` from meta.
+        """
+        if needs_reset:
+            # children before parents, so a parent's own init (e.g. zero gates) has the last word
+            for m in reversed(list(self.modules())):
+                if m is not self and hasattr(m, 'reset_parameters'):
+                    m.reset_parameters()
+        trunc_normal_(self.pos_embed, std=.02)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> Set[str]:
+        return {'pos_embed'}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        """Embeddings form the stem group and each block its own group; the final norm is left unmatched so it
+        lands with the head. timm's layer-wise LR decay then gives MAE's scales: embeddings decay^(L+1),
+        block j decay^(L-j), final norm and head 1."""
+        return dict(
+            stem=r'^pos_embed|patch_embed',
+            blocks=r'^blocks\.(\d+)',
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        self.num_classes = num_classes
+        if global_pool is not None:
+            if global_pool not in GLOBAL_POOLS:
+                raise ValueError(f'global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}.')
+            self.global_pool = global_pool
+        dd = {'device': self.pos_embed.device, 'dtype': self.pos_embed.dtype}
+        self.head = nn.Linear(self.embed_dim, num_classes, **dd) if num_classes > 0 else nn.Identity()
+        self.head.train(self.training)
+
+    @torch.jit.ignore
+    def _check_input(self, x: torch.Tensor) -> None:
+        """Refuse input the model would silently mis-read: it needs (B, in_chans, H, W) at its image size."""
+        if is_graph_capture():
+            return
+        expected = (self.in_chans, *self.patch_embed.img_size)
+        if x.ndim == 4 and tuple(x.shape[1:]) == expected:
+            return
+        name = getattr(self, 'pretrained_cfg', {}).get('architecture', type(self).__name__)
+        c, h, w = expected
+        raise ValueError(
+            f'{name} expects a batch of {c}-channel {h}x{w} images, a tensor shaped (B, {c}, {h}, {w}); '
+            f'got shape {tuple(x.shape)}. Resize the images with the transform timm builds for the model '
+            f'(timm.data.create_transform(**timm.data.resolve_data_config({{}}, model=model))), or create the model '
+            f'with img_size=/in_chans= matching your data.'
+        )
+
+    def embed_patches(self, x: torch.Tensor) -> torch.Tensor:
+        """Images -> patch embeddings plus their positions, (B, num_patches, D), without the dummy patch."""
+        self._check_input(x)
+        return self.patch_embed(x) + self.pos_embed[:, self.num_prefix_tokens:]
+
+    def add_dummy_patch(self, x: torch.Tensor) -> torch.Tensor:
+        """Put the dummy patch first; its embedding is pos_embed[0] (see the module docstring)."""
+        dummy = self.pos_embed[:, :self.num_prefix_tokens].expand(x.shape[0], -1, -1)
+        return self.pos_drop(torch.cat([dummy, x], dim=1))
+
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.add_dummy_patch(self.embed_patches(x))
+
+    def _run_blocks(self, x: torch.Tensor, take_indices: List[int], max_index: int) -> Tuple[
+            torch.Tensor, List[torch.Tensor]]:
+        """Run blocks 0..max_index, returning the last output and the outputs of the blocks in ``take_indices``."""
+        intermediates = []
+        if torch.jit.is_scripting() or max_index < 0:
+            blocks = self.blocks
+        else:
+            blocks = self.blocks[:max_index + 1]
+        for i, blk in enumerate(blocks):
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint(blk, x)
+            else:
+                x = blk(x)
+            if i in take_indices:
+                intermediates.append(x)
+        return x, intermediates
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            return_prefix_tokens: bool = False,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Forward features that also returns the outputs of the selected blocks.
+
+        Args:
+            x: Input images.
+            indices: Take the last n blocks if an int, all if None, these blocks if a sequence.
+            return_prefix_tokens: Return (patch tokens, dummy token) pairs.
+            norm: Apply the final norm to each intermediate.
+            stop_early: Stop after the last block asked for.
+            output_fmt: 'NCHW' (patch grid) or 'NLC' (token sequence).
+            intermediates_only: Return only the intermediates.
+        """
+        if output_fmt not in ('NCHW', 'NLC'):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}.")
+        take_indices, max_index = feature_take_indices(self.num_blocks(), indices)
+
+        B, (height, width) = x.shape[0], x.shape[-2:]
+        x = self._embed(x)
+        x, intermediates = self._run_blocks(x, take_indices, max_index if stop_early else -1)
+        if norm:
+            intermediates = [self.norm(y) for y in intermediates]
+        prefix_tokens = [y[:, :self.num_prefix_tokens] for y in intermediates]
+        intermediates = [y[:, self.num_prefix_tokens:] for y in intermediates]
+        if output_fmt == 'NCHW':
+            H, W = self.patch_embed.dynamic_feat_size((height, width))
+            intermediates = [y.reshape(B, H, W, -1).permute(0, 3, 1, 2).contiguous() for y in intermediates]
+        if not torch.jit.is_scripting() and return_prefix_tokens:
+            intermediates = list(zip(intermediates, prefix_tokens))
+        if intermediates_only:
+            return intermediates
+        return self.norm(x), intermediates
+
+    @torch.jit.ignore
+    def num_blocks(self) -> int:
+        return len(self.blocks)
+
+    def _prune_blocks(self, max_index: int) -> None:
+        self.blocks = self.blocks[:max_index + 1]
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        """Drop the blocks after the last intermediate asked for (and the norm / head if asked)."""
+        take_indices, max_index = feature_take_indices(self.num_blocks(), indices)
+        self._prune_blocks(max_index)
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, '')
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._embed(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.blocks, x)
+        else:
+            x = self.blocks(x)
+        return self.norm(x)
+
+    def pool(self, x: torch.Tensor, pool_type: Optional[str] = None) -> torch.Tensor:
+        pool_type = self.global_pool if pool_type is None else pool_type
+        return global_pool_nlc(x, pool_type=pool_type, num_prefix_tokens=self.num_prefix_tokens)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.pool(x)
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.forward_features(x)
+        x = self.forward_head(x)
+        return x
+
+
+def _unwrap(state_dict: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+    for key in ('model', 'state_dict', 'model_ema', 'state_dict_ema'):
+        if key in state_dict and isinstance(state_dict[key], dict):
+            state_dict = state_dict[key]
+            break
+    return {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state_dict.items()}
+
+
+def filter_checkpoint(
+        state_dict: Dict[str, Any],
+        model: DummyPatchViT,
+        describe: Callable[[Dict[str, torch.Tensor]], Optional[str]],
+        family: str,
+        hint: str,
+        interpolation: str = 'bicubic',
+        antialias: bool = True,
+) -> Dict[str, torch.Tensor]:
+    """Adapt a checkpoint to ``model``: unwrap training-checkpoint containers and DDP prefixes, refuse weights of
+    another architecture with a message that says what they are, resample the position table and patch projection
+    when the image or patch size differs, and give a headless encoder (an MAE export) the model's own new head.
+
+    ``describe(state_dict)`` names the architecture a state dict was made for (None: not of ``family``);
+    ``hint`` says which model to create instead.
+    """
+    state_dict = _unwrap(state_dict)
+    got, want = describe(state_dict), describe(model.state_dict())
+    if got is None:
+        sample = ', '.join(list(state_dict)[:4])
+        raise CheckpointMismatchError(
+            f'This checkpoint is not {family} encoder (its first keys are: {sample}). Load it into the model it was '
+            f'trained for, or pass {family} checkpoint.')
+    if got != want:
+        raise CheckpointMismatchError(
+            f'This checkpoint holds {got}, but the model is {want}. Create the matching model ({hint}) to load it.')
+
+    out = {}
+    for k, v in state_dict.items():
+        if k == 'patch_embed.proj.weight' and v.shape[-2:] != model.patch_embed.proj.weight.shape[-2:]:
+            v = resample_patch_embed(
+                v, model.patch_embed.proj.weight.shape[-2:], interpolation=interpolation, antialias=antialias)
+        elif k == 'pos_embed' and v.shape != model.pos_embed.shape:
+            num_patches = v.shape[1] - model.num_prefix_tokens
+            side = int(math.sqrt(num_patches))
+            v = resample_abs_pos_embed(
+                v,
+                new_size=model.patch_embed.grid_size,
+                old_size=(side, side),
+                num_prefix_tokens=model.num_prefix_tokens,
+                interpolation=interpolation,
+                antialias=antialias,
+            )
+        out[k] = v
+    if 'head.weight' not in out and isinstance(model.head, nn.Linear):
+        # a headless encoder (MAE export): the model keeps its freshly initialised head, everything else loads
+        _logger.info('Checkpoint has no classifier head: keeping the model\'s newly initialised head.')
+        out.update({f'head.{k}': v for k, v in model.head.state_dict().items()})
+    return out
+
+
+def block_count(state_dict: Dict[str, torch.Tensor], prefix: str = 'blocks.') -> int:
+    return len({k[len(prefix):].split('.')[0] for k in state_dict if k.startswith(prefix)})
