@@ -10,7 +10,8 @@ from timm.models import get_notrace_functions, get_notrace_modules
 
 import timm_mlit  # noqa: F401  registers the models
 
-MODELS = timm.list_models(module='mlit')
+FAMILIES = ('mlit', 'maevit', 'mobile_vmoe')
+MODELS = [name for family in FAMILIES for name in timm.list_models(module=family)]
 
 
 def _input(model, batch_size=1):
@@ -18,7 +19,8 @@ def _input(model, batch_size=1):
 
 
 def test_models_are_registered():
-    assert MODELS == ['mlit_s', 'mlit_xs', 'mlit_xxs']
+    assert MODELS[:4] == ['mlit_s', 'mlit_xs', 'mlit_xxs', 'maevit_c100']
+    assert len(MODELS) == 4 + 12 + 3  # Mobile V-MoE: the paper's 12 sizes and 3 on mLiT's 36x36 stem
 
 
 @pytest.mark.parametrize('model_name', MODELS)
@@ -51,8 +53,12 @@ def test_model_default_cfgs_non_std(model_name):
     assert model.num_classes >= 0 and model.num_features > 0 and model.head_hidden_size > 0
     state_dict = model.state_dict()
     cfg = model.pretrained_cfg
-    assert cfg['input_size'] == (3, 36, 36) and cfg['crop_pct'] == 1.0
-    assert cfg['mean'] == (0.5, 0.5, 0.5) and cfg['std'] == (0.5, 0.5, 0.5)
+    if cfg['input_size'] == (3, 36, 36):  # the papers' CIFAR stem
+        assert cfg['crop_pct'] == 1.0 and cfg['mean'] == (0.5, 0.5, 0.5) and cfg['std'] == (0.5, 0.5, 0.5)
+    else:  # Mobile V-MoE's ImageNet sizes: timm's standard ViT cfg
+        assert cfg['input_size'] == (3, 224, 224) and cfg['crop_pct'] == 0.875
+        assert cfg['mean'] == timm.data.IMAGENET_DEFAULT_MEAN and cfg['num_classes'] == 1000
+    assert model.patch_embed.img_size == cfg['input_size'][1:]
     x = _input(model)
 
     feats = model.forward_features(x)
@@ -89,12 +95,13 @@ def test_model_forward_features(model_name):
     model = timm.create_model(model_name, features_only=True).eval()
     channels, reductions = model.feature_info.channels(), model.feature_info.reduction()
     assert len(channels) >= 3
-    x = torch.randn(1, 3, 36, 36)
+    size = model.pretrained_cfg['input_size'][-1]
+    x = torch.randn(1, 3, size, size)
     outputs = model(x)
     assert len(outputs) == len(channels)
     for c, r, o in zip(channels, reductions, outputs):
         assert o.shape[1] == c
-        assert o.shape[2] <= math.ceil(36 / r) + 1 and o.shape[3] <= math.ceil(36 / r) + 1
+        assert o.shape[2] <= math.ceil(size / r) + 1 and o.shape[3] <= math.ceil(size / r) + 1
         assert not torch.isnan(o).any()
 
 
@@ -109,7 +116,7 @@ def test_model_forward_intermediates(model_name):
     spatial, feat_axis = get_spatial_dim('NCHW'), get_channel_dim('NCHW')
     for c, r, o in zip(channels, reductions, intermediates):
         assert o.shape[feat_axis] == c
-        assert o.shape[spatial[0]] <= math.ceil(36 / r) + 1
+        assert o.shape[spatial[0]] <= math.ceil(x.shape[-1] / r) + 1
     assert torch.allclose(output, model.forward_features(x))
     model.set_grad_checkpointing()
     output2, _ = model.forward_intermediates(x, output_fmt='NCHW')
@@ -122,7 +129,7 @@ def test_model_prune_intermediate_layers(model_name):
     x = _input(model)
     _, full = model.forward_intermediates(x, indices=[1, 3])
     kept = model.prune_intermediate_layers(indices=[1, 3], prune_head=True)
-    assert kept == [1, 3] and len(model.blocks) == 4 and model.num_classes == 0
+    assert kept == [1, 3] and model.num_blocks() == 4 and model.num_classes == 0
     pruned = model.forward_intermediates(x, indices=[1, 3], intermediates_only=True)
     for a, b in zip(full, pruned):
         assert torch.allclose(a, b)

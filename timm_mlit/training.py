@@ -1,4 +1,4 @@
-"""Where the MoE loss meets timm's training task: timm's unmodified train.py then optimises task loss + L.
+"""Where the MoE and router losses meet timm's training task: timm's unmodified train.py then optimises task loss + L.
 
 train.py computes its loss in a ``timm.task`` task (``result = task(input, target)``), divides it for gradient
 accumulation and hands it to the GradScaler or ``backward()``. ``import timm_mlit`` (what ``--device-modules
@@ -9,8 +9,13 @@ the loss train.py back-propagates, it is scaled by the GradScaler in fp16 and di
 the task loss (an autograd hook on the model output would skip both). The class is patched, not an instance, so
 it also reaches the ``ClassificationTask`` that train.py imported before it loaded ``--device-modules``.
 
-A task without MoE layers (any other timm model) returns exactly what it returned before: no key added, the same
-loss tensor. Stale losses cannot leak in: the MoE layers' records are cleared before each task call.
+Mobile V-MoE's router loss needs the targets, and this is where the criterion sees them: for a model with a
+per-image router the wrapper also adds ``router.loss(target)`` (λ·CE toward the super-class of each target, soft
+targets from mixup included, or the end-to-end importance loss), reported as ``result['router_loss']`` and, for a
+guided router, ``result['router_acc']``.
+
+A task without MoE layers or routers (any other timm model) returns exactly what it returned before: no key added,
+the same loss tensor. Stale losses cannot leak in: the records are cleared before each task call.
 """
 import functools
 import logging
@@ -18,6 +23,7 @@ import logging
 import torch
 from timm.task import TrainingTask
 
+from timm_mlit.layers.image_router import PerImageRouter, router_stats
 from timm_mlit.layers.moe import MoEFeedForward
 
 __all__ = ['install', 'uninstall', 'is_installed']
@@ -27,25 +33,48 @@ _ORIGINAL_CALL = TrainingTask.__call__  # nn.Module's, unless a timm version def
 _OWN_CALL = '__call__' in TrainingTask.__dict__
 
 
+def _target(args, kwargs):
+    """The task's ``target`` argument (timm's tasks are called as ``task(input, target)``)."""
+    if 'target' in kwargs:
+        return kwargs['target']
+    return args[1] if len(args) > 1 else None
+
+
 @functools.wraps(_ORIGINAL_CALL)
 def _task_call_with_moe_loss(self: TrainingTask, *args, **kwargs):
     layers = [m for m in self.modules() if isinstance(m, MoEFeedForward)]
-    if not layers:
+    routers = [m for m in self.modules() if isinstance(m, PerImageRouter)]
+    if not layers and not routers:
         return _ORIGINAL_CALL(self, *args, **kwargs)
-    for layer in layers:
-        layer.stash.clear()
+    for module in layers + routers:
+        module.stash.clear()
     result = _ORIGINAL_CALL(self, *args, **kwargs)
-    losses = [layer.stash.aux_loss for layer in layers if layer.stash.aux_loss is not None]
-    if not losses or not isinstance(result, dict) or 'loss' not in result:
+    if not isinstance(result, dict) or 'loss' not in result:
         return result
-    moe = torch.stack(losses).sum()
-    if not getattr(self, '_timm_mlit_announced', False):
-        _logger.info(
-            f'timm_mlit: training loss = {type(self).__name__} loss + MoE balancing loss (Eq. 12, weight 1) of '
-            f'{len(losses)} MoE layers')
+    extra = []
+    losses = [layer.stash.aux_loss for layer in layers if layer.stash.aux_loss is not None]
+    if losses:
+        moe = torch.stack(losses).sum()
+        result['moe_loss'] = moe.detach()
+        extra.append(f'MoE balancing loss (Eq. 12, weight 1) of {len(losses)} MoE layers')
+        result['loss'] = result['loss'] + moe
+    target = _target(args, kwargs)
+    if routers and target is not None:
+        router = [loss for loss in (r.loss(target) for r in routers) if loss is not None]
+        if router:
+            total = torch.stack(router).sum()
+            result['router_loss'] = total.detach()
+            result['loss'] = result['loss'] + total
+            guided = any(r.guided for r in routers)
+            extra.append(
+                'router cross-entropy toward super-classes (Mobile V-MoE, weight λ)' if guided else
+                'end-to-end router importance loss')
+        stats = router_stats(self, target)
+        if 'router_acc' in stats:
+            result['router_acc'] = stats['router_acc']
+    if extra and not getattr(self, '_timm_mlit_announced', False):
+        _logger.info(f'timm_mlit: training loss = {type(self).__name__} loss + ' + ' + '.join(extra))
         self._timm_mlit_announced = True
-    result['moe_loss'] = moe.detach()
-    result['loss'] = result['loss'] + moe
     return result
 
 

@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 import timm
 from timm.layers import trunc_normal_
+from timm.models.vision_transformer import Block
 
 from timm_mlit.layers import MoEBlock, moe_loss
 
@@ -77,8 +78,8 @@ def random_masking(x: torch.Tensor, mask_ratio: float):
 
 
 class MaskedAutoencoder(nn.Module):
-    """An mLiT encoder (any model with ``embed_patches``, ``add_dummy_patch``, ``blocks``, ``norm``) and the
-    mmLiT decoder."""
+    """An mLiT encoder (any model with ``embed_patches``, ``add_dummy_patch``, ``blocks``, ``norm``: mLiT,
+    ``maevit_c100``) and the mmLiT decoder; ``decoder_num_experts=0`` makes the decoder dense (timm ViT blocks)."""
 
     def __init__(
             self,
@@ -118,8 +119,8 @@ class MaskedAutoencoder(nn.Module):
         self.decoder_embed = nn.Linear(embed_dim, decoder_dim, bias=False)
         self.decoder_pos_embed = (
             nn.Parameter(torch.zeros(1, num_positions, decoder_dim)) if decoder_pos == 'separate' else None)
-        self.decoder_blocks = nn.Sequential(*[
-            MoEBlock(
+        if decoder_num_experts > 0:
+            make_block = lambda: MoEBlock(
                 dim=decoder_dim,
                 num_heads=decoder_num_heads,
                 num_kv_heads=decoder_num_kv_heads,
@@ -128,7 +129,11 @@ class MaskedAutoencoder(nn.Module):
                 top_k=decoder_top_k,
                 expert_drop=decoder_expert_drop_rate,
             )
-            for _ in range(decoder_depth)])
+        else:  # a dense decoder (for dense encoders such as maevit_c100): timm's ViT block, MLP of decoder_hidden_dim
+            make_block = lambda: Block(
+                dim=decoder_dim, num_heads=decoder_num_heads, mlp_ratio=decoder_hidden_dim / decoder_dim,
+                qkv_bias=True, norm_layer=nn.LayerNorm)
+        self.decoder_blocks = nn.Sequential(*[make_block() for _ in range(decoder_depth)])
         self.decoder_norm = nn.LayerNorm(decoder_dim)
         self.decoder_pred = nn.Linear(decoder_dim, self.patch_size ** 2 * self.in_chans, bias=False)
         trunc_normal_(self.mask_token, std=.02)

@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument('--std', type=float, nargs=3, default=[0.5, 0.5, 0.5])
     d.add_argument('--train-interpolation', default='bicubic')
     m = p.add_argument_group('model')
-    m.add_argument('--model', default='mlit_xxs', help='encoder: any registered mLiT')
+    m.add_argument('--model', default='mlit_xxs', help='encoder: any registered mLiT, or maevit_c100')
     m.add_argument('--mask-ratio', type=float, default=0.75)
     m.add_argument('--alpha', type=float, default=0.1, help='weight of the loss on visible patches (Eq. 16)')
     m.add_argument('--beta', type=float, default=0.5, help='weight of the MoE loss (Eq. 16)')
@@ -195,8 +195,10 @@ class RunLog:
         epochs = [h['epoch'] for h in self.history]
         plot_loss_curve(
             epochs, {k: [h[k] for h in self.history] for k in ('loss', 'mse_masked', 'mse_unmasked')},
-            self.out / 'loss_curve.png', title=f'mmLiT pre-training, {model_name}')
+            self.out / 'loss_curve.png', title=f'MAE pre-training, {model_name}')
         layers = list(self.history[-1]['expert_load'])
+        if not layers:  # a dense encoder and decoder (maevit_c100): no experts to plot
+            return
         plot_expert_load(
             epochs, {n: [min(h['expert_load'][n]) for h in self.history] for n in layers},
             self.out / 'expert_load.png')
@@ -232,7 +234,7 @@ def main(argv: Optional[List[str]] = None) -> Path:
     if primary:
         n_enc = sum(p.numel() for p in model.encoder.parameters())
         _logger.info(
-            f'mmLiT pre-training {args.model}: encoder {n_enc:,} params, decoder {model.decoder_param_count():,} '
+            f'MAE pre-training {args.model}: encoder {n_enc:,} params, decoder {model.decoder_param_count():,} '
             f'(Table 2: 0.34M); {args.epochs} epochs, batch {args.batch_size} x {args.world_size}, lr {args.lr:.3g}, '
             f'warm-up {args.warmup_epochs} epochs; output {out}')
 

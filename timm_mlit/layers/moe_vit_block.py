@@ -1,0 +1,52 @@
+"""Mobile V-MoE's MoE-ViT layer (arXiv 2309.04354, Fig. 2d): a ViT layer whose MLP is one of E experts per image,
+chosen by the model's single per-image router; everything else is shared and identical to timm's ViT ``Block``
+(so a MoE-ViT layer has exactly the parameters of its dense twin plus E-1 MLPs).
+
+    x = x + attn(LN(x))
+    x = x + Σ_j g_j(image) · MLP_{e_j(image)}(LN(x))
+"""
+from typing import Type
+
+import torch
+import torch.nn as nn
+from timm.layers import Attention, DropPath
+
+from .image_experts import PerImageExperts
+
+__all__ = ['MoEViTBlock']
+
+
+class MoEViTBlock(nn.Module):
+    """Pre-norm ViT layer with a per-image mixture of standard MLP experts."""
+
+    def __init__(
+            self,
+            dim: int,
+            num_heads: int,
+            num_experts: int,
+            mlp_ratio: float = 4.,
+            qkv_bias: bool = True,
+            proj_drop: float = 0.,
+            attn_drop: float = 0.,
+            drop_path: float = 0.,
+            act_layer: Type[nn.Module] = nn.GELU,
+            norm_layer: Type[nn.Module] = nn.LayerNorm,
+            dispatch: str = 'auto',
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        self.norm1 = norm_layer(dim, **dd)
+        self.attn = Attention(
+            dim, num_heads=num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop, **dd)
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+        self.norm2 = norm_layer(dim, **dd)
+        self.mlp = PerImageExperts(
+            dim, int(dim * mlp_ratio), num_experts, act_layer=act_layer, drop=proj_drop, dispatch=dispatch, **dd)
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path1(self.attn(self.norm1(x)))
+        x = x + self.drop_path2(self.mlp(self.norm2(x), weights, indices))
+        return x
