@@ -2,7 +2,7 @@
 baseline, 2) compute its confusion matrix on a held-out split, 3) build the confusion graph (Jin et al. 2017) and
 cluster it into E groups, one per expert.
 
-    python train_scripts/derive_superclasses.py --model mlit_xxs --checkpoint output/train/<run>/model_best.pth.tar \\
+    python train_scripts/derive_superclasses.py --model maevit_c100 --checkpoint output/train/<run>/model_best.pth.tar \\
         --dataset torch/cifar100 --data-dir ~/data/cifar100 --split validation --num-superclasses 10 \\
         --output superclasses/c100_e10.json
 
@@ -11,6 +11,7 @@ writes the map (JSON, as :func:`~timm_mlit.superclasses.maps.load_superclass_map
 The clustering is spectral (normalised affinity, top-E eigenvectors, k-means) in numpy only.
 """
 import argparse
+import sys
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
@@ -21,8 +22,7 @@ import torch
 from timm.models import get_pretrained_cfg_value, load_state_dict
 from tqdm import tqdm
 
-from ..models import MLiT
-from ..models.mlit import checkpoint_filter_fn
+from .. import models  # noqa: F401  registers the zoo's models
 from .maps import SuperclassMap
 
 __all__ = [
@@ -228,8 +228,11 @@ def load_classifier(model_name: str, checkpoint, num_classes: Optional[int] = No
     if num_classes is not None and num_classes != outputs:
         raise ValueError(f'{checkpoint} is a {outputs}-class classifier but --num-classes is {num_classes}.')
     model = timm.create_model(model_name, pretrained=False, num_classes=outputs)
-    if isinstance(model, MLiT):
-        state = checkpoint_filter_fn(state, model)
+    # the model family's own filter (timm's convention: checkpoint_filter_fn beside the model class) checks the
+    # architecture and adapts positions; a timm-format checkpoint otherwise passes through unchanged
+    filter_fn = getattr(sys.modules.get(type(model).__module__), 'checkpoint_filter_fn', None)
+    if filter_fn is not None:
+        state = filter_fn(state, model)
     model.load_state_dict(state, strict=True)
     return model.eval()
 
