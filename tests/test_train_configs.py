@@ -20,7 +20,10 @@ from helpers import train_epochs
 from train_py_args import TRAIN_PY_DEFAULTS
 
 CONFIGS = Path(__file__).resolve().parents[1] / 'train_scripts' / 'configs'
-ALL = sorted(CONFIGS.glob('*.yaml'))
+PAPER = sorted(CONFIGS.glob('table*.yaml'))  # mLiT's Tables 4-6
+PRETRAIN = sorted(CONFIGS.glob('*_pretrain_mae.yaml'))  # pretrain_mae.py's, not train.py's
+ALL = [p for p in sorted(CONFIGS.glob('*.yaml')) if p not in PRETRAIN]  # train.py's
+ZOO = [p for p in ALL if p not in PAPER]  # Mae-ViT-C100 and Mobile V-MoE
 
 # Table 4, and the deviations of Tables 5 and 6: batch, base lr, layer decay, warm-up epochs, AutoAugment policy
 TABLE4 = dict(batch_size=448, lr_base=5e-3, layer_decay=0.9, warmup_epochs=20, aa='cifar10', epochs=300)
@@ -47,7 +50,7 @@ def _train_py_args(path, **overrides):
 
 
 def test_there_is_a_config_per_table_and_dataset():
-    names = {p.stem for p in ALL}
+    names = {p.stem for p in PAPER}
     assert names == {'table4_finetune_cifar100'} | {f'table5_transfer_{d}' for d in TABLE5} | {
         f'table6_scratch_{d}' for d in TABLE6}
 
@@ -58,7 +61,7 @@ def test_every_key_is_a_train_py_argument(path):
     assert not unknown, f'{path.name}: not train.py arguments: {sorted(unknown)}'
 
 
-@pytest.mark.parametrize('path', ALL, ids=lambda p: p.stem)
+@pytest.mark.parametrize('path', PAPER, ids=lambda p: p.stem)
 def test_configs_hold_the_papers_numbers(path):
     cfg = _cfg(path)
     table, dataset = path.stem.split('_')[0], path.stem.split('_')[-1]
@@ -165,3 +168,50 @@ def test_from_scratch_training_learns_and_keeps_experts_busy(cifar10_dir, capsys
     for name in loads[-1]:
         mean_share = torch.stack([step[name] for step in loads[-10:]]).mean(0)
         assert mean_share.min() > 0.03, f'{name}: an expert fell out of use ({mean_share.tolist()})'
+
+
+def test_the_zoos_other_systems_have_train_py_configs_beside_mlits():
+    assert {p.stem for p in ZOO} == {
+        'maevit_c100_finetune_cifar100', 'mobile_vmoe_superclass_cifar100', 'mobile_vmoe_end_to_end_cifar100',
+        'mobile_vmoe_imagenet'}
+    assert {p.stem for p in PRETRAIN} == {'maevit_c100_pretrain_mae'}
+    for path in ZOO:
+        cfg = _cfg(path)
+        assert cfg['device_modules'] == ['timm_mlit']
+        assert timm.is_model(cfg['model']), path.name
+    # side by side: the CIFAR runs share mLiT's optimisation and augmentation
+    table4, table6 = _cfg(CONFIGS / 'table4_finetune_cifar100.yaml'), _cfg(CONFIGS / 'table6_scratch_cifar100.yaml')
+    for path, base in [('maevit_c100_finetune_cifar100', table4), ('mobile_vmoe_superclass_cifar100', table6),
+                       ('mobile_vmoe_end_to_end_cifar100', table6)]:
+        cfg = _cfg(CONFIGS / f'{path}.yaml')
+        assert {k: v for k, v in cfg.items() if k not in ('model', 'model_kwargs', 'pretrained')} == {
+            k: v for k, v in base.items() if k not in ('model', 'model_kwargs', 'pretrained')}, path
+    guided = _cfg(CONFIGS / 'mobile_vmoe_superclass_cifar100.yaml')['model_kwargs']
+    assert guided['superclass_map'] == 'cifar100' and guided['router_loss_weight'] == 0.3
+    imagenet = _cfg(CONFIGS / 'mobile_vmoe_imagenet.yaml')
+    assert imagenet['model_kwargs']['router_loss_weight'] == 0.3 and imagenet['epochs'] == 300  # DeiT recipe
+
+
+def test_maevit_pretraining_config_is_pretrain_maes():
+    from timm_mlit.mae.pretrain import parse_args
+    args = parse_args(['--config', str(CONFIGS / 'maevit_c100_pretrain_mae.yaml')])
+    assert args.model == 'maevit_c100' and args.decoder_pos == 'separate'  # its own decoder table (the paper)
+    assert args.model_kwargs['decoder_num_experts'] == 0
+
+
+def test_mobile_vmoe_config_trains_through_train_pys_library_path(tmp_path, monkeypatch):
+    """CIFAR-100's coarse labels guide the router: 20 experts, the router loss in the task's loss."""
+    import torchvision.datasets.cifar
+    from conftest import write_cifar
+    monkeypatch.setattr(torchvision.datasets.cifar, 'check_integrity', lambda *args, **kwargs: True)
+    data = write_cifar(tmp_path / 'c100', num_classes=100, n_train=64, n_test=16)
+    args = _train_py_args(
+        CONFIGS / 'mobile_vmoe_superclass_cifar100.yaml', model='mobile_vmoe_6x64_patch3_36', batch_size=16,
+        amp=False, aa=None)
+    model, data_config, loader, optimizer, _, _, task = _setup_like_train_py(args, data)
+    assert model.num_experts == 20 and data_config['input_size'] == (3, 36, 36)
+    losses = train_epochs(task, optimizer, loader, 1)
+    assert len(losses) == 4 and all(math.isfinite(x) for x in losses)
+    x, y = next(iter(loader))
+    result = task(x, y)
+    assert result['router_loss'] > 0 and 0 <= result['router_acc'] <= 1
