@@ -115,7 +115,7 @@ def test_eval_groups_by_expert_and_training_or_tracing_gathers(monkeypatch):
     assert calls == ['gather'] * 2
 
 
-def test_torchscript_and_export_use_the_static_path_and_match_eager():
+def test_torchscript_export_and_compile_use_the_static_path_and_match_eager():
     torch.manual_seed(0)
     model = timm.create_model('mobile_vmoe_6x64_patch3_36', patch_size=6, top_k=2).eval()
     x = torch.randn(4, 3, 36, 36)
@@ -123,6 +123,8 @@ def test_torchscript_and_export_use_the_static_path_and_match_eager():
     assert torch.allclose(torch.jit.script(model)(x), eager, atol=1e-5)
     exported = torch.export.export(model, (x,))
     assert torch.allclose(exported.module()(x), eager, atol=1e-5)
+    compiled = torch.compile(model, fullgraph=True, backend='eager')  # no graph break, no host sync
+    assert torch.allclose(compiled(x), eager, atol=1e-5)
 
 
 def _grouped_images(n, g):
@@ -236,8 +238,12 @@ def test_checkpoints_round_trip_and_foreign_ones_are_refused(tmp_path):
         checkpoint_filter_fn(timm.create_model('mlit_xxs').state_dict(), src)
 
 
-def test_router_runs_in_float32_under_autocast():
-    model = timm.create_model('mobile_vmoe_6x64_patch3_36', patch_size=6).train()
+@pytest.mark.parametrize('train', [True, False])
+def test_router_runs_in_float32_under_autocast(train):
+    model = timm.create_model('mobile_vmoe_6x64_patch3_36', patch_size=6).train(train)
+    x = torch.randn(4, 3, 36, 36)
     with torch.autocast('cpu', dtype=torch.bfloat16):
-        out = model(torch.randn(2, 3, 36, 36))
+        out = model(x)
     assert out.dtype == torch.bfloat16 and model.router.stash.logits.dtype == torch.float32
+    if not train:  # the grouped eval path under autocast agrees with float32
+        assert torch.allclose(out.float(), model(x), atol=0.05)

@@ -115,7 +115,7 @@ class PerImageExperts(nn.Module):
             h = self.drop1(self.act(h))
             y = F.linear(h, self.fc2_weight[e], None if self.fc2_bias is None else self.fc2_bias[e])
             y = self.drop2(y) * slot_weights[start:start + count].reshape(-1, 1, 1).to(y.dtype)
-            out.index_add_(0, images, y)
+            out.index_add_(0, images, y.to(out.dtype))
             start += count
         return out
 
