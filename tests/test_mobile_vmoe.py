@@ -232,7 +232,7 @@ def test_checkpoints_round_trip_and_foreign_ones_are_refused(tmp_path):
     assert torch.equal(same.moe_blocks[1].mlp.fc2_weight, src.moe_blocks[1].mlp.fc2_weight)
     dense = timm.create_model('mobile_vmoe_6x64_patch3_36', num_moe_layers=0)
     with pytest.raises(ValueError, match=r'Mobile V-MoE with embed_dim=64, 4 dense \+ 2 MoE-ViT layers and 10 '
-                                         r'experts, but the model is a dense ViT'):
+                                         r'experts of MLP width 256, but the model is a dense ViT'):
         checkpoint_filter_fn(src.state_dict(), dense)
     with pytest.raises(ValueError, match='not a Mobile V-MoE'):
         checkpoint_filter_fn(timm.create_model('mlit_xxs').state_dict(), src)

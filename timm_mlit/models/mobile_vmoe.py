@@ -252,15 +252,19 @@ class MobileVMoE(DummyPatchViT):
 
 
 def _describe_mobile_vmoe(state_dict: Dict[str, torch.Tensor]) -> Optional[str]:
-    if 'pos_embed' not in state_dict or 'blocks.0.mlp.fc1.weight' not in state_dict and \
-            'moe_blocks.0.mlp.fc1_weight' not in state_dict:
+    """What a Mobile V-MoE (or dense twin) state dict is, or None for one of another family."""
+    has_dense = 'blocks.0.mlp.fc1.weight' in state_dict
+    has_moe = 'moe_blocks.0.mlp.fc1_weight' in state_dict
+    if 'pos_embed' not in state_dict or not (has_dense or has_moe):
         return None
     width = state_dict['pos_embed'].shape[-1]
     dense, moe = block_count(state_dict), block_count(state_dict, 'moe_blocks.')
-    if moe == 0:
-        return f'a dense ViT with embed_dim={width} and {dense} blocks'
-    experts = state_dict['moe_blocks.0.mlp.fc1_weight'].shape[0]
-    return f'a Mobile V-MoE with embed_dim={width}, {dense} dense + {moe} MoE-ViT layers and {experts} experts'
+    if not has_moe:
+        return (f'a dense ViT with embed_dim={width}, {dense} blocks and MLP width '
+                f'{state_dict["blocks.0.mlp.fc1.weight"].shape[0]}')
+    experts, hidden = state_dict['moe_blocks.0.mlp.fc1_weight'].shape[:2]
+    return (f'a Mobile V-MoE with embed_dim={width}, {dense} dense + {moe} MoE-ViT layers and {experts} experts '
+            f'of MLP width {hidden}')
 
 
 def checkpoint_filter_fn(
