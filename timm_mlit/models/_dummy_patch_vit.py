@@ -19,14 +19,14 @@ import torch
 import torch.nn as nn
 from timm.layers import LayerType, PatchEmbed, get_norm_layer, resample_abs_pos_embed, resample_patch_embed, \
     trunc_normal_
-from timm.models import checkpoint, checkpoint_seq
+from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq
 from timm.models._features import feature_take_indices
 from timm.models.vision_transformer import global_pool_nlc
 
 from timm_mlit.hub.errors import CheckpointMismatchError
 from timm_mlit.layers._tracing import is_graph_capture
 
-__all__ = ['DummyPatchViT', 'GLOBAL_POOLS', 'filter_checkpoint', 'block_count']
+__all__ = ['DummyPatchViT', 'GLOBAL_POOLS', 'filter_checkpoint', 'block_count', 'build_dummy_patch_vit', 'zoo_cfg']
 
 _logger = logging.getLogger(__name__)
 
@@ -317,3 +317,38 @@ def filter_checkpoint(
 
 def block_count(state_dict: Dict[str, torch.Tensor], prefix: str = 'blocks.') -> int:
     return len({k[len(prefix):].split('.')[0] for k in state_dict if k.startswith(prefix)})
+
+
+def build_dummy_patch_vit(
+        model_cls: type, variant: str, pretrained: bool, filter_fn: Callable, **kwargs) -> DummyPatchViT:
+    """``build_model_with_cfg`` as every family here calls it: its checkpoint filter, features through
+    ``forward_intermediates`` (feature_cls 'getter')."""
+    out_indices = kwargs.pop('out_indices', 3)
+    return build_model_with_cfg(
+        model_cls,
+        variant,
+        pretrained,
+        pretrained_filter_fn=filter_fn,
+        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
+        **kwargs,
+    )
+
+
+def zoo_cfg(url: str = '', **kwargs) -> Dict[str, Any]:
+    """A model family's default cfg; the defaults are the papers' 36x36 CIFAR setting (mean = std = 0.5, no crop,
+    bicubic, 100 classes)."""
+    return {
+        'url': url,
+        'num_classes': 100,
+        'input_size': (3, 36, 36),
+        'pool_size': None,
+        'crop_pct': 1.0,
+        'interpolation': 'bicubic',
+        'fixed_input_size': True,
+        'mean': (0.5, 0.5, 0.5),
+        'std': (0.5, 0.5, 0.5),
+        'first_conv': 'patch_embed.proj',
+        'classifier': 'head',
+        'license': 'apache-2.0',
+        **kwargs,
+    }

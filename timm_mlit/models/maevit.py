@@ -22,10 +22,10 @@ from typing import Any, Dict, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 from timm.layers import LayerType, calculate_drop_path_rates, get_act_layer, get_norm_layer
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from timm.models.vision_transformer import Block
 
-from ._dummy_patch_vit import DummyPatchViT, block_count, filter_checkpoint
+from ._dummy_patch_vit import DummyPatchViT, block_count, build_dummy_patch_vit, zoo_cfg, filter_checkpoint
 
 __all__ = ['MaeViT']
 
@@ -140,35 +140,14 @@ def checkpoint_filter_fn(
 
 
 def _create_maevit(variant: str, pretrained: bool = False, **kwargs) -> MaeViT:
-    out_indices = kwargs.pop('out_indices', 3)
-    return build_model_with_cfg(
-        MaeViT,
-        variant,
-        pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
-        **kwargs,
-    )
+    return build_dummy_patch_vit(MaeViT, variant, pretrained, checkpoint_filter_fn, **kwargs)
 
 
 def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
-    return {
-        'url': url,
-        'num_classes': 100,
-        'input_size': (3, 36, 36),
-        'pool_size': None,
-        'crop_pct': 1.0,
-        'interpolation': 'bicubic',
-        'fixed_input_size': True,
-        'mean': (0.5, 0.5, 0.5),
-        'std': (0.5, 0.5, 0.5),
-        'first_conv': 'patch_embed.proj',
-        'classifier': 'head',
-        'license': 'apache-2.0',
-        'paper_ids': 'arXiv:2402.03752',
-        'paper_name': 'Pre-training of Lightweight Vision Transformers on Small Datasets with Minimally Scaled Images',
-        **kwargs,
-    }
+    return zoo_cfg(
+        url, paper_ids='arXiv:2402.03752',
+        paper_name='Pre-training of Lightweight Vision Transformers on Small Datasets with Minimally Scaled Images',
+        **kwargs)
 
 
 default_cfgs = generate_default_cfgs({

@@ -28,12 +28,12 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 from timm.layers import LayerType, calculate_drop_path_rates, get_norm_layer
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
+from timm.models import generate_default_cfgs, register_model, resolve_pretrained_cfg
 
 from timm_mlit.layers import EXPERT_DROP_MODES, MoEBlock, expert_load, moe_loss
 from timm_mlit.hub.errors import explain_load_error, unpublished_on_public_hub
 from timm_mlit.hub.variants import DEFAULT_TAG, MODELS, VARIANTS, hub_repo_id
-from ._dummy_patch_vit import DummyPatchViT, block_count, filter_checkpoint
+from ._dummy_patch_vit import DummyPatchViT, block_count, build_dummy_patch_vit, zoo_cfg, filter_checkpoint
 
 __all__ = ['MLiT', 'hidden_sizes', 'experts_per_layer']
 
@@ -196,16 +196,7 @@ def checkpoint_filter_fn(
 
 
 def _create_mlit(variant: str, pretrained: bool = False, **kwargs) -> MLiT:
-    out_indices = kwargs.pop('out_indices', 3)
-    build = functools.partial(
-        build_model_with_cfg,
-        MLiT,
-        variant,
-        pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
-        **kwargs,
-    )
+    build = functools.partial(build_dummy_patch_vit, MLiT, variant, pretrained, checkpoint_filter_fn, **kwargs)
     if not pretrained:
         return build()
     cfg = resolve_pretrained_cfg(
@@ -224,23 +215,8 @@ def _create_mlit(variant: str, pretrained: bool = False, **kwargs) -> MLiT:
 
 
 def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
-    return {
-        'url': url,
-        'num_classes': 100,
-        'input_size': (3, 36, 36),
-        'pool_size': None,
-        'crop_pct': 1.0,
-        'interpolation': 'bicubic',
-        'fixed_input_size': True,
-        'mean': (0.5, 0.5, 0.5),
-        'std': (0.5, 0.5, 0.5),
-        'first_conv': 'patch_embed.proj',
-        'classifier': 'head',
-        'license': 'apache-2.0',
-        'paper_ids': 'arXiv:2407.17783',
-        'paper_name': 'How Lightweight Can A Vision Transformer Be',
-        **kwargs,
-    }
+    return zoo_cfg(
+        url, paper_ids='arXiv:2407.17783', paper_name='How Lightweight Can A Vision Transformer Be', **kwargs)
 
 
 default_cfgs = generate_default_cfgs({

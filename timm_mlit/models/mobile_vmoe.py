@@ -28,12 +28,12 @@ import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import LayerType, calculate_drop_path_rates, get_act_layer, get_norm_layer, trunc_normal_
-from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import checkpoint, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models.vision_transformer import Block
 
 from timm_mlit.layers import EXPERT_DISPATCH, MoEViTBlock, PerImageRouter, router_loss, router_stats
 from timm_mlit.superclasses import SuperclassMap, load_superclass_map
-from ._dummy_patch_vit import DummyPatchViT, block_count, filter_checkpoint
+from ._dummy_patch_vit import DummyPatchViT, block_count, build_dummy_patch_vit, zoo_cfg, filter_checkpoint
 
 __all__ = ['MobileVMoE']
 
@@ -281,41 +281,25 @@ def checkpoint_filter_fn(
 
 
 def _create_mobile_vmoe(variant: str, pretrained: bool = False, **kwargs) -> MobileVMoE:
-    out_indices = kwargs.pop('out_indices', 3)
-    return build_model_with_cfg(
-        MobileVMoE,
-        variant,
-        pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
-        **kwargs,
-    )
+    return build_dummy_patch_vit(MobileVMoE, variant, pretrained, checkpoint_filter_fn, **kwargs)
+
+
+_PAPER = dict(
+    paper_ids='arXiv:2309.04354',
+    paper_name='Mobile V-MoEs: Scaling Down Vision Transformers via Sparse Mixture-of-Experts',
+)
 
 
 def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
-    return {
-        'url': url,
-        'num_classes': 1000,
-        'input_size': (3, 224, 224),
-        'pool_size': None,
-        'crop_pct': 0.875,
-        'interpolation': 'bicubic',
-        'fixed_input_size': True,
-        'mean': IMAGENET_DEFAULT_MEAN,
-        'std': IMAGENET_DEFAULT_STD,
-        'first_conv': 'patch_embed.proj',
-        'classifier': 'head',
-        'license': 'apache-2.0',
-        'paper_ids': 'arXiv:2309.04354',
-        'paper_name': 'Mobile V-MoEs: Scaling Down Vision Transformers via Sparse Mixture-of-Experts',
-        **kwargs,
-    }
+    """timm's ImageNet ViT data config."""
+    return zoo_cfg(
+        url, num_classes=1000, input_size=(3, 224, 224), crop_pct=0.875, mean=IMAGENET_DEFAULT_MEAN,
+        std=IMAGENET_DEFAULT_STD, **_PAPER, **kwargs)
 
 
 def _cfg_36(**kwargs) -> Dict[str, Any]:
     """mLiT's CIFAR stem and data config."""
-    return _cfg(num_classes=100, input_size=(3, 36, 36), crop_pct=1.0, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
-                **kwargs)
+    return zoo_cfg(**_PAPER, **kwargs)
 
 
 SMALL_IMAGE_SIZES = ((12, 192), (9, 96), (6, 64))
