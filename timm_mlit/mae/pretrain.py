@@ -235,7 +235,7 @@ def main(argv: Optional[List[str]] = None) -> Path:
         n_enc = sum(p.numel() for p in model.encoder.parameters())
         _logger.info(
             f'MAE pre-training {args.model}: encoder {n_enc:,} params, decoder {model.decoder_param_count():,} '
-            f'(Table 2: 0.34M); {args.epochs} epochs, batch {args.batch_size} x {args.world_size}, lr {args.lr:.3g}, '
+            f'{"(Table 2: 0.34M)" if args.model.startswith("mlit_") else "(our choice)"}; {args.epochs} epochs, batch {args.batch_size} x {args.world_size}, lr {args.lr:.3g}, '
             f'warm-up {args.warmup_epochs} epochs; output {out}')
 
     transform = create_transform(
