@@ -23,7 +23,7 @@ import logging
 import torch
 from timm.task import TrainingTask
 
-from timm_mlit.layers.image_router import PerImageRouter, router_stats
+from timm_mlit.layers.image_router import PerImageRouter
 from timm_mlit.layers.moe import MoEFeedForward
 
 __all__ = ['install', 'uninstall', 'is_installed']
@@ -69,9 +69,9 @@ def _task_call_with_moe_loss(self: TrainingTask, *args, **kwargs):
             extra.append(
                 'router cross-entropy toward super-classes (Mobile V-MoE, weight λ)' if guided else
                 'end-to-end router importance loss')
-        stats = router_stats(self, target)
-        if 'router_acc' in stats:
-            result['router_acc'] = stats['router_acc']
+        accuracy = [a for a in (r.accuracy(target) for r in routers) if a is not None]
+        if accuracy:  # only the guided router's accuracy: no per-step expert histogram on the training path
+            result['router_acc'] = accuracy[0]
     if extra and not getattr(self, '_timm_mlit_announced', False):
         _logger.info(f'timm_mlit: training loss = {type(self).__name__} loss + ' + ' + '.join(extra))
         self._timm_mlit_announced = True

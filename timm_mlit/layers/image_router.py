@@ -144,6 +144,14 @@ class PerImageRouter(nn.Module):
             return self.balance_weight * cv_sq
         return self.loss_weight * F.cross_entropy(logits, self.superclass_target(target, logits.shape[-1]))
 
+    @torch.no_grad()
+    def accuracy(self, target: torch.Tensor) -> Optional[torch.Tensor]:
+        """Share of the last forward's images routed to their super-class (guided router, hard targets)."""
+        logits = self.stash.logits
+        if logits is None or self.superclass_of is None or target.dtype.is_floating_point:
+            return None
+        return (logits.argmax(dim=-1) == self.superclass_of[target]).float().mean()
+
     def superclass_target(self, target: torch.Tensor, num_experts: int) -> torch.Tensor:
         """Class targets -> super-class targets: indices for hard targets, summed probabilities for soft ones."""
         assert self.superclass_of is not None
@@ -173,6 +181,7 @@ def router_stats(model: nn.Module, target: Optional[torch.Tensor] = None) -> Dic
             continue
         choice = r.stash.logits.argmax(dim=-1)
         out['expert_share'] = torch.bincount(choice, minlength=r.num_experts).float() / choice.numel()
-        if r.superclass_of is not None and target is not None and not target.dtype.is_floating_point:
-            out['router_acc'] = (choice == r.superclass_of[target]).float().mean()
+        acc = r.accuracy(target) if target is not None else None
+        if acc is not None:
+            out['router_acc'] = acc
     return out

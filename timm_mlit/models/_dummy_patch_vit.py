@@ -155,7 +155,13 @@ class DummyPatchViT(nn.Module):
 
     def _run_blocks(self, x: torch.Tensor, take_indices: List[int], max_index: int) -> Tuple[
             torch.Tensor, List[torch.Tensor]]:
-        """Run blocks 0..max_index, returning the last output and the outputs of the blocks in ``take_indices``."""
+        """Run blocks 0..max_index (all if < 0), returning the last output and the outputs of the blocks in
+        ``take_indices``. Subclasses with more than ``blocks`` override this."""
+        return self._run_sequential_blocks(x, take_indices, max_index)
+
+    def _run_sequential_blocks(self, x: torch.Tensor, take_indices: List[int], max_index: int) -> Tuple[
+            torch.Tensor, List[torch.Tensor]]:
+        """``_run_blocks`` over ``self.blocks`` (a method of its own: TorchScript has no ``super()``)."""
         intermediates = []
         if torch.jit.is_scripting() or max_index < 0:
             blocks = self.blocks

@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import LayerType, calculate_drop_path_rates, get_act_layer, get_norm_layer, trunc_normal_
-from timm.models import checkpoint, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import checkpoint, generate_default_cfgs, register_model
 from timm.models.vision_transformer import Block
 
 from timm_mlit.layers import EXPERT_DISPATCH, MoEViTBlock, PerImageRouter, router_loss, router_stats
@@ -201,34 +201,22 @@ class MobileVMoE(DummyPatchViT):
     def _run_blocks(self, x: torch.Tensor, take_indices: List[int], max_index: int) -> Tuple[
             torch.Tensor, List[torch.Tensor]]:
         num_dense = len(self.blocks)
-        x, intermediates = super()._run_blocks(x, take_indices, min(max_index, num_dense - 1))
+        x, intermediates = self._run_sequential_blocks(x, take_indices, min(max_index, num_dense - 1))
         if 0 <= max_index < num_dense or self.router is None:
             return x, intermediates
         weights, indices = self.route(x)
-        for j, blk in enumerate(self.moe_blocks):
-            if 0 <= max_index < num_dense + j:
-                break
-            if self.grad_checkpointing and not torch.jit.is_scripting():
-                x = checkpoint(blk, x, weights, indices)
-            else:
-                x = blk(x, weights, indices)
-            if num_dense + j in take_indices:
-                intermediates.append(x)
-        return x, intermediates
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self._embed(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            x = checkpoint_seq(self.blocks, x)
-        else:
-            x = self.blocks(x)
-        if self.router is not None:
-            weights, indices = self.route(x)
-            for blk in self.moe_blocks:
+        for j, blk in enumerate(self.moe_blocks):  # no break: TorchScript unrolls ModuleList loops
+            if max_index < 0 or num_dense + j <= max_index:
                 if self.grad_checkpointing and not torch.jit.is_scripting():
                     x = checkpoint(blk, x, weights, indices)
                 else:
                     x = blk(x, weights, indices)
+                if num_dense + j in take_indices:
+                    intermediates.append(x)
+        return x, intermediates
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x, _ = self._run_blocks(self._embed(x), [], -1)  # dense layers, router, MoE-ViT layers
         return self.norm(x)
 
     @torch.jit.ignore
