@@ -45,10 +45,18 @@ def _cached_weights(cfg: Dict[str, Any]) -> Optional[str]:
 
 
 def _not_published(full_name: str, variant, where: str, local: str) -> PretrainedWeightsError:
+    from .variants import STAGE_DIR, STAGED
     cmds = variant.commands(full_name.split('.')[0])
+    if full_name in STAGED:
+        return PretrainedWeightsError(
+            f'{full_name} is staged in the timm-mlit repository ({STAGE_DIR}/{full_name}/) but not published yet '
+            f'({where}). From a clone, load the staged folder: '
+            f"timm.create_model('local-dir:{STAGE_DIR}/{full_name}', pretrained=True) after import timm_mlit; or "
+            f'publish it with\n  {cmds["publish"]}')
     return PretrainedWeightsError(
         f'No weights are published yet for {full_name} ({where}). Produce them with\n  {cmds["produce"]}\n'
-        f'publish them with\n  {cmds["publish"]}\nor load a local file: {local}')
+        f'stage the finished run with\n  {cmds["stage"]}\npublish it with\n  {cmds["publish"]}\n'
+        f'or load a local file: {local}')
 
 
 def unpublished_on_public_hub(model_name: str, cfg: Dict[str, Any]) -> Optional[PretrainedWeightsError]:
@@ -95,11 +103,12 @@ def explain_load_error(model_name: str, cfg: Dict[str, Any], error: BaseExceptio
     if isinstance(error, hf_errors.RepositoryNotFoundError):
         return PretrainedWeightsError(
             f'{where} does not exist. Check the name (hf-hub:ORG/NAME), HF_ENDPOINT, and HF_TOKEN for a private '
-            f'repo; or publish it with python train_scripts/push_to_hub.py.')
+            f'repo; or publish it with mlit-push (from a clone: python train_scripts/push_to_hub.py).')
     if isinstance(error, (hf_errors.EntryNotFoundError, hf_errors.RevisionNotFoundError)):
         return PretrainedWeightsError(
             f'{where} has no weights file for {full_name} ({error.__class__.__name__}): push model.safetensors '
-            f'with python train_scripts/push_to_hub.py, or set hf_hub_filename in pretrained_cfg_overlay.')
+            f'with mlit-push (from a clone: python train_scripts/push_to_hub.py), or set hf_hub_filename in '
+            f'pretrained_cfg_overlay.')
     if isinstance(error, RuntimeError) and 'weights_only=True blocked' in str(error):
         return PretrainedWeightsError(
             f'{where} is a pickle that holds Python objects besides tensors ({error.__cause__ or error}). It was not '
