@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from .records import RunInfo, read_run
-from .variants import DATASETS, PAPER_TOP1, find_variant
+from .variants import DATASETS, PAPER_SOURCE, PAPER_TOP1, find_variant
 
 __all__ = ['RunInfo', 'read_run', 'render_card', 'card_metadata', 'JPEG_CAVEAT']
 
@@ -120,8 +120,7 @@ def render_card(model_name: str, model: torch.nn.Module, repo_id: str, run: RunI
                 f'| best on the test split ({run.best["epoch"] + 1}) | {run.best["top1"]} | {run.best["top5"] or ""} |']
         paper = PAPER_TOP1.get(variant.tag, {}).get(arch) if variant else None
         if paper is not None:
-            table = 'Table 7' if variant.epochs == 300 else 'Table 8'
-            lines += ['', f'The paper reports {paper}% top-1 for this setting ({table}, {variant.epochs} epochs).']
+            lines += ['', f'The paper reports {paper}% top-1 for this setting ({PAPER_SOURCE[variant.tag]}).']
     else:
         lines.append(f'Final pre-training loss (Eq. 16) {run.metrics["mae_loss"]}, of which masked-patch MSE '
                      f'{run.metrics["mse_masked"]}.')
