@@ -239,7 +239,8 @@ def read_run(run_dir, dataset: Optional[str] = None, checkpoint=None) -> RunInfo
             str(args.get('train_split') or 'train'), len(history), metrics,
             {k: args[k] for k in _CARD_KEYS if args.get(k) not in (None, '', {}, [])},
             model=str(args.get('model') or ''), args=args, hardware=info.get('hardware'),
-            wall_time_s=info.get('wall_time_s'), jpeg_copy=bool(info.get('jpeg_copy')))
+            wall_time_s=info.get('wall_time_s'), jpeg_copy=bool(info.get('jpeg_copy')),
+            data_dir=str(args.get('data_dir') or ''))
     else:
         raise RunRecordError(
             f'{run} is neither a train.py output folder (summary.csv) nor a pretrain_mae.py one (log.jsonl): pass '
