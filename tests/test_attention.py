@@ -51,3 +51,20 @@ def test_bad_grouping_is_refused():
         GroupedQueryAttention(96, 6, 4)
     with pytest.raises(ValueError, match='divisible by num_heads'):
         GroupedQueryAttention(100, 6, 3)
+
+
+@pytest.mark.parametrize('fused', [True, False])
+def test_folded_groups_give_the_gradients_of_explicit_heads(fused):
+    torch.manual_seed(0)
+    attn = GroupedQueryAttention(108, 6, 3).train()
+    attn.fused_attn = fused
+    x = torch.randn(2, 30, 108)
+    probe = torch.randn(2, 30, 108)
+    grads = []
+    for fn in (attn, lambda v: _explicit_gqa(attn, v)):
+        attn.zero_grad(set_to_none=True)
+        xi = x.clone().requires_grad_(True)
+        (fn(xi) * probe).sum().backward()
+        grads.append([xi.grad] + [p.grad for p in attn.parameters()])
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, atol=1e-5)

@@ -70,8 +70,8 @@ def test_per_expert_dropout_equals_reference_with_same_masks(t, k):
     x = torch.randn(n, dim)
     torch.manual_seed(7)  # the noise draw _run makes, so these are the routes of the runs below
     top_idx = gate(x).top_idx
-    fused.drop = FixedMask(masks.gather(1, top_idx.unsqueeze(-1).expand(n, k, dim)), p)
-    y_fused, g_fused, _ = _run(gate, fused, x)
+    fused.drop = nn.Dropout(p)  # per-expert dropout on, its masks given below
+    y_fused, g_fused, _ = _run(gate, fused, x, drop_mask=masks.gather(1, top_idx.unsqueeze(-1).expand(n, k, dim)))
     y_ref, g_ref, _ = _run(gate, ref, x, drop_masks=masks)
     assert torch.allclose(y_fused, y_ref, atol=1e-5, rtol=1e-5)
     for name in g_fused:

@@ -6,6 +6,11 @@ dim m/H; every projection has a bias (all linear layers inside an encoder layer 
 
 ``qkv`` stacks the projections as ``[W_q (H·d), W_k (G·d), W_v (G·d)]`` so one matmul makes q, k and v; with
 G = H the layout is timm's ``Attention.qkv``.
+
+Key/value heads are not copied out to the query heads: the H/G query heads of group g are folded into the sequence
+axis, (B, G, H/G·N, d), and attend to the group's own (B, G, N, d) keys and values. Attention is row-wise in the
+queries, so outputs and gradients equal those of repeating K/V per query head, without the copies and their
+backward, in plain ops every SDPA backend and exporter takes.
 """
 from typing import Final, Optional
 
@@ -56,13 +61,12 @@ class GroupedQueryAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, _ = x.shape
         H, G, d = self.num_heads, self.num_kv_heads, self.head_dim
+        R = H // G  # query heads per key/value head
         q, k, v = self.qkv(x).split([H * d, G * d, G * d], dim=-1)
-        q = q.reshape(B, N, H, d).transpose(1, 2)
+        # query head g·R + r -> group g, rows r·N … (r+1)·N − 1
+        q = q.reshape(B, N, G, R, d).permute(0, 2, 3, 1, 4).reshape(B, G, R * N, d)
         k = k.reshape(B, N, G, d).transpose(1, 2)
         v = v.reshape(B, N, G, d).transpose(1, 2)
-        if G != H:  # each key/value head serves H/G consecutive query heads
-            k = k.repeat_interleave(H // G, dim=1)
-            v = v.repeat_interleave(H // G, dim=1)
 
         if self.fused_attn:
             x = F.scaled_dot_product_attention(
@@ -74,5 +78,5 @@ class GroupedQueryAttention(nn.Module):
             attn = self.attn_drop(attn.softmax(dim=-1))
             x = attn @ v
 
-        x = x.transpose(1, 2).reshape(B, N, H * d)
+        x = x.reshape(B, G, R, N, d).permute(0, 3, 1, 2, 4).reshape(B, N, H * d)
         return self.proj_drop(self.proj(x))

@@ -14,17 +14,25 @@ dispatch and no host sync. ``w`` stacks ``[W_1 … W_t]`` (rows ``i·d_h:(i+1)·
 split output of a single one is strided, which made silu's backward 18% slower on CPU.)
 
 Dropout (rate 0.1 in the paper) is applied to each expert's output before the gate weighting, Σ G_i drop(FFN_i).
-``drop_mode='expert'`` does exactly that without dispatch: the k chosen silu rows are gathered, multiplied by
-``x V + b_V``, sent through W2 as N·k rows, dropped, weighted and summed. ``drop_mode='combined'`` drops the
-combined output once, ``drop(y)``: same expectation, different training noise, one W2 matmul over N rows.
-Outside training, or with rate 0, both modes take the fused path above.
+``drop_mode='expert'`` does exactly that without dispatch: the k chosen rows of ``x W + b`` are gathered, silu'd,
+multiplied by ``x V + b_V`` and sent through W2 as N·k rows; each (token, chosen expert) output gets its own
+dropout mask (0 or 1/(1−p), drawn by ``timm_mlit.layers.expert_drop`` from about p·N·k·m
+random numbers), folded into the gate weights (``G_i · mask``) so that one multiply and a sum over k finish the
+layer. ``drop_mode='combined'`` drops the combined output once, ``drop(y)``: same expectation, different training
+noise, one W2 matmul over N rows.
+
+Outside per-expert dropout the layer runs the form above on the k chosen experts only: their rows of ``x W + b``
+are selected (``index_select``, whole rows; no scatter, no einsum; silu on k of the t rows), weighted by their
+gates and summed. Adding the
+t − k zero-gated terms of Eq. 1 changes nothing, so this is the same function.
 """
-from typing import Final
+from typing import Final, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import expert_drop  # noqa: F401  registers torch.ops.timm_mlit.expert_drop_mask
 from .gate import GateOutput
 
 __all__ = ['SharedSwiGLUExperts', 'EXPERT_DROP_MODES']
@@ -63,15 +71,23 @@ class SharedSwiGLUExperts(nn.Module):
     def extra_repr(self) -> str:
         return f'num_experts={self.num_experts}, hidden_dim={self.hidden_dim}, drop_mode={self.drop_mode!r}'
 
-    def forward(self, x: torch.Tensor, gate: GateOutput) -> torch.Tensor:
-        """x: (N, m) tokens, gate: the NoisyTopKGate output for them. Returns (N, m)."""
+    def forward(self, x: torch.Tensor, gate: GateOutput, drop_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x: (N, m) tokens, gate: the NoisyTopKGate output for them. Returns (N, m).
+
+        ``drop_mask`` (N, k, m), in training with per-expert dropout only, replaces the drawn mask: the output of the
+        token's j-th chosen expert is multiplied by ``drop_mask[n, j]`` (so tests can fix the masks).
+        """
         n, t, d_h = x.shape[0], self.num_experts, self.hidden_dim
-        h = self.w(x).reshape(n, t, d_h)  # x W_i + b_i for every expert i
+        k = gate.top_idx.shape[-1]
+        h = self.w(x).reshape(n * t, d_h)  # x W_i + b_i for every expert i, row n·t + i
+        rows = (torch.arange(n, device=x.device).unsqueeze(-1) * t + gate.top_idx).reshape(-1)
+        h_k = h.index_select(0, rows).reshape(n, k, d_h)  # the k chosen experts' rows (whole-row copies)
         v = self.v(x)  # x V + b_V
+        top_gates = gate.top_gates.to(h.dtype)
         if self.per_expert_drop and self.training and self.drop.p > 0.:
-            k = gate.top_idx.shape[-1]
-            h_k = h.gather(1, gate.top_idx.unsqueeze(-1).expand(n, k, d_h))  # the k chosen experts' rows
-            y = self.drop(self.w2(F.silu(h_k) * v.unsqueeze(1)))  # drop(FFN_i(x)) of the chosen i, (N, k, m)
-            return (y * gate.top_gates.unsqueeze(-1).to(y.dtype)).sum(1)
-        mixed = torch.einsum('nt,ntd->nd', gate.combine.to(h.dtype), F.silu(h))  # Σ_i G_i silu(x W_i + b_i)
+            y = self.w2(F.silu(h_k) * v.unsqueeze(1))  # FFN_i(x) of the chosen i, (N, k, m)
+            if drop_mask is None:
+                drop_mask = torch.ops.timm_mlit.expert_drop_mask(top_gates.detach(), y.shape[-1], float(self.drop.p))
+            return (y * (top_gates.unsqueeze(-1) * drop_mask)).sum(1)  # Σ_j G_j mask_j ⊙ FFN_j(x)
+        mixed = (F.silu(h_k) * top_gates.unsqueeze(-1)).sum(1)  # Σ_i G_i silu(x W_i + b_i)
         return self.drop(self.w2(mixed * v))

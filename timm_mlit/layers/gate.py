@@ -11,9 +11,14 @@ Choices where the paper is silent or inconsistent (see SPEC.md):
   * CV = std / mean with the unbiased std (the paper's wording); ``cv_squared=True`` gives Shazeer's CV².
   * Logits -> top-k -> softmax (the reference code's 2024 softmax-before-top-k change is a bug).
   * Everything here runs in float32, also under autocast: fp16 load sums overflow and bf16 ties the k-th and
-    (k+1)-th logits on a fraction of tokens.
+    (k+1)-th logits on a fraction of tokens. ``W_g``/``W_noise`` may be quantised Linears
+    (``torch.ao.quantization.quantize_dynamic``): they are then called as modules, on float32 input.
+  * Eval (and export) picks the top k by k rounds of argmax (:func:`first_max_top_k`): ties go to the lowest
+    expert index in every runtime (a fresh model's zero gates tie everywhere), and the graph has no TopK, scatter
+    or einsum (``G`` is built by comparing indices with an arange). Training keeps ``topk`` (its noise makes ties
+    vanishingly rare).
 """
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -22,6 +27,7 @@ from timm.layers import register_notrace_module
 
 __all__ = [
     'GateOutput', 'NoisyTopKGate', 'softmax_k', 'top_k_softmax', 'psi', 'prob_in_top_k', 'coefficient_of_variation',
+    'first_max_top_k', 'one_hot_combine', 'linear_fp32',
 ]
 
 
@@ -45,6 +51,38 @@ def top_k_softmax(h: torch.Tensor, k: int, top_vals: Optional[torch.Tensor] = No
     top_gates = top_vals[..., :k].softmax(dim=-1)
     gates = torch.zeros_like(h).scatter(-1, top_idx, top_gates)
     return gates, top_idx, top_gates
+
+
+def first_max_top_k(h: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``h.topk(k)`` by k rounds of max/argmax: (values, indices), best first, ties to the lowest index.
+
+    ``argmax`` returns the first maximal index in PyTorch and in ONNX (``select_last_index=0``), so every runtime
+    picks the same experts; each chosen entry is masked to −inf before the next round.
+    """
+    columns = torch.arange(h.shape[-1], device=h.device)
+    vals, idxs = [], []
+    for j in range(k):
+        idx = h.argmax(dim=-1, keepdim=True)
+        vals.append(h.gather(-1, idx))
+        idxs.append(idx)
+        if j + 1 < k:
+            h = h.masked_fill(columns == idx, float('-inf'))
+    return torch.cat(vals, dim=-1), torch.cat(idxs, dim=-1)
+
+
+def one_hot_combine(top_idx: torch.Tensor, top_gates: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """The dense (N, t) gate matrix G from the chosen indices and gates, by comparing with an arange (no scatter)."""
+    columns = torch.arange(num_experts, device=top_idx.device)
+    one_hot = (top_idx.unsqueeze(-1) == columns).to(top_gates.dtype)  # (N, k, t)
+    return (one_hot * top_gates.unsqueeze(-1)).sum(-2)
+
+
+def linear_fp32(linear: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``linear(x)`` at ``x``'s (float32 or wider) precision whatever the layer's dtype; a quantised Linear
+    (whose ``weight`` is a method) is called as a module."""
+    if isinstance(linear, nn.Linear):
+        return F.linear(x, linear.weight.to(x.dtype), None if linear.bias is None else linear.bias.to(x.dtype))
+    return linear(x).to(x.dtype)
 
 
 def softmax_k(h: torch.Tensor, k: int) -> torch.Tensor:
@@ -135,35 +173,46 @@ class NoisyTopKGate(nn.Module):
         x = x.to(torch.promote_types(x.dtype, torch.float32))
         if torch.jit.is_scripting():  # TorchScript cannot open an autocast region on a runtime device
             return self._gate(x)
-        else:
-            with torch.autocast(device_type=x.device.type, enabled=False):
-                return self._gate(x)
+        if x.device.type == 'meta':  # no autocast on meta (shape-only runs, e.g. timm's config tests)
+            return self._gate(x)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return self._gate(x)
+
+    def _logits(self, x: torch.Tensor, noise: bool = False) -> torch.Tensor:
+        """x W_g (or x W_noise with ``noise``) at x's precision."""
+        if torch.jit.is_scripting():
+            weight = self.w_noise.weight if noise else self.w_gate.weight
+            return F.linear(x, weight.to(x.dtype))
+        return self._logits_any_linear(x, noise)
+
+    @torch.jit.unused
+    def _logits_any_linear(self, x: torch.Tensor, noise: bool) -> torch.Tensor:
+        return linear_fp32(self.w_noise if noise else self.w_gate, x)
 
     def _gate(self, x: torch.Tensor) -> GateOutput:
         k, t = self.top_k, self.num_experts
-        clean = F.linear(x, self.w_gate.weight.to(x.dtype))  # x W_g
-        if self.training:
-            noise_std = F.softplus(F.linear(x, self.w_noise.weight.to(x.dtype))) + self.noise_eps
-            h = clean + torch.randn_like(clean) * noise_std  # H(x), Eq. 3
-        else:
-            noise_std = clean  # unused outside training
-            h = clean
+        clean = self._logits(x)  # x W_g
+        if not self.training:  # G = Softmax_k(x W_g), Eq. 2 without noise; ties to the lowest expert index
+            top_vals, top_idx = first_max_top_k(clean, k)
+            top_gates = top_vals.softmax(dim=-1)
+            return GateOutput(one_hot_combine(top_idx, top_gates, t), top_idx, top_gates, None)
+
+        noise_std = F.softplus(self._logits(x, noise=True)) + self.noise_eps
+        h = clean + torch.randn_like(clean) * noise_std  # H(x), Eq. 3
         # one top-(k+1) serves Softmax_k (first k columns) and Ψ (columns k-1 and k)
         top_vals, top_idx = h.topk(min(k + 1, t), dim=-1)
         gates, top_idx, top_gates = top_k_softmax(h, k, top_vals, top_idx)  # G(x), Eq. 2
 
-        aux_loss: Optional[torch.Tensor] = None
-        if self.training:
-            importance = gates.sum(0)  # sum_0 G(x), Eq. 11
-            if k < t:
-                load = prob_in_top_k(clean, h, noise_std, k, top_vals).sum(0)  # sum_0 P(x), Eq. 10
-            else:
-                load = (gates > 0).sum(0).float()  # every expert always chosen: P is 1, use counts
-            if t > 1:
-                aux_loss = (
-                    self.importance_weight * coefficient_of_variation(importance, self.cv_squared)
-                    + self.load_weight * coefficient_of_variation(load, self.cv_squared)
-                )  # L, Eq. 12
-            else:
-                aux_loss = clean.new_zeros(())
+        importance = gates.sum(0)  # sum_0 G(x), Eq. 11
+        if k < t:
+            load = prob_in_top_k(clean, h, noise_std, k, top_vals).sum(0)  # sum_0 P(x), Eq. 10
+        else:
+            load = (gates > 0).sum(0).float()  # every expert always chosen: P is 1, use counts
+        if t > 1:
+            aux_loss = (
+                self.importance_weight * coefficient_of_variation(importance, self.cv_squared)
+                + self.load_weight * coefficient_of_variation(load, self.cv_squared)
+            )  # L, Eq. 12
+        else:
+            aux_loss = clean.new_zeros(())
         return GateOutput(gates, top_idx, top_gates, aux_loss)
