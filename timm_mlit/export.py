@@ -16,6 +16,7 @@ Needs ``pip install onnx onnxruntime onnxscript`` (the ``export`` extra) for the
 nothing more.
 """
 import copy
+import logging
 import os
 import tempfile
 from collections import Counter
@@ -220,9 +221,15 @@ def quantize_onnx(
     fd, tmp = tempfile.mkstemp(suffix='.onnx', prefix=f'.{dst.stem}.', dir=dst.parent)
     os.close(fd)
     try:
-        ort_quantize_dynamic(
-            proto, tmp, weight_type=QuantType.QInt8, per_channel=per_channel, nodes_to_quantize=nodes,
-            op_types_to_quantize=['MatMul', 'Gemm', 'Conv'])
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(max(level, logging.ERROR))  # silence its per-call advice to pre-process (optional here)
+        try:
+            ort_quantize_dynamic(
+                proto, tmp, weight_type=QuantType.QInt8, per_channel=per_channel, nodes_to_quantize=nodes,
+                op_types_to_quantize=['MatMul', 'Gemm', 'Conv'])
+        finally:
+            root.setLevel(level)
         os.replace(tmp, dst)
     finally:
         if os.path.exists(tmp):
