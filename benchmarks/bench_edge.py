@@ -244,17 +244,16 @@ def main():
                 print(f'| {c.label} | {c.params:,} | {r} | {p} | {cells} |')
 
     print('\n### mLiT against its dense twin (twin ms / mLiT ms: above 1 means mLiT is faster)\n')
-    print('| model | runtime | precision | ' + ' | '.join(f'batch {bs}, {n}T' for bs, n in cols)
-          + ' | int8 mLiT vs fp32 twin, batch 1, ' + f'{threads[-1]}T |')
-    print('|---' * (4 + len(cols)) + '|')
+    print('| model | mLiT | twin | ' + ' | '.join(f'batch {bs}, {n}T' for bs, n in cols) + ' |')
+    print('|---' * (3 + len(cols)) + '|')
+    pairs = [((r, p), (r, p)) for r, p in RUNTIMES] + [((r, 'int8'), (r, 'fp32')) for r in ('eager', 'onnxruntime')]
     for name, cands in groups:
         if name == 'CNNs':
             continue
         twin = cands[1].label
-        for r, p in RUNTIMES:
-            cells = ' | '.join(f'{ms[(twin, r, p, bs, n)] / ms[(name, r, p, bs, n)]:.2f}x' for bs, n in cols)
-            vs = ms[(twin, r, 'fp32', 1, threads[-1])] / ms[(name, r, 'int8', 1, threads[-1])] if p == 'int8' else None
-            print(f'| {name} | {r} | {p} | {cells} | {f"{vs:.2f}x" if vs else ""} |')
+        for (r, p), (tr, tp) in pairs:
+            cells = ' | '.join(f'{ms[(twin, tr, tp, bs, n)] / ms[(name, r, p, bs, n)]:.2f}x' for bs, n in cols)
+            print(f'| {name} | {r} {p} | {tr} {tp} | {cells} |')
 
     print('\n### int8 against fp32 on CIFAR-10 test images\n')
     n_eval = max([args.eval_images if c.weights else args.agree_images
