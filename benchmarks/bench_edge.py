@@ -188,6 +188,7 @@ def main():
     parser.add_argument('--agree-images', type=int, default=500, help='test images for untrained models')
     parser.add_argument('--batch-sizes', type=int, nargs='+', default=[1, 32])
     parser.add_argument('--threads', type=int, nargs='+', default=None, help='default: 1 and all CPUs')
+    parser.add_argument('--eval-threads', type=int, default=None, help='threads for the accuracy pass (default: all)')
     parser.add_argument('--budget', type=float, default=4.0, help='seconds of timed calls per group (at least 5)')
     parser.add_argument('--onnx-dir', type=Path, default=None, help='keep the ONNX files here (default: temporary)')
     args = parser.parse_args()
@@ -196,6 +197,8 @@ def main():
     if unknown:
         raise SystemExit(f'--checkpoint for {sorted(unknown)}, which are not in --models {args.models}.')
     threads = args.threads or sorted({1, os.cpu_count() or 1})
+    if args.eval_threads is not None and args.eval_threads not in threads:
+        raise SystemExit(f'--eval-threads {args.eval_threads} must be one of the timed thread counts {threads}.')
     t_start = time.perf_counter()
     print(f'Machine: {machine()}')
     print(f'int8 = dynamic quantisation (timm_mlit.export); ONNX by the TorchScript exporter, CPU provider\n')
@@ -260,7 +263,8 @@ def main():
                   for name, cands in groups if name != 'CNNs' for c in cands] or [0])
     if n_eval:
         images, labels, about = load_images(args.data, n_eval)
-        print(f'Images: {about}, each model\'s eval transform; {threads[-1]} thread(s), batch 100.\n')
+        eval_threads = args.eval_threads or threads[-1]
+        print(f'Images: {about}, each model\'s eval transform; {eval_threads} thread(s), batch 100.\n')
         print('| model | weights | images | top-1 fp32 eager | top-1 int8 eager | top-1 fp32 ORT | top-1 int8 ORT '
               '| int8 = fp32 prediction, eager | same, ORT |')
         print('|---' * 9 + '|')
@@ -269,7 +273,7 @@ def main():
                 continue
             for c in cands:
                 n = args.eval_images if c.weights else args.agree_images
-                res = evaluate(c, images[:n], labels[:n], threads[-1])
+                res = evaluate(c, images[:n], labels[:n], eval_threads)
                 t = res['top1']
                 if c.weights:
                     accs = ' | '.join(f'{t[rp]:.2f}' for rp in RUNTIMES)
