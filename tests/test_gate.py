@@ -5,7 +5,9 @@ import statistics
 import pytest
 import torch
 
-from timm_mlit.layers import NoisyTopKGate, coefficient_of_variation, prob_in_top_k, psi, softmax_k
+from timm_mlit.layers import (
+    NoisyTopKGate, coefficient_of_variation, first_max_top_k, one_hot_combine, prob_in_top_k, psi, softmax_k,
+)
 
 H_PAPER = torch.tensor([
     [4.4742, -5.6365, 6.8226, 0.9960],
@@ -151,3 +153,56 @@ def test_gate_stays_float32_under_bfloat16_autocast():
 def test_bad_top_k_is_refused():
     with pytest.raises(ValueError, match='top_k'):
         NoisyTopKGate(8, 3, top_k=4)
+
+
+@pytest.mark.parametrize('t,k', [(5, 2), (3, 1), (4, 3), (3, 3)])
+def test_eval_top_k_is_topk_and_ties_go_to_the_lowest_index(t, k):
+    torch.manual_seed(0)
+    h = torch.randn(200, t)
+    vals, idx = first_max_top_k(h, k)
+    ref_vals, ref_idx = h.topk(k, dim=-1)
+    assert torch.equal(vals, ref_vals) and torch.equal(idx, ref_idx)
+    tied = torch.zeros(3, t)
+    tied[1, t - 1] = 1.  # one winner, then a tie among the rest
+    assert torch.equal(first_max_top_k(tied, k)[1][0], torch.arange(k))
+    assert first_max_top_k(tied, k)[1][1].tolist() == [t - 1] + list(range(k - 1))
+
+
+def test_fresh_gate_in_eval_picks_the_first_k_experts():
+    gate = NoisyTopKGate(16, 5, top_k=2).eval()  # zero-initialised W_g: every logit ties
+    out = gate(torch.randn(50, 16))
+    assert (out.top_idx == torch.tensor([0, 1])).all()
+    assert torch.equal(out.combine, torch.tensor([[.5, .5, 0., 0., 0.]]).expand(50, 5))
+
+
+def test_eval_combine_is_softmax_k_without_scatter():
+    torch.manual_seed(0)
+    h = torch.randn(64, 5)
+    vals, idx = first_max_top_k(h, 2)
+    assert torch.equal(one_hot_combine(idx, vals.softmax(-1), 5), softmax_k(h, 2))
+
+
+@pytest.mark.filterwarnings('ignore::DeprecationWarning')
+@pytest.mark.parametrize('train', [False, True])
+def test_gate_with_dynamically_quantised_linears(train):
+    torch.manual_seed(0)
+    gate = NoisyTopKGate(16, 5, top_k=2)
+    with torch.no_grad():
+        gate.w_gate.weight.normal_()
+    gate.train(train)
+    quantised = torch.ao.quantization.quantize_dynamic(gate, {torch.nn.Linear}, dtype=torch.qint8).train(train)
+    assert not isinstance(quantised.w_gate, torch.nn.Linear)
+    x = torch.randn(40, 16).bfloat16().float()  # exact in bfloat16 too
+    torch.manual_seed(1)
+    ref = gate(x)
+    torch.manual_seed(1)
+    out = quantised(x)
+    with torch.autocast('cpu', dtype=torch.bfloat16):  # the gate stays float32 under autocast
+        torch.manual_seed(1)
+        amp = quantised(x.bfloat16())
+    assert out.combine.dtype == torch.float32 and amp.combine.dtype == torch.float32
+    assert torch.equal(out.combine, amp.combine) and torch.equal(out.top_idx, amp.top_idx)
+    # int8 activations move the logits a little: close gates, routes equal but for near-ties
+    assert (out.combine - ref.combine).abs().max() < 0.1
+    assert (out.top_idx == ref.top_idx).float().mean() > 0.9
+    assert (out.aux_loss is None) == (not train)

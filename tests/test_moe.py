@@ -101,3 +101,35 @@ def test_gradients_reach_every_parameter(mode):
     (y.square().mean() + moe_loss(moe)).backward()
     for name, p in moe.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+@pytest.mark.filterwarnings('ignore::DeprecationWarning', 'ignore::UserWarning', 'ignore::FutureWarning')
+def test_eval_onnx_graph_has_edge_friendly_ops_and_routes_as_pytorch():
+    """No TopK, scatter or Einsum in the eval graph; a fresh layer's tied zero gates pick the same experts in
+    onnxruntime as in PyTorch (the lowest indices), so both give the same output."""
+    import io
+    onnx = pytest.importorskip('onnx')
+    ort = pytest.importorskip('onnxruntime')
+    moe = _layer().eval()  # zero-initialised gate: all logits tie
+    x = torch.randn(2, 10, 32)
+    buf = io.BytesIO()
+    torch.onnx.export(moe, (x,), buf, dynamo=True, verbose=False)
+    graph = onnx.load_from_string(buf.getvalue()).graph
+    ops = {node.op_type for node in graph.node}
+    assert not ops & {'TopK', 'ScatterElements', 'ScatterND', 'Scatter', 'Einsum'}, ops
+    session = ort.InferenceSession(buf.getvalue(), providers=['CPUExecutionProvider'])
+    out = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    assert torch.allclose(torch.from_numpy(out), moe(x), atol=1e-5)
+    with torch.no_grad():
+        moe.gate.w_gate.weight.normal_()
+    buf = io.BytesIO()
+    torch.onnx.export(moe, (x,), buf, dynamo=True, verbose=False)
+    session = ort.InferenceSession(buf.getvalue(), providers=['CPUExecutionProvider'])
+    out = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    assert torch.allclose(torch.from_numpy(out), moe(x), atol=1e-5)
+
+
+def test_meta_forward_records_no_loss_values_but_runs():
+    moe = _layer(device='meta').train()
+    y = moe(torch.empty(2, 5, 32, device='meta'))
+    assert y.is_meta and y.shape == (2, 5, 32)

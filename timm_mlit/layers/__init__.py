@@ -3,7 +3,8 @@ from .attention import GroupedQueryAttention
 from .block import MoEBlock
 from .experts import EXPERT_DROP_MODES, SharedSwiGLUExperts
 from .gate import (
-    GateOutput, NoisyTopKGate, coefficient_of_variation, prob_in_top_k, psi, softmax_k, top_k_softmax,
+    GateOutput, NoisyTopKGate, coefficient_of_variation, first_max_top_k, linear_fp32, one_hot_combine, prob_in_top_k,
+    psi, softmax_k, top_k_softmax,
 )
 from .moe import MoEFeedForward, MoEStash, expert_load, moe_loss
 from .image_experts import EXPERT_DISPATCH, PerImageExperts

@@ -22,17 +22,22 @@ import torch
 __all__ = ['expert_drop_mask', 'geometric_drop_mask']
 
 
-def geometric_drop_mask(numel: int, p: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A flat mask of ``numel`` iid entries, 0 with probability ``p`` and 1/(1−p) otherwise, from Geometric gaps."""
+def geometric_drop_mask(
+        numel: int, p: float, dtype: torch.dtype, device: torch.device, margin: float = 8.) -> torch.Tensor:
+    """A flat mask of ``numel`` iid entries, 0 with probability ``p`` and 1/(1−p) otherwise, from Geometric gaps.
+
+    Each round draws the expected number of drops plus ``margin`` (standard deviations + 2) gaps, and rounds
+    repeat until the gaps pass the end; ``margin`` changes only the speed, never the distribution.
+    """
     mask = torch.full((numel + 1,), 1. / (1. - p), dtype=dtype, device=device)  # last slot: overflow bin
     if numel == 0:
         return mask[:0]
     expected = numel * p
     start = torch.zeros((), dtype=torch.int64, device=device)  # position of the next trial
     while True:
-        # the drops among the remaining trials are Binomial(trials, p): mean + 8 std + 16 gaps pass the end but
+        # the drops among the remaining trials are Binomial(trials, p): mean + 8 (std + 2) gaps pass the end but
         # for a ~1e-15 chance, and a shortfall draws more
-        count = int(expected + 8. * math.sqrt(expected * (1. - p)) + 16)
+        count = max(1, int(expected + margin * (math.sqrt(expected * (1. - p)) + 2.)))
         gaps = torch.empty(count, dtype=torch.float64, device=device).geometric_(p)  # trials up to a drop, >= 1
         pos = gaps.cumsum(0).to(torch.int64) + (start - 1)  # 0-based positions of the dropped entries
         mask.index_fill_(0, pos.clamp_max(numel), 0.)

@@ -22,7 +22,8 @@ layer. ``drop_mode='combined'`` drops the combined output once, ``drop(y)``: sam
 noise, one W2 matmul over N rows.
 
 Outside per-expert dropout the layer runs the form above on the k chosen experts only: their rows of ``x W + b``
-are gathered (no scatter, no einsum; silu on k of the t rows), weighted by their gates and summed. Adding the
+are selected (``index_select``, whole rows; no scatter, no einsum; silu on k of the t rows), weighted by their
+gates and summed. Adding the
 t − k zero-gated terms of Eq. 1 changes nothing, so this is the same function.
 """
 from typing import Final, Optional
@@ -78,8 +79,9 @@ class SharedSwiGLUExperts(nn.Module):
         """
         n, t, d_h = x.shape[0], self.num_experts, self.hidden_dim
         k = gate.top_idx.shape[-1]
-        h = self.w(x).reshape(n, t, d_h)  # x W_i + b_i for every expert i
-        h_k = h.gather(1, gate.top_idx.unsqueeze(-1).expand(n, k, d_h))  # the k chosen experts' rows
+        h = self.w(x).reshape(n * t, d_h)  # x W_i + b_i for every expert i, row n·t + i
+        rows = (torch.arange(n, device=x.device).unsqueeze(-1) * t + gate.top_idx).reshape(-1)
+        h_k = h.index_select(0, rows).reshape(n, k, d_h)  # the k chosen experts' rows (whole-row copies)
         v = self.v(x)  # x V + b_V
         top_gates = gate.top_gates.to(h.dtype)
         if self.per_expert_drop and self.training and self.drop.p > 0.:

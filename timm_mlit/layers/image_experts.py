@@ -69,15 +69,15 @@ class PerImageExperts(nn.Module):
             if b is not None:
                 nn.init.zeros_(b)
 
-    def _use_grouped(self) -> bool:
-        if self.dispatch == 'gather' or is_graph_capture() or _compiling():
-            return False
+    def _use_grouped(self, x: torch.Tensor) -> bool:
+        if self.dispatch == 'gather' or is_graph_capture() or _compiling() or x.device.type == 'meta':
+            return False  # static shapes: the grouped path reads group sizes on the host, meta has none
         return self.dispatch == 'grouped' or not self.training
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         """x (B, N, D); weights, indices (B, k) from the router -> Σ_j weights[:, j] · expert_{indices[:, j]}(x)."""
         if not torch.jit.is_scripting():
-            if self._use_grouped():
+            if self._use_grouped(x):
                 return self._grouped(x, weights, indices)
         return self._gather(x, weights, indices)
 

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_module, trunc_normal_
 
 from ._tracing import is_graph_capture
+from .gate import linear_fp32
 
 __all__ = ['PerImageRouter', 'RouterStash', 'router_loss', 'router_stats', 'ROUTER_POOLS']
 
@@ -111,13 +112,15 @@ class PerImageRouter(nn.Module):
         return x[:, 0]
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """W · pool(x) in float32 (autocast off): (B, E)."""
+        """W · pool(x) in float32 (autocast off): (B, E). ``proj`` may be a quantised Linear."""
         x = self.pooled(x)
         x = x.to(torch.promote_types(x.dtype, torch.float32))
         if torch.jit.is_scripting():
             return F.linear(x, self.proj.weight.to(x.dtype))
+        if x.device.type == 'meta':  # no autocast on meta (shape-only runs)
+            return linear_fp32(self.proj, x)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            return F.linear(x, self.proj.weight.to(x.dtype))
+            return linear_fp32(self.proj, x)
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         logits = self.logits(x)

@@ -104,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument('--seed', type=int, default=42)
     r.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     r.add_argument('--no-progress', action='store_true', default=False, help='no tqdm progress bar')
+    r.add_argument('--torchcompile', nargs='?', default=None, const='inductor',
+                   help='torch.compile the training model with this backend (as train.py; default inductor)')
     return p
 
 
@@ -282,6 +284,8 @@ def main(argv: Optional[List[str]] = None) -> Path:
     train_model = model
     if args.distributed:
         train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == 'cuda' else None)
+    if args.torchcompile:
+        train_model = torch.compile(train_model, backend=args.torchcompile)
 
     recon_imgs = None
     if primary:  # a fixed batch, resized without augmentation, for the reconstruction grids

@@ -1,0 +1,75 @@
+"""torch.compile as a supported path: mLiT and the MAE model compile as one graph in training and eval (no graph
+break), the MoE loss is recorded, per-expert dropout's mask is one opaque op (its RNG outside the graph)."""
+import pytest
+import timm
+import torch
+
+import timm_mlit  # noqa: F401
+from timm_mlit.layers import moe_loss
+from timm_mlit.mae import create_mae
+from timm_mlit.mae.pretrain import parse_args
+
+
+def _graph_ops(model, *args):
+    """Dynamo's graphs for ``model(*args)`` (one per compiled region) and the targets they call."""
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    out = torch.compile(model, backend=backend, fullgraph=True)(*args)
+    targets = {str(n.target) for gm in graphs for n in gm.graph.nodes if n.op == 'call_function'}
+    return out, graphs, targets
+
+
+@pytest.mark.parametrize('training', [True, False])
+def test_mlit_compiles_as_one_graph_and_keeps_the_moe_loss(training):
+    torch.manual_seed(0)
+    model = timm.create_model('mlit_xxs', depth=3).train(training)  # one layer per expert stage
+    x = torch.randn(2, 3, 36, 36)
+    torch.manual_seed(1)
+    out, graphs, targets = _graph_ops(model, x)
+    loss = moe_loss(model)
+    assert len(graphs) == 1
+    torch.manual_seed(1)
+    ref = model(x)
+    assert torch.allclose(out, ref, atol=1e-5)
+    if training:
+        assert any('expert_drop_mask' in t for t in targets)  # the mask: one custom-op call per layer
+        assert not any('bernoulli' in t for t in targets)
+        assert loss.requires_grad and torch.allclose(loss, moe_loss(model), atol=1e-6)
+    else:
+        assert float(loss) == 0.
+
+
+def test_mae_compiles_as_one_graph_in_training():
+    torch.manual_seed(0)
+    mae = create_mae('mlit_xxs', depth=3).train()
+    x = torch.randn(2, 3, 36, 36)
+    torch.manual_seed(1)
+    out, graphs, _ = _graph_ops(mae, x)
+    assert len(graphs) == 1
+    torch.manual_seed(1)
+    assert torch.allclose(out.loss, mae(x).loss, atol=1e-5)
+
+
+def test_compiled_training_step_backpropagates_through_the_drop_mask_op():
+    torch.manual_seed(0)
+    model = timm.create_model('mlit_xxs', depth=3).train()
+    compiled = torch.compile(model, backend='aot_eager', fullgraph=True)
+    x = torch.randn(2, 3, 36, 36)
+    torch.manual_seed(1)
+    (compiled(x).sum() + moe_loss(model)).backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(1)
+    (model(x).sum() + moe_loss(model)).backward()
+    for n, p in model.named_parameters():
+        assert torch.allclose(grads[n], p.grad, atol=1e-4), n
+
+
+def test_pretrain_command_takes_torchcompile():
+    assert parse_args(['--torchcompile']).torchcompile == 'inductor'
+    assert parse_args(['--torchcompile', 'aot_eager']).torchcompile == 'aot_eager'
+    assert parse_args([]).torchcompile is None
