@@ -10,11 +10,17 @@ projection (Mobile V-MoE's standard ViT stem) the same vector plays the class to
 
 Subclasses give the blocks (``block_fn(i) -> nn.Module``); models whose blocks need more than ``x`` override
 ``_run_blocks`` (and that is all forward_features / forward_intermediates need).
+
+``dynamic_img_size=True`` (timm's ViT option) accepts any image size at run time: the patch grid's positions are
+resampled from the table with ``timm.layers.resample_abs_pos_embed`` (bicubic, as timm's ViT), the dummy patch's
+entry ``pos_embed[0]`` is kept as it is (it is a prefix token, not a grid position). At the trained size the table is
+used unchanged, so outputs are identical to a fixed-size model's. ``dynamic_img_pad=True`` also pads images whose
+sides are not a multiple of the patch size.
 """
 import functools
 import logging
 import math
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple, Union
+from typing import Any, Callable, Dict, Final, List, Optional, Set, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -34,8 +40,24 @@ _logger = logging.getLogger(__name__)
 GLOBAL_POOLS = ('', 'token', 'avg', 'max', 'avgmax')
 
 
+def _check_dynamic_input(x: torch.Tensor, in_chans: int, patch_size: Tuple[int, int], pad: bool, name: str) -> None:
+    """With ``dynamic_img_size`` any (B, in_chans, H, W) of at least one patch is fine (H and W multiples of the patch
+    size unless ``dynamic_img_pad``)."""
+    (ph, pw), c = patch_size, in_chans
+    if x.ndim == 4 and x.shape[1] == c and x.shape[2] >= ph and x.shape[3] >= pw and (
+            pad or (x.shape[2] % ph == 0 and x.shape[3] % pw == 0)):
+        return
+    sides = 'of any size (dynamic_img_pad pads them)' if pad else f'whose sides are multiples of the {ph}x{pw} patch'
+    raise ValueError(
+        f'{name} (dynamic_img_size=True) expects a batch of {c}-channel images {sides}, a tensor shaped '
+        f'(B, {c}, H, W); got shape {tuple(x.shape)}. Resize or crop the images to such a size'
+        f'{"" if pad else ", or create the model with dynamic_img_pad=True to pad them"}.'
+    )
+
+
 class DummyPatchViT(nn.Module):
     """Patch stem + dummy patch + ``blocks`` + norm + head. See the module docstring."""
+    dynamic_img_size: Final[bool]
 
     def __init__(
             self,
@@ -51,6 +73,8 @@ class DummyPatchViT(nn.Module):
             drop_rate: float = 0.,
             pos_drop_rate: float = 0.,
             norm_layer: Optional[LayerType] = None,
+            dynamic_img_size: bool = False,
+            dynamic_img_pad: bool = False,
             device=None,
             dtype=None,
     ):
@@ -66,9 +90,15 @@ class DummyPatchViT(nn.Module):
         self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
         self.num_prefix_tokens = 1  # the dummy patch
         self.grad_checkpointing = False
+        self.dynamic_img_size = dynamic_img_size
 
+        embed_args = {}
+        if dynamic_img_size:
+            # flatten after the position table is resampled to the grid (timm's ViT does the same)
+            embed_args.update(dict(strict_img_size=False, output_fmt='NHWC'))
         self.patch_embed = PatchEmbed(
-            img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim, bias=patch_bias, **dd)
+            img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim, bias=patch_bias,
+            dynamic_img_pad=dynamic_img_pad, **embed_args, **dd)
         num_patches = self.patch_embed.num_patches
         reduction = self.patch_embed.feat_ratio()
         self.pos_embed = nn.Parameter(torch.empty(1, num_patches + self.num_prefix_tokens, embed_dim, **dd))
@@ -130,6 +160,10 @@ class DummyPatchViT(nn.Module):
         if is_graph_capture():
             return
         name = getattr(self, 'pretrained_cfg', {}).get('architecture', type(self).__name__)
+        if self.dynamic_img_size:
+            _check_dynamic_input(x, self.in_chans, self.patch_embed.patch_size, self.patch_embed.dynamic_img_pad, name)
+            self._check_input_dtype(x, name)
+            return
         expected = (self.in_chans, *self.patch_embed.img_size)
         if x.ndim == 4 and tuple(x.shape[1:]) == expected:
             self._check_input_dtype(x, name)
@@ -161,9 +195,22 @@ class DummyPatchViT(nn.Module):
             f'{x.dtype} tensor. {fix}')
 
     def embed_patches(self, x: torch.Tensor) -> torch.Tensor:
-        """Images -> patch embeddings plus their positions, (B, num_patches, D), without the dummy patch."""
+        """Images -> patch embeddings plus their positions, (B, num_patches, D), without the dummy patch.
+
+        With ``dynamic_img_size`` the positions of the trained grid are resampled to the image's grid (the
+        dummy patch's entry is a prefix token and is left out of the resampling)."""
         self._check_input(x)
-        return self.patch_embed(x) + self.pos_embed[:, self.num_prefix_tokens:]
+        x = self.patch_embed(x)
+        if self.dynamic_img_size:
+            B, H, W, C = x.shape
+            pos_embed = resample_abs_pos_embed(
+                self.pos_embed,
+                new_size=(H, W),
+                old_size=self.patch_embed.grid_size,
+                num_prefix_tokens=self.num_prefix_tokens,
+            )
+            return x.reshape(B, H * W, C) + pos_embed[:, self.num_prefix_tokens:]
+        return x + self.pos_embed[:, self.num_prefix_tokens:]
 
     def add_dummy_patch(self, x: torch.Tensor) -> torch.Tensor:
         """Put the dummy patch first; its embedding is pos_embed[0] (see the module docstring)."""

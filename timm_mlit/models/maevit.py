@@ -52,6 +52,8 @@ class MaeViT(DummyPatchViT):
             drop_path_rate: float = 0.,
             norm_layer: Optional[LayerType] = None,
             act_layer: Optional[LayerType] = None,
+            dynamic_img_size: bool = False,
+            dynamic_img_pad: bool = False,
             device=None,
             dtype=None,
     ):
@@ -74,6 +76,8 @@ class MaeViT(DummyPatchViT):
             drop_path_rate: Stochastic depth rate.
             norm_layer: Normalization layer (LayerNorm, eps 1e-6 as timm's ViT).
             act_layer: MLP activation (GELU).
+            dynamic_img_size: Accept any image size, resampling the position table to its grid (timm's ViT option).
+            dynamic_img_pad: With ``dynamic_img_size``, pad images whose sides are not multiples of the patch.
         """
         dd = {'device': device, 'dtype': dtype}
         norm_layer = get_norm_layer(norm_layer) or partial(nn.LayerNorm, eps=1e-6)
@@ -104,6 +108,8 @@ class MaeViT(DummyPatchViT):
             drop_rate=drop_rate,
             pos_drop_rate=pos_drop_rate,
             norm_layer=norm_layer,
+            dynamic_img_size=dynamic_img_size,
+            dynamic_img_pad=dynamic_img_pad,
             **dd,
         )
         self.init_weights(needs_reset=False)

@@ -80,6 +80,8 @@ class MLiT(DummyPatchViT):
             proj_drop_rate: float = 0.,
             drop_path_rate: float = 0.,
             norm_layer: Optional[LayerType] = None,
+            dynamic_img_size: bool = False,
+            dynamic_img_pad: bool = False,
             device=None,
             dtype=None,
     ):
@@ -114,6 +116,8 @@ class MLiT(DummyPatchViT):
             proj_drop_rate: Dropout after the attention projection.
             drop_path_rate: Stochastic depth rate (not in the paper).
             norm_layer: Normalization layer (LayerNorm).
+            dynamic_img_size: Accept any image size, resampling the position table to its grid (timm's ViT option).
+            dynamic_img_pad: With ``dynamic_img_size``, pad images whose sides are not multiples of the patch.
         """
         if expert_drop_mode not in EXPERT_DROP_MODES:
             raise ValueError(f'expert_drop_mode must be one of {EXPERT_DROP_MODES}, got {expert_drop_mode!r}.')
@@ -156,6 +160,8 @@ class MLiT(DummyPatchViT):
             drop_rate=drop_rate,
             pos_drop_rate=pos_drop_rate,
             norm_layer=norm_layer,
+            dynamic_img_size=dynamic_img_size,
+            dynamic_img_pad=dynamic_img_pad,
             **dd,
         )
         self.hidden_dims = hidden
