@@ -1,5 +1,7 @@
-"""mmLiT masked-autoencoder pre-training (Table 3's recipe by default). See ``--help`` and the README.
+"""mmLiT MAE pre-training, for a clone. Installed, the same command is ``mlit-pretrain`` (or
+``python -m timm_mlit.mae.pretrain``). See ``--help`` and the README.
 
+    mlit-pretrain --model mlit_xxs --data-dir ~/data/cifar100 --output output/
     python train_scripts/pretrain_mae.py --model mlit_xxs --data-dir ~/data/cifar100 --output output/
     torchrun --nproc_per_node=4 train_scripts/pretrain_mae.py --model mlit_s --data-dir ~/data/cifar100
 """
