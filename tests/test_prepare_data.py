@@ -90,3 +90,140 @@ def test_a_failed_run_leaves_nothing_behind(tmp_path):
     # a fresh process has torchvision's real MD5 check: the synthetic files are refused with torchvision's message
     assert result.returncode != 0 and 'corrupted' in result.stderr
     assert not (tmp_path / 'x').exists() and not (tmp_path / 'x.partial').exists()
+
+
+# --- CIFAR-10: the JPEG copy (.npz) and torchvision's files through one writer --------------------------------------
+
+import io  # noqa: E402
+
+import torchvision.datasets.cifar  # noqa: E402
+
+from timm_mlit.data import prepare_cifar10  # noqa: E402
+from timm_mlit.data.cifar10 import CIFAR10_CLASSES, DataSourceError, read_cifar10_npz  # noqa: E402
+from timm_mlit.data.prepare import main as prepare_main  # noqa: E402
+
+
+def _jpeg_npz(path, n, seed=0, classes=CIFAR10_CLASSES, **override):
+    """A small file in the JPEG copy's format: every image a 32x32 JPEG, concatenated, with offsets."""
+    rng = np.random.RandomState(seed)
+    labels = np.arange(n) % len(classes)
+    blobs = []
+    for c in labels:
+        img = np.full((32, 32, 3), 40, np.uint8)
+        img[(c % 4) * 8:(c % 4) * 8 + 8, (c // 4) * 8:(c // 4) * 8 + 8] = 200 + rng.randint(0, 50, 3)
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, format='JPEG', quality=90)
+        blobs.append(np.frombuffer(buf.getvalue(), np.uint8))
+    arrays = dict(jpeg=np.concatenate(blobs), offsets=np.cumsum([0] + [len(b) for b in blobs]).astype(np.int64),
+                  labels=labels.astype(np.int64), classes=np.array(classes))
+    arrays.update(override)
+    np.savez(path, **arrays)
+    return arrays
+
+
+def _npz_dir(root, n_train=30, n_test=20):
+    root.mkdir(parents=True, exist_ok=True)
+    _jpeg_npz(root / 'cifar10_train_jpeg.npz', n_train, seed=0)
+    _jpeg_npz(root / 'cifar10_test_jpeg.npz', n_test, seed=1)
+    return root
+
+
+def test_cifar10_npz_becomes_the_image_folder_timm_reads(tmp_path):
+    src = _npz_dir(tmp_path / 'npz')
+    out = prepare_cifar10(str(tmp_path / 'c10'), npz_dir=str(src), verify=False)
+    assert sorted(p.name for p in out.iterdir()) == ['train', 'validation']
+    train = create_dataset('', root=str(out), split='train')
+    val = create_dataset('', root=str(out), split='validation')
+    assert len(train) == 30 and len(val) == 20
+    # timm's ImageFolder numbers the class folders as CIFAR-10 (and torchvision) number the classes
+    assert train.reader.class_to_idx == {c: i for i, c in enumerate(CIFAR10_CLASSES)}
+    raw = np.load(src / 'cifar10_train_jpeg.npz')
+    for i in (0, 7, 29):  # file i holds image i, in its label's folder, pixels as PIL decodes the JPEG
+        path = out / 'train' / CIFAR10_CLASSES[raw['labels'][i]] / f'{i:05d}.png'
+        jpeg = raw['jpeg'][raw['offsets'][i]:raw['offsets'][i + 1]].tobytes()
+        assert np.array_equal(np.asarray(Image.open(path)), np.asarray(Image.open(io.BytesIO(jpeg)).convert('RGB')))
+        index = [p for p, _ in train.reader.samples].index(str(path))
+        assert train.reader.samples[index][1] == raw['labels'][i]
+
+
+def test_cifar10_from_torchvision_goes_through_the_same_writer(cifar10_dir, tmp_path):
+    out = prepare_cifar10(str(tmp_path / 'c10'), root=str(cifar10_dir))
+    reference = torchvision.datasets.CIFAR10(str(cifar10_dir), train=False)
+    val = create_dataset('', root=str(out), split='validation')
+    assert len(val) == len(reference) == 64
+    assert val.reader.class_to_idx == {c: i for i, c in enumerate(reference.classes)}
+    path = out / 'validation' / reference.classes[reference.targets[3]] / '00003.png'
+    assert np.array_equal(np.asarray(Image.open(path)), reference.data[3])
+
+
+def test_cifar10_npz_checks_name_the_file_and_the_problem(tmp_path):
+    src = _npz_dir(tmp_path / 'npz')
+    with pytest.raises(DataSourceError, match=r'cifar10_train_jpeg.npz: sha256 [0-9a-f]{64}, expected 8208cba8'):
+        read_cifar10_npz(src)  # a file of the published name with other contents
+    cases = {
+        'missing arrays': dict(labels=None),
+        '"jpeg" is float64': dict(jpeg=np.zeros(10)),
+        '"offsets" must rise strictly': dict(offsets=np.array([0, 5, 5] + [9] * 28, np.int64)),
+        '"labels" is int64 of shape \\(3,\\)': dict(labels=np.zeros(3, np.int64)),
+        'labels range 0..12': dict(labels=np.arange(30) % 13),
+    }
+    for message, override in cases.items():
+        arrays = _jpeg_npz(tmp_path / 'x.npz', 30)
+        arrays.update(override)
+        np.savez(src / 'cifar10_train_jpeg.npz', **{k: v for k, v in arrays.items() if v is not None})
+        with pytest.raises(DataSourceError, match=message):
+            read_cifar10_npz(src, verify=False)
+    (src / 'cifar10_train_jpeg.npz').write_bytes(b'not a zip')
+    with pytest.raises(DataSourceError, match='not a readable .npz'):
+        read_cifar10_npz(src, verify=False)
+    with pytest.raises(DataSourceError, match=f'--npz-dir {tmp_path / "nowhere"}: no such folder'):
+        read_cifar10_npz(tmp_path / 'nowhere')
+
+
+def test_a_corrupt_image_fails_the_run_and_leaves_nothing(tmp_path):
+    src = _npz_dir(tmp_path / 'npz')
+    arrays = dict(np.load(src / 'cifar10_test_jpeg.npz'))
+    arrays['jpeg'][arrays['offsets'][5]:arrays['offsets'][6]] = 0  # image 5 destroyed
+    np.savez(src / 'cifar10_test_jpeg.npz', **arrays)
+    with pytest.raises(DataSourceError, match='image 5 .* does not decode'):
+        prepare_cifar10(str(tmp_path / 'c10'), npz_dir=str(src), verify=False)
+    assert not (tmp_path / 'c10').exists() and not (tmp_path / 'c10.partial').exists()
+
+
+def test_overwrite_cannot_delete_the_source(tmp_path):
+    src = _npz_dir(tmp_path / 'npz')
+    before = sorted(p.name for p in src.iterdir())
+    for out in (src, tmp_path):  # OUT is the source, OUT holds the source
+        with pytest.raises(ValueError, match='could delete the source data'):
+            prepare_cifar10(str(out), npz_dir=str(src), verify=False, overwrite=True)
+    (tmp_path / 'svhn_raw').mkdir()
+    raw = _svhn(tmp_path / 'svhn_raw')
+    with pytest.raises(ValueError, match='could delete the source data'):
+        prepare_svhn(str(raw), str(raw), overwrite=True)
+    other = tmp_path / 'papers'
+    other.mkdir()
+    (other / 'notes.txt').write_text('mine')
+    with pytest.raises(FileExistsError, match='not a tree this command wrote'):
+        prepare_cifar10(str(other), npz_dir=str(src), verify=False, overwrite=True)
+    assert (other / 'notes.txt').read_text() == 'mine' and sorted(p.name for p in src.iterdir()) == before
+    out = prepare_cifar10(str(tmp_path / 'c10'), npz_dir=str(src), verify=False)
+    assert prepare_cifar10(str(out), npz_dir=str(src), verify=False, overwrite=True) == out  # our own tree: replaced
+
+
+def test_wrong_root_names_the_path(tmp_path, capsys):
+    for argv in (['svhn', '--root', str(tmp_path / 'nope'), '--out', str(tmp_path / 'o')],
+                 ['cifar10', '--root', str(tmp_path / 'nope'), '--out', str(tmp_path / 'o')],
+                 ['cifar10', '--npz-dir', str(tmp_path / 'nope'), '--out', str(tmp_path / 'o')]):
+        with pytest.raises(SystemExit) as e:
+            prepare_main(argv)
+        assert str(tmp_path / 'nope') in str(e.value) and 'no such folder' in str(e.value)
+    assert not (tmp_path / 'o').exists() and not (tmp_path / 'o.partial').exists()
+
+
+def test_cifar10_command_line_and_module_help(tmp_path, capsys):
+    src = _npz_dir(tmp_path / 'npz', n_train=10, n_test=10)
+    out = prepare_main(['cifar10', '--npz-dir', str(src), '--out', str(tmp_path / 'c10'), '--no-verify'])
+    assert f'--data-dir {out}' in capsys.readouterr().out
+    result = subprocess.run([sys.executable, '-m', 'timm_mlit.data.prepare', '--help'], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0 and 'usage: mlit-prepare-data' in result.stdout and 'cifar10' in result.stdout

@@ -100,8 +100,9 @@ def test_kill_mid_epoch_then_resume_equals_an_uninterrupted_run(image_folder, tm
 
     pretrain_main(common + ['--output', str(tmp_path / 'b'), '--resume', 'auto', '--experiment', 'run'])
     assert _steps(run) == _steps(straight)  # every update's loss, before and after the kill
-    a = torch.load(straight / 'last.pth', weights_only=False)
-    b = torch.load(run / 'last.pth', weights_only=False)
+    assert not list(run.glob('*.tmp-*'))  # the dead process's half-written file is gone
+    a = torch.load(straight / 'last.pth', weights_only=True)
+    b = torch.load(run / 'last.pth', weights_only=True)
     assert a['epoch'] == b['epoch'] == 4
     for name, value in a['model'].items():
         assert torch.equal(value, b['model'][name]), name
@@ -167,3 +168,152 @@ def test_encoder_hand_off_to_timm_and_fine_tuning(image_folder, tmp_path):
                            use_prefetcher=False)
     losses = train_epochs(task, optimizer, loader, 6)
     assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.3
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_resume_never_unpickles_code(tmp_path):
+    """A crafted --resume file cannot run code: checkpoints load with weights_only=True."""
+    marker = tmp_path / 'pwned'
+    hostile = tmp_path / 'last.pth'
+    torch.save({'model': {}, 'optimizer': {}, 'scheduler': {}, 'epoch': 0, 'rng': [_RunsCode(marker)]}, hostile)
+    with pytest.raises(ckpt.CheckpointError, match='not loaded'):
+        ckpt.load_checkpoint(hostile)
+    assert not marker.exists()
+    with pytest.raises(ckpt.CheckpointError, match='not loaded'):
+        pretrain_main(SMALL + ['--resume', str(hostile)])
+    assert not marker.exists()
+
+
+def test_checkpoint_holds_only_tensors_and_plain_values(image_folder, tmp_path):
+    import random
+    run = pretrain_main(SMALL + ['--data-dir', str(image_folder), '--batch-size', '32', '--epochs', '1',
+                                 '--output', str(tmp_path), '--experiment', 'r', '--recon-interval', '9'])
+    state = torch.load(run / 'last.pth', weights_only=True)  # raises on any other object
+    assert state['args']['model'] == 'mlit_xxs' and state['updates_per_epoch'] == 2
+    # every RNG state survives the round trip
+    random.seed(3), np.random.seed(3), torch.manual_seed(3)
+    saved = ckpt.rng_state()
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+    ckpt.save_checkpoint(tmp_path / 'rng.pth', {'rng': saved})
+    random.seed(0), np.random.seed(0), torch.manual_seed(0)
+    ckpt.set_rng_state(torch.load(tmp_path / 'rng.pth', weights_only=True)['rng'])
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+def test_unreadable_resume_files_name_the_file_and_the_fix(tmp_path):
+    empty = tmp_path / 'empty.pth'
+    empty.write_bytes(b'')
+    with pytest.raises(ckpt.CheckpointError, match=r'--resume .*empty.pth: the file is empty \(0 bytes\)'):
+        pretrain_main(SMALL + ['--resume', str(empty)])
+    with pytest.raises(ckpt.CheckpointError, match='this is a folder'):
+        ckpt.load_checkpoint(tmp_path)
+    other = tmp_path / 'weights.pth'
+    torch.save({'state_dict': {}}, other)
+    with pytest.raises(ckpt.CheckpointError, match=r"expected the keys .* found \['state_dict'\]"):
+        ckpt.load_checkpoint(other)
+
+
+def test_resume_alone_takes_the_run_from_the_checkpoint(image_folder, tmp_path, monkeypatch):
+    """`--resume last.pth` with nothing else: data, model, batch and schedule come from the checkpoint."""
+    run = pretrain_main(SMALL + ['--data-dir', str(image_folder), '--batch-size', '32', '--epochs', '1',
+                                 '--output', str(tmp_path), '--experiment', 'r', '--recon-interval', '9'])
+    monkeypatch.chdir(tmp_path)  # nothing relative to the old working folder
+    assert pretrain_main(['--resume', str(run / 'last.pth')]) == run  # all done: nothing to train
+    pretrain_main(['--resume', str(run / 'last.pth'), '--epochs', '2'])
+    state = torch.load(run / 'last.pth', weights_only=True)
+    assert state['epoch'] == 2 and state['args']['data_dir'] == str(image_folder)
+    assert state['args']['batch_size'] == 32 and len(_steps(run)) == 2 * 2
+
+
+def _lr_of_fresh_schedule(epochs, warmup, lr, updates_per_epoch, at_update):
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import create_scheduler_v2
+    opt = create_optimizer_v2(nn.Linear(1, 1), 'adamw', lr=lr)
+    sched, _ = create_scheduler_v2(opt, sched='cosine', num_epochs=epochs, warmup_epochs=warmup, warmup_lr=0.0,
+                                   min_lr=0.0, updates_per_epoch=updates_per_epoch, step_on_epochs=False)
+    sched.step_update(num_updates=at_update)
+    return opt.param_groups[0]['lr']
+
+
+def test_resume_with_another_batch_size_continues_the_new_runs_schedule(image_folder, tmp_path, caplog):
+    """Batch 32 (2 updates / epoch) for 2 of 4 epochs, resumed with batch 16 (4 updates / epoch): the remaining
+    epochs follow the 4-epoch schedule of the new run, not the checkpoint's (which would put them past its end, at
+    LR 0)."""
+    base = SMALL + ['--data-dir', str(image_folder), '--lr', '1e-3', '--warmup-epochs', '1', '--recon-interval', '9',
+                    '--output', str(tmp_path), '--experiment', 'r']
+    run = pretrain_main(base + ['--batch-size', '32', '--epochs', '2'])
+    before = torch.load(run / 'last.pth', weights_only=True)['model']
+    with caplog.at_level('WARNING', logger='timm_mlit.pretrain'):
+        pretrain_main(['--resume', str(run / 'last.pth'), '--batch-size', '16', '--epochs', '4'])
+    assert 'batch_size 32 -> 16' in caplog.text and 'updates per epoch 2 -> 4' in caplog.text
+    history = [json.loads(line) for line in (run / 'log.jsonl').read_text().splitlines()]
+    assert [h['epoch'] for h in history] == [0, 1, 2, 3]
+    for h in history[2:]:  # the LR at the end of each resumed epoch: the new run's schedule
+        expected = _lr_of_fresh_schedule(4, 1, 1e-3, 4, (h['epoch'] + 1) * 4)
+        assert h['lr'] == pytest.approx(expected)
+    assert history[2]['lr'] > 1e-4  # mid-cosine; the checkpoint's 2-epoch schedule would give 0 here
+    after = torch.load(run / 'last.pth', weights_only=True)['model']
+    moved = max((after[k].float() - before[k].float()).abs().max().item() for k in before)
+    assert moved > 1e-4  # the resumed epochs trained
+
+
+def test_bad_arguments_name_the_input_and_the_fix(image_folder, tmp_path):
+    for ratio in ('1.0', '-0.5', '0'):
+        with pytest.raises(SystemExit):
+            parse_args(['--mask-ratio', ratio])
+    with pytest.raises(ValueError, match='--mask-ratio 0.999 keeps 0 of the 144 patches'):
+        pretrain_main(SMALL + ['--data-dir', str(image_folder), '--mask-ratio', '0.999', '--output', str(tmp_path)])
+    for text in ('a: [1\n', '- 1\n- 2\n', 'just words\n'):
+        cfg = tmp_path / 'c.yaml'
+        cfg.write_text(text)
+        with pytest.raises(SystemExit):
+            parse_args(['--config', str(cfg)])
+    with pytest.raises(SystemExit):
+        parse_args(['--config', str(tmp_path / 'missing.yaml')])
+    with pytest.raises(ValueError, match='--data-dir is missing'):
+        pretrain_main(['--workers', '0', '--device', 'cpu'])
+    with pytest.raises(ValueError, match=r'--data-dir .*nowhere: no such folder'):
+        pretrain_main(SMALL + ['--data-dir', str(tmp_path / 'nowhere')])
+
+
+def test_bad_config_messages(tmp_path, capsys):
+    cfg = tmp_path / 'c.yaml'
+    cfg.write_text('- 1\n')
+    with pytest.raises(SystemExit):
+        parse_args(['--config', str(cfg)])
+    assert f'--config {cfg} holds a list, expected a YAML mapping' in capsys.readouterr().err
+    cfg.write_text('epochs: [1\n')
+    with pytest.raises(SystemExit):
+        parse_args(['--config', str(cfg)])
+    assert 'is not valid YAML' in capsys.readouterr().err
+
+
+def test_image_folder_is_the_default_dataset_as_in_train_py(image_folder, cifar10_dir, tmp_path):
+    assert parse_args([]).dataset == ''
+    run = pretrain_main(['--data-dir', str(image_folder), '--workers', '0', '--device', 'cpu', '--no-progress',
+                         '--batch-size', '32', '--epochs', '1', '--output', str(tmp_path), '--experiment', 'r'])
+    assert (run / 'last.pth').is_file()
+    with pytest.raises(ValueError, match='--dataset torch/cifar10'):  # torchvision's files, read as an ImageFolder
+        pretrain_main(['--data-dir', str(cifar10_dir), '--workers', '0', '--device', 'cpu', '--output', str(tmp_path)])
+
+
+def test_module_entry_point_prints_help():
+    result = subprocess.run([sys.executable, '-m', 'timm_mlit.mae.pretrain', '--help'], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0 and 'usage: mlit-pretrain' in result.stdout and '--resume' in result.stdout
+
+
+def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
+    (tmp_path / 'last.pth.tmp-99999999').write_bytes(b'x')  # no such process
+    (tmp_path / f'last.pth.tmp-{os.getpid()}').write_bytes(b'x')  # a live writer: kept
+    (tmp_path / 'notes.tmp-draft').write_bytes(b'x')  # not ours
+    removed = ckpt.remove_stale_temporaries(tmp_path)
+    assert [p.name for p in removed] == ['last.pth.tmp-99999999']
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f'last.pth.tmp-{os.getpid()}', 'notes.tmp-draft'])

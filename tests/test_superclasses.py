@@ -207,3 +207,52 @@ def test_cli_errors(checkpoint_and_data, tmp_path):
     torch.save({'state_dict': timm.create_model('mlit_xxs', num_classes=5).state_dict()}, wrong)
     with pytest.raises(ValueError, match='split has 6 classes but the model is a 5-class'):
         main(common + ['--checkpoint', str(wrong), '--num-superclasses', '3'])
+
+
+def test_class_name_maps_follow_the_datasets_own_class_order(tmp_path):
+    """A {"class name": group} map is put in timm's ImageFolder order (natural, case-insensitive), not sorted()."""
+    from timm.data import create_dataset
+    groups = {'Zebra': 0, 'apple': 1, 'class10': 2, 'class2': 0, 'Bird': 1, 'cat': 2}
+    for name in groups:
+        folder = tmp_path / 'data' / 'train' / name
+        folder.mkdir(parents=True)
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / '0.png')
+    dataset = create_dataset('', root=str(tmp_path / 'data'), split='train')
+    by_index = sorted(dataset.reader.class_to_idx, key=dataset.reader.class_to_idx.get)
+    path = tmp_path / 'map.json'
+    path.write_text(json.dumps(groups))
+    m = load_superclass_map(path)
+    assert tuple(m.class_names) == tuple(by_index)
+    for index, name in enumerate(by_index):  # every class routed to its own super-class
+        assert m.superclass_of[index] == groups[name], name
+    # with the dataset's class names the map follows them, whatever their order
+    order = ('cat', 'class2', 'Zebra', 'apple', 'Bird', 'class10')
+    m = load_superclass_map(path, class_names=order)
+    assert tuple(m.class_names) == order and tuple(m.superclass_of) == tuple(groups[c] for c in order)
+    with pytest.raises(ValueError, match=r"the dataset's \['dog'\] are not in the map"):
+        load_superclass_map(path, class_names=order[:-1] + ('dog',))
+    path.write_text(json.dumps({'Cat': 0, 'cat': 1}))
+    with pytest.raises(ValueError, match='differ only in case'):
+        load_superclass_map(path)
+
+
+def test_derive_refuses_a_folder_without_the_held_out_split(checkpoint_and_data, tmp_path, capsys):
+    ckpt, data = checkpoint_and_data
+    (data / 'validation').rename(data / 'train')  # only a training split: timm would read it for 'validation'
+    common = ['--model', 'mlit_xxs', '--checkpoint', str(ckpt), '--data-dir', str(data), '--workers', '0',
+              '--num-superclasses', '3', '--output', str(tmp_path / 'm.json')]
+    with pytest.raises(FileNotFoundError, match='has no validation/ folder .* training images included'):
+        main(common)
+    assert not (tmp_path / 'm.json').exists()
+    main(common + ['--split', 'train'])  # asked for explicitly: done, and said loudly
+    assert 'WARNING: --split train: the confusion matrix is measured on the TRAINING images' in capsys.readouterr().err
+    assert (tmp_path / 'm.json').is_file()
+
+
+def test_derive_module_help():
+    import subprocess
+    import sys
+    from pathlib import Path
+    result = subprocess.run([sys.executable, '-m', 'timm_mlit.superclasses.derive', '--help'], capture_output=True,
+                            text=True, cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0 and 'usage: mlit-derive-superclasses' in result.stdout

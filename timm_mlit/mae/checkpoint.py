@@ -2,12 +2,20 @@
 
 Every file is written to a temporary name in the same folder, flushed to disk and renamed over the target
 (``os.replace`` is atomic on POSIX and Windows), so a process that dies mid-write leaves the previous complete
-file in place and a stray ``*.tmp-*`` that nothing reads. A training checkpoint holds the model, optimizer,
-GradScaler and scheduler states, the number of finished epochs and every RNG state (Python, NumPy, torch CPU and
-CUDA), so a resumed run continues exactly as the uninterrupted one would have.
+file in place and a stray ``*.tmp-PID``; :func:`remove_stale_temporaries` deletes those of dead processes when a
+run starts or resumes. A training checkpoint holds the model, optimizer, GradScaler and scheduler states, the number
+of finished epochs, every RNG state (Python, NumPy, torch CPU and CUDA) and the run's arguments, so a resumed run
+continues exactly as the uninterrupted one would have.
+
+A checkpoint given to ``--resume`` is untrusted input: it holds only tensors and plain Python values (the NumPy RNG
+state is stored as a tensor, the arguments as a plain dict) and is read with ``torch.load(weights_only=True)``,
+which cannot run code from the file.
 """
+import errno
 import os
+import pickle
 import random
+import re
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
@@ -17,12 +25,58 @@ from safetensors.torch import save_file
 
 __all__ = [
     'atomic_write', 'save_checkpoint', 'load_checkpoint', 'export_encoder', 'rng_state', 'set_rng_state',
-    'CheckpointError',
+    'CheckpointError', 'remove_stale_temporaries', 'plain_args', 'RESUME_HINT',
 ]
+
+RESUME_HINT = ('run `mlit-pretrain --resume OUTPUT/RUN/last.pth` (from a clone: '
+               '`python train_scripts/pretrain_mae.py --resume OUTPUT/RUN/last.pth`)')
+_TMP_NAME = re.compile(r'.+\.tmp-(\d+)$')
 
 
 class CheckpointError(RuntimeError):
-    pass
+    """A checkpoint that cannot be resumed from; the message names the file, what was expected and the fix."""
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except OSError as e:
+        return e.errno == errno.EPERM  # exists, owned by someone else
+    return True
+
+
+def remove_stale_temporaries(folder) -> list:
+    """Delete the ``NAME.tmp-PID`` files in ``folder`` that :func:`atomic_write` left when its process was killed
+    (SIGKILL, power loss) mid-write; files of a process still alive are kept. Returns the removed paths."""
+    folder = Path(folder)
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for path in folder.iterdir():
+        match = _TMP_NAME.fullmatch(path.name)
+        if match and path.is_file() and not _pid_alive(int(match.group(1))):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def _plain(value):
+    """``value`` as JSON-able plain Python (dict / list / str / int / float / bool / None); other objects become
+    their ``str`` so that a checkpoint never needs anything but ``weights_only=True`` to load."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
+
+
+def plain_args(args) -> Dict[str, Any]:
+    """An ``argparse.Namespace`` (or dict) as a plain dict for a checkpoint."""
+    return _plain(dict(vars(args)) if not isinstance(args, dict) else dict(args))
 
 
 def atomic_write(path, write: Callable[[str], None]) -> Path:
@@ -51,9 +105,12 @@ def atomic_write(path, write: Callable[[str], None]) -> Path:
 
 
 def rng_state() -> Dict[str, Any]:
+    """Every RNG state as tensors and plain values (loadable with ``weights_only=True``)."""
+    name, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
     state = {
         'python': random.getstate(),
-        'numpy': np.random.get_state(),
+        'numpy': {'name': str(name), 'keys': torch.from_numpy(keys.astype(np.int64)), 'pos': int(pos),
+                  'has_gauss': int(has_gauss), 'cached_gaussian': float(cached_gaussian)},
         'torch': torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -62,8 +119,13 @@ def rng_state() -> Dict[str, Any]:
 
 
 def set_rng_state(state: Dict[str, Any]) -> None:
-    random.setstate(state['python'])
-    np.random.set_state(state['numpy'])
+    python = state['python']  # a tuple when saved; weights_only loading keeps it, a JSON round trip makes lists
+    random.setstate((python[0], tuple(python[1]), python[2]))
+    numpy_state = state['numpy']
+    if isinstance(numpy_state, dict):
+        numpy_state = (numpy_state['name'], numpy_state['keys'].numpy().astype(np.uint32), numpy_state['pos'],
+                       numpy_state['has_gauss'], numpy_state['cached_gaussian'])
+    np.random.set_state(numpy_state)
     torch.set_rng_state(state['torch'])
     if 'cuda' in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state['cuda'])
@@ -73,20 +135,61 @@ def save_checkpoint(path, state: Dict[str, Any]) -> Path:
     return atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
-def load_checkpoint(path) -> Dict[str, Any]:
-    """Load a training checkpoint, with an error that says what is wrong and what to do."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f'No checkpoint at {path}. Pass the last.pth of an earlier run to --resume.')
+def _numpy_globals():
+    """The NumPy types an older checkpoint (NumPy's RNG state as an array) needs: array and dtype reconstruction
+    only, nothing that calls code named by the file."""
+    names = [np.ndarray, np.dtype, type(np.dtype(np.uint32))]
     try:
-        state = torch.load(path, map_location='cpu', weights_only=False)
+        names.append(np._core.multiarray._reconstruct)
+    except AttributeError:  # NumPy < 2
+        names.append(np.core.multiarray._reconstruct)
+    return names
+
+
+def load_checkpoint(path) -> Dict[str, Any]:
+    """Load a training checkpoint with ``torch.load(weights_only=True)`` (never unpickles code), with an error that
+    names the file, says what was expected and what to do."""
+    path = Path(path)
+    expected = 'a last.pth written by the pre-training command'
+    if path.is_dir():
+        raise CheckpointError(f'--resume {path}: this is a folder, expected {expected}; pass {path / "last.pth"}.')
+    if not path.is_file():
+        raise CheckpointError(
+            f'--resume {path}: No checkpoint there (no such file); expected {expected}. Pass the last.pth of an earlier run, or '
+            f'--resume auto with that run\'s --output and --experiment.')
+    if path.stat().st_size == 0:
+        raise CheckpointError(
+            f'--resume {path}: the file is empty (0 bytes); expected {expected}. It was cut short (disk full or a '
+            f'copy that failed); resume from an intact copy, or start afresh without --resume.')
+    try:
+        try:
+            state = torch.load(path, map_location='cpu', weights_only=True)
+        except pickle.UnpicklingError as e:
+            if 'numpy' not in str(e):
+                raise
+            with torch.serialization.safe_globals(_numpy_globals()):  # checkpoints of earlier versions
+                state = torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f'--resume {path}: the file holds Python objects other than tensors and plain values, which are not '
+            f'loaded (a checkpoint could run code that way); expected {expected}. Resume from a checkpoint this '
+            f'command wrote. ({str(e).splitlines()[0]})') from e
     except Exception as e:
         raise CheckpointError(
-            f'{path} is not a readable checkpoint ({type(e).__name__}: {e}). It may be truncated or not a '
-            f'pretraining checkpoint; resume from another file.') from e
-    missing = {'model', 'optimizer', 'scheduler', 'epoch', 'rng'} - set(state) if isinstance(state, dict) else {'model'}
-    if missing:
-        raise CheckpointError(f'{path} is not a pretraining checkpoint of this command (missing {sorted(missing)}).')
+            f'--resume {path} is not a readable checkpoint ({type(e).__name__}: {e}); expected {expected}. It may be '
+            f'truncated or another kind of file; resume from another file or start afresh without --resume.') from e
+    required = {'model', 'optimizer', 'scheduler', 'epoch', 'rng'}
+    if not isinstance(state, dict) or required - set(state):
+        found = sorted(map(str, state)) if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(
+            f'--resume {path} is not a pretraining checkpoint of this command: expected the keys {sorted(required)}, '
+            f'found {found}. A train.py checkpoint or an encoder export cannot be resumed here; pass the run\'s '
+            f'last.pth.')
+    if not isinstance(state['epoch'], int) or state['epoch'] < 0 or not isinstance(state['rng'], list) \
+            or not state['rng'] or not isinstance(state.get('args', {}), dict):
+        raise CheckpointError(
+            f'--resume {path}: malformed checkpoint (epoch {state["epoch"]!r}, {type(state["rng"]).__name__} of RNG '
+            f'states); expected {expected}. Resume from another file.')
     return state
 
 

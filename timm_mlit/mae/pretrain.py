@@ -1,10 +1,12 @@
 """mmLiT pre-training: the masked autoencoder of Sec. 2.2 trained with Table 3's recipe, timm's train.py way.
 
-    python train_scripts/pretrain_mae.py --model mlit_xxs --data-dir ~/data/cifar100 --output output/
-    torchrun --nproc_per_node=4 train_scripts/pretrain_mae.py --model mlit_s --data-dir ~/data/cifar100
+    mlit-pretrain --model mlit_xxs --data-dir ~/data/cifar100 --dataset torch/cifar100 --output output/
+    mlit-pretrain --resume output/<run>/last.pth
+    torchrun --nproc_per_node=4 -m timm_mlit.mae.pretrain --model mlit_s --data-dir ~/data/cifar100_folder
 
-Data flags are train.py's (``--data-dir``, ``--dataset torch/cifar100`` or ``''`` for an ImageFolder,
-``--train-split``), as are ``--epochs``, ``--batch-size``, ``--output``, ``--resume``, ``--amp`` / ``--amp-dtype``
+(from a clone: ``python train_scripts/pretrain_mae.py ...``). Data flags are train.py's (``--data-dir``,
+``--dataset``: ``''``, the default, reads an ImageFolder ``DATA/train/<class>/*``, ``torch/cifar100`` torchvision's
+files; ``--train-split``), as are ``--epochs``, ``--batch-size``, ``--output``, ``--resume``, ``--amp`` / ``--amp-dtype``
 and ``--config`` (a YAML of these arguments; the command line wins). Left unset, each size gets Table 3:
 AdamW, weight decay 0.05, base LR 3e-4 scaled linearly (lr = base × global batch / 256), warm-up 5% of the
 epochs, cosine decay, epochs 4000 (S) / 6000 (XS) / 8000 (XXS), batch 840 (S) / 1280 (XS, XXS), horizontal flip,
@@ -14,14 +16,19 @@ random-resized-crop [0.6, 1], mean = std = 0.5. Choices the paper leaves open: A
 The output folder gets: ``log.csv`` and ``log.jsonl`` (per epoch: losses, LR, speed; the JSON adds the expert
 load), ``steps.csv`` (every update's loss), ``loss_curve.png`` (log-log, Figure 6) and ``expert_load.png`` when matplotlib is installed,
 ``recon_epochNNNNN.png`` every ``--recon-interval`` epochs, ``last.pth`` (resumable) and ``encoder.safetensors``
-(the encoder alone, for timm) at every checkpoint. ``--resume OUTPUT/last.pth`` (or ``--resume auto``) continues
-exactly: a run killed mid-epoch restarts that epoch from the last checkpoint's state.
+(the encoder alone, for timm) at every checkpoint. ``--resume OUTPUT/RUN/last.pth`` (or ``--resume auto``) continues
+exactly: a run killed mid-epoch restarts that epoch from the last checkpoint's state. Arguments not given again are
+taken from the checkpoint (the command line, then ``--config``, then the checkpoint's run, then the defaults). The LR
+schedule is a function of the run's epochs, warm-up, LR and updates per epoch (global batch): resumed with a
+different batch size, process count, epoch count or LR, it is rebuilt for the new run and continued at the finished
+epochs (the log names what changed); unchanged, the checkpoint's schedule is restored exactly.
 """
 import argparse
 import csv
 import json
 import logging
 import math
+import signal
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -38,11 +45,13 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from timm_mlit.layers import expert_load
-from .checkpoint import CheckpointError, export_encoder, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import (
+    RESUME_HINT, CheckpointError, export_encoder, load_checkpoint, plain_args, remove_stale_temporaries, rng_state,
+    save_checkpoint, set_rng_state)
 from .model import create_mae
 from .visualize import have_matplotlib, plot_expert_load, plot_loss_curve, save_reconstructions
 
-__all__ = ['TABLE3', 'build_parser', 'parse_args', 'main']
+__all__ = ['TABLE3', 'build_parser', 'parse_args', 'main', 'UsageError']
 
 _logger = logging.getLogger('timm_mlit.pretrain')
 
@@ -56,11 +65,12 @@ TABLE3 = {
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, prog='pretrain_mae.py')
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, prog='mlit-pretrain')
     p.add_argument('--config', default='', help='YAML of these arguments (by their dest names)')
     d = p.add_argument_group('data (as train.py)')
     d.add_argument('--data-dir', default=None, help='dataset root')
-    d.add_argument('--dataset', default='torch/cifar100', help="timm dataset name; '' reads an ImageFolder")
+    d.add_argument('--dataset', default='', help="timm dataset name as train.py's: '' (default) reads an ImageFolder "
+                                                 "(DATA/train/<class>/*), torch/cifar100 torchvision's files")
     d.add_argument('--train-split', default='train')
     d.add_argument('--dataset-download', action='store_true', default=False)
     d.add_argument('--workers', type=int, default=4)
@@ -96,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = p.add_argument_group('run')
     r.add_argument('--output', default='./output/pretrain', help='folder for logs, images and checkpoints')
     r.add_argument('--experiment', default='', help='subfolder name (default: <model>-<time>)')
-    r.add_argument('--resume', default='', help="a last.pth to continue from, or 'auto' for OUTPUT/last.pth")
+    r.add_argument('--resume', default='', help="a last.pth to continue from, or 'auto' for OUTPUT/EXPERIMENT/last.pth; "
+                                                "arguments not given are taken from it")
     r.add_argument('--checkpoint-interval', type=int, default=1, help='epochs between checkpoints')
     r.add_argument('--keep-every', type=int, default=0, help='also keep encoder-epochNNNNN.safetensors every N')
     r.add_argument('--recon-interval', type=int, default=50, help='epochs between reconstruction grids')
@@ -107,17 +118,82 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+class UsageError(ValueError):
+    """An argument or input of the pre-training command that cannot work; the message names it and the fix."""
+
+
+# arguments a resumed run does not take from its checkpoint: where to resume from, the YAML, the machine's device
+_NOT_RESUMED = {'resume', 'config', 'device'}
+
+
+def _read_config(path: str, parser: argparse.ArgumentParser) -> dict:
+    config = Path(path).expanduser()
+    if not config.is_file():
+        parser.error(f'--config {path}: no such file; expected a YAML file of these arguments (e.g. '
+                     f'train_scripts/configs/maevit_c100_pretrain_mae.yaml).')
+    try:
+        cfg = yaml.safe_load(config.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        parser.error(f'--config {path} is not valid YAML ({str(e).splitlines()[0]}); expected a YAML mapping of '
+                     f'these arguments by their names, e.g. "epochs: 100"; fix the file.')
+    if cfg is None:
+        return {}
+    if not isinstance(cfg, dict):
+        parser.error(f'--config {path} holds a {type(cfg).__name__}, expected a YAML mapping of these arguments by '
+                     f'their names, e.g. "epochs: 100" on its own line.')
+    dests = {a.dest for a in parser._actions}
+    unknown = set(map(str, cfg)) - dests
+    if unknown:
+        parser.error(f'--config {path}: unknown keys {sorted(unknown)}; the keys are the arguments\' names with '
+                     f'"_" for "-" (see --help).')
+    return cfg
+
+
+def _validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    if not 0.0 < args.mask_ratio < 1.0:
+        parser.error(f'--mask-ratio {args.mask_ratio}: expected a fraction of the patches to hide, strictly between '
+                     f'0 and 1 (MAE and mmLiT: 0.75); with 1 the encoder sees nothing, with 0 there is nothing to '
+                     f'reconstruct.')
+    for name in ('epochs', 'batch_size', 'checkpoint_interval', 'recon_interval', 'plot_interval'):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f'--{name.replace("_", "-")} {value}: expected a positive integer.')
+    for name in ('warmup_epochs', 'workers', 'keep_every'):
+        value = getattr(args, name)
+        if value is not None and value < 0:
+            parser.error(f'--{name.replace("_", "-")} {value}: expected 0 or more.')
+    if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
+        parser.error(f'--lr {args.lr}: expected a positive learning rate.')
+    if not isinstance(args.model_kwargs, dict):
+        parser.error(f'--model-kwargs {args.model_kwargs!r}: expected a YAML/JSON mapping such as '
+                     f'\'{{"decoder_num_experts": 0}}\'.')
+
+
+def _parse(argv: Optional[List[str]] = None):
+    """The arguments and, with --resume, the checkpoint (loaded once). Precedence: command line, --config, the
+    checkpoint's run, the defaults."""
     parser = build_parser()
-    args, _ = parser.parse_known_args(argv)
-    if args.config:
-        with open(args.config) as f:
-            cfg = yaml.safe_load(f) or {}
-        unknown = set(cfg) - {a.dest for a in parser._actions}
-        if unknown:
-            parser.error(f'{args.config}: unknown keys {sorted(unknown)}')
+    pre, _ = parser.parse_known_args(argv)
+    cfg = _read_config(pre.config, parser) if pre.config else {}
+    parser.set_defaults(**cfg)
+    pre, _ = parser.parse_known_args(argv)
+    state, resume = None, pre.resume
+    if resume:
+        if resume == 'auto':  # OUTPUT/EXPERIMENT/last.pth, as the run wrote it
+            resume = str(Path(pre.output) / (pre.experiment or '') / 'last.pth')
+        state = load_checkpoint(resume)
+        saved = state.get('run_args') or state.get('args') or {}
+        dests = {a.dest for a in parser._actions}
+        parser.set_defaults(**{k: v for k, v in saved.items() if k in dests and k not in _NOT_RESUMED})
         parser.set_defaults(**cfg)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.resume = resume
+    _validate(args, parser)
+    return args, state
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    return _parse(argv)[0]
 
 
 def _fill_defaults(args: argparse.Namespace) -> None:
@@ -204,33 +280,107 @@ class RunLog:
             self.out / 'expert_load.png')
 
 
+_TORCH_DATASET_FOLDERS = {'cifar-10-batches-py': 'torch/cifar10', 'cifar-100-python': 'torch/cifar100'}
+
+
+def _check_data(args) -> None:
+    """Errors that name the data flags, before timm or torchvision give theirs."""
+    if args.data_dir is None:
+        raise UsageError(
+            '--data-dir is missing: expected an ImageFolder (DATA/train/<class>/*.png, what `mlit-prepare-data '
+            'cifar10` writes) or, with --dataset torch/cifar100, the folder holding torchvision\'s files.')
+    root = Path(args.data_dir).expanduser()
+    if not root.is_dir() and not (args.dataset.startswith('torch/') and args.dataset_download):
+        raise UsageError(f'--data-dir {root}: no such folder; expected the dataset root (an ImageFolder with '
+                         f'{args.train_split}/<class>/ or, with --dataset torch/..., torchvision\'s files).')
+    if not args.dataset:
+        found = [name for name in _TORCH_DATASET_FOLDERS if (root / name).is_dir()]
+        if found and not (root / args.train_split).is_dir():
+            raise UsageError(
+                f'--data-dir {root} holds torchvision\'s {found[0]}/, not an ImageFolder, and --dataset is \'\' '
+                f'(an ImageFolder, as train.py). Pass --dataset {_TORCH_DATASET_FOLDERS[found[0]]}.')
+
+
+def _create_dataset(args, **kwargs):
+    try:
+        return create_dataset(args.dataset, root=args.data_dir, split=args.train_split,
+                              download=args.dataset_download, **kwargs)
+    except RuntimeError as e:
+        if 'download=True' not in str(e) and 'not found' not in str(e).lower():
+            raise
+        raise UsageError(
+            f'--dataset {args.dataset} --data-dir {args.data_dir}: torchvision found no intact dataset there ({e}). '
+            f'Point --data-dir at the folder holding its files, add --dataset-download, or read an ImageFolder '
+            f'with --dataset \'\' (`mlit-prepare-data cifar10 ...` writes one).') from e
+
+
+def _schedule_changes(state: dict, args, updates_per_epoch: int) -> List[str]:
+    """What makes the checkpoint's LR schedule differ from this run's, as 'name old -> new' strings."""
+    saved = state.get('args') or {}
+    changes = []
+    for name in ('epochs', 'warmup_epochs', 'batch_size', 'world_size', 'lr', 'min_lr'):
+        old, new = saved.get(name), getattr(args, name, None)
+        if old is not None and old != new:
+            changes.append(f'{name} {old} -> {new}')
+    old_upe = state.get('updates_per_epoch')
+    if old_upe is None and saved.get('epochs'):
+        old_upe = state['scheduler'].get('t_initial', 0) // saved['epochs']
+    if old_upe is not None and old_upe != updates_per_epoch:
+        changes.append(f'updates per epoch {old_upe} -> {updates_per_epoch}')
+    return changes
+
+
+def _raise_on_sigterm(signum, frame):  # torchrun and schedulers stop with SIGTERM: unwind so temporaries go
+    raise SystemExit(128 + signum)
+
+
 def main(argv: Optional[List[str]] = None) -> Path:
     logging.basicConfig(level=logging.INFO, format='%(message)s')
-    args = parse_args(argv)
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    except ValueError:  # not the main thread
+        previous = None
+    try:
+        return _run(argv)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(argv: Optional[List[str]] = None) -> Path:
+    args, state = _parse(argv)
+    run_args = plain_args(args)  # as given (before the Table 3 defaults): what a resume takes over
+    if state is not None:
+        saved = state.get('args') or {}
+        if saved.get('model') not in (None, args.model):
+            raise CheckpointError(
+                f'--resume {args.resume} pre-trains {saved["model"]}, not {args.model}: pass --model '
+                f'{saved["model"]} (or leave --model out; a resume takes it from the checkpoint).')
+    _check_data(args)
     device = init_distributed_device(args)
     primary = args.rank == 0
     _fill_defaults(args)
     random_seed(args.seed, args.rank)
 
-    out = Path(args.output)
-    if args.resume == 'auto':
-        args.resume = str(out / (args.experiment or '') / 'last.pth')
-    state = None
-    if args.resume:
-        state = load_checkpoint(args.resume)
-        saved = state.get('args', {})
-        if saved.get('model') not in (None, args.model):
-            raise CheckpointError(
-                f'{args.resume} pre-trains {saved["model"]}, not {args.model}: pass --model {saved["model"]}.')
+    if state is not None:
         out = Path(args.resume).parent
     else:
-        out = out / (args.experiment or f'{args.model}-{time.strftime("%Y%m%d-%H%M%S")}')
+        out = Path(args.output) / (args.experiment or f'{args.model}-{time.strftime("%Y%m%d-%H%M%S")}')
     if primary:
         out.mkdir(parents=True, exist_ok=True)
+        for path in remove_stale_temporaries(out):
+            _logger.info(f'removed {path}, left by a run killed while saving')
 
     model = create_mae(
         args.model, decoder_pos=args.decoder_pos, encoder_pos_to=args.encoder_pos_to, mask_ratio=args.mask_ratio,
         alpha=args.alpha, beta=args.beta, **args.model_kwargs).to(device)
+    num_patches = model.encoder.patch_embed.num_patches
+    kept = int(round(num_patches * (1 - args.mask_ratio)))
+    if not 0 < kept < num_patches:
+        raise UsageError(
+            f'--mask-ratio {args.mask_ratio} keeps {kept} of the {num_patches} patches of {args.model}: expected at '
+            f'least one visible and one hidden patch; pass a ratio between {1.5 / num_patches:.3f} and '
+            f'{1 - 1.5 / num_patches:.3f} (MAE: 0.75).')
     if primary:
         n_enc = sum(p.numel() for p in model.encoder.parameters())
         _logger.info(
@@ -242,12 +392,12 @@ def main(argv: Optional[List[str]] = None) -> Path:
         model.encoder.pretrained_cfg['input_size'][-2:], is_training=True, scale=tuple(args.scale),
         ratio=tuple(args.ratio), hflip=args.hflip, vflip=0., color_jitter=None, auto_augment=None,
         interpolation=args.train_interpolation, mean=tuple(args.mean), std=tuple(args.std), re_prob=0.)
-    dataset = create_dataset(
-        args.dataset, root=args.data_dir, split=args.train_split, is_training=True, batch_size=args.batch_size,
-        download=args.dataset_download, transform=transform)
+    dataset = _create_dataset(args, is_training=True, batch_size=args.batch_size, transform=transform)
     updates_per_epoch = len(build_loader(args, 0, dataset))
     if updates_per_epoch == 0:
-        raise ValueError(f'{len(dataset)} images give no full batch of {args.batch_size}: lower --batch-size.')
+        raise UsageError(
+            f'--data-dir {args.data_dir}: {len(dataset)} images give no full batch of --batch-size {args.batch_size} '
+            f'x {args.world_size} processes: lower --batch-size.')
 
     optimizer = create_optimizer_v2(
         model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay, betas=tuple(args.opt_betas))
@@ -260,12 +410,31 @@ def main(argv: Optional[List[str]] = None) -> Path:
 
     start_epoch = 0
     if state is not None:
-        model.load_state_dict(state['model'])
-        optimizer.load_state_dict(state['optimizer'])
-        scheduler.load_state_dict(state['scheduler'])
+        try:
+            model.load_state_dict(state['model'])
+            # this run's hyper-parameters (weight decay, betas, ...) over the checkpoint's; the LR is the scheduler's
+            groups = [{k: v for k, v in g.items() if k != 'params'} for g in optimizer.param_groups]
+            optimizer.load_state_dict(state['optimizer'])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise CheckpointError(
+                f'--resume {args.resume} does not fit {args.model} with --model-kwargs {args.model_kwargs} '
+                f'({str(e).splitlines()[0]}); resume with the model arguments the run was started with.') from e
+        for group, own in zip(optimizer.param_groups, groups):
+            group.update(own)
+        start_epoch = state['epoch']
+        changes = _schedule_changes(state, args, updates_per_epoch)
+        if changes:  # the schedule of this run, continued at the finished epochs
+            scheduler.step_update(num_updates=start_epoch * updates_per_epoch)
+            if primary:
+                _logger.warning(
+                    f'Resuming with {", ".join(changes)}: the LR schedule is rebuilt for this run ({args.epochs} '
+                    f'epochs, {updates_per_epoch} updates per epoch, peak LR {args.lr:.3g}) and continues at epoch '
+                    f'{start_epoch} with LR {optimizer.param_groups[0]["lr"]:.3g}.')
+        else:
+            scheduler.load_state_dict(state['scheduler'])
+            scheduler.step_update(num_updates=start_epoch * updates_per_epoch)
         if scaler is not None and state.get('scaler') is not None:
             scaler.load_state_dict(state['scaler'])
-        start_epoch = state['epoch']
         rngs = state['rng']
         if len(rngs) != args.world_size and primary:
             _logger.warning(f'{args.resume} was saved by {len(rngs)} processes, this run has {args.world_size}: '
@@ -273,10 +442,9 @@ def main(argv: Optional[List[str]] = None) -> Path:
         set_rng_state(rngs[args.rank] if args.rank < len(rngs) else rngs[0])
         if primary:
             _logger.info(f'Resumed from {args.resume}: {start_epoch} epochs done.')
-            if saved.get('epochs') not in (None, args.epochs):
-                _logger.warning(
-                    f'The checkpoint was made for {saved["epochs"]} epochs, this run asks for {args.epochs}: the LR '
-                    f'schedule is the checkpoint\'s, so the added epochs run at its final LR.')
+            if start_epoch >= args.epochs:
+                _logger.warning(f'{args.resume} has finished {start_epoch} of {args.epochs} epochs: nothing to do. '
+                                f'To train longer pass --epochs N with N > {start_epoch}.')
     log = RunLog(out, start_epoch) if primary else None
 
     train_model = model
@@ -285,9 +453,8 @@ def main(argv: Optional[List[str]] = None) -> Path:
 
     recon_imgs = None
     if primary:  # a fixed batch, resized without augmentation, for the reconstruction grids
-        plain = create_dataset(
-            args.dataset, root=args.data_dir, split=args.train_split, is_training=False,
-            download=args.dataset_download, transform=create_transform(
+        plain = _create_dataset(
+            args, is_training=False, transform=create_transform(
                 model.encoder.pretrained_cfg['input_size'][-2:], is_training=False, crop_pct=1.0,
                 interpolation=args.train_interpolation, mean=tuple(args.mean), std=tuple(args.std)))
         picks = torch.linspace(0, len(plain) - 1, min(8, len(plain))).long().tolist()  # spread over the classes
@@ -362,7 +529,12 @@ def main(argv: Optional[List[str]] = None) -> Path:
             save_checkpoint(out / 'last.pth', {
                 'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
                 'scheduler': scheduler.state_dict(), 'scaler': scaler.state_dict() if scaler else None,
-                'epoch': done, 'rng': rngs, 'args': vars(args)})
+                'epoch': done, 'rng': rngs, 'args': plain_args(args), 'run_args': run_args,
+                'updates_per_epoch': updates_per_epoch})
     if args.distributed:
         torch.distributed.destroy_process_group()
     return out
+
+
+if __name__ == '__main__':
+    main()

@@ -2,15 +2,20 @@
 baseline, 2) compute its confusion matrix on a held-out split, 3) build the confusion graph (Jin et al. 2017) and
 cluster it into E groups, one per expert.
 
-    python train_scripts/derive_superclasses.py --model maevit_c100 --checkpoint output/train/<run>/model_best.pth.tar \\
+    mlit-derive-superclasses --model maevit_c100 --checkpoint output/train/<run>/model_best.pth.tar \\
         --dataset torch/cifar100 --data-dir ~/data/cifar100 --split validation --num-superclasses 10 \\
         --output superclasses/c100_e10.json
+
+(from a clone: ``python train_scripts/derive_superclasses.py ...``). The confusions are measured on the held-out
+split: an ImageFolder without that split folder is refused (timm would silently read the whole folder, training
+images included); ``--split train`` is allowed but warned about, as a model confuses its training images far less.
 
 writes the map (JSON, as :func:`~timm_mlit.superclasses.maps.load_superclass_map` reads it) and, beside it,
 ``<stem>.confusion.csv``: the confusion matrix as plain integers, row = true class, column = predicted class.
 The clustering is spectral (normalised affinity, top-E eigenvectors, k-means) in numpy only.
 """
 import argparse
+import logging
 import sys
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
@@ -24,6 +29,11 @@ from tqdm import tqdm
 
 from .. import models  # noqa: F401  registers the zoo's models
 from .maps import SuperclassMap
+
+_logger = logging.getLogger(__name__)
+# timm's create_dataset: split names it maps to these folders (timm.data.dataset_factory)
+_TRAIN_NAMES = ('train', 'training')
+_EVAL_NAMES = ('val', 'valid', 'validation', 'eval', 'evaluation')
 
 __all__ = [
     'confusion_matrix', 'confusion_graph', 'cluster_confusion_graph', 'derive_superclasses', 'within_group_share',
@@ -260,9 +270,29 @@ def _summary(mapping: SuperclassMap, cm: torch.Tensor) -> str:
     return '\n'.join(lines)
 
 
+def _check_held_out_split(args, data_dir: Path) -> None:
+    """Refuse an ImageFolder without the split folder (timm would read all of ``data_dir``, training images
+    included); warn loudly when the split is the training split."""
+    split = args.split.split('[')[0]
+    if not args.dataset:
+        names = _EVAL_NAMES if split in _EVAL_NAMES else _TRAIN_NAMES if split in _TRAIN_NAMES else ()
+        if not (data_dir / split).is_dir() and not any((data_dir / n).is_dir() for n in names):
+            raise FileNotFoundError(
+                f'--data-dir {data_dir} has no {split}/ folder (--split {args.split}); timm would then read the whole '
+                f'folder, training images included, and the confusions would be measured on what the model was '
+                f'trained on. Pass --split NAME of the held-out folder (e.g. validation), or --split . if '
+                f'{data_dir} itself holds only held-out class folders.')
+    if split in _TRAIN_NAMES:
+        message = (f'WARNING: --split {args.split}: the confusion matrix is measured on the TRAINING images, which '
+                   f'the model has fit; the confusions, and the super-classes from them, are weaker than on a '
+                   f'held-out split. Sec. 2.2 of 2309.04354 uses held-out data: pass --split validation if you can.')
+        _logger.warning(message)
+        print(message, file=sys.stderr)
+
+
 def main(argv: Optional[List[str]] = None) -> SuperclassMap:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                prog='derive_superclasses.py')
+                                prog='mlit-derive-superclasses')
     p.add_argument('--model', required=True, help='timm model name of the dense baseline (plugin models included)')
     p.add_argument('--checkpoint', required=True, help="train.py checkpoint (.pth.tar) or a .safetensors file")
     p.add_argument('--use-ema', action='store_true', help='use the EMA weights when the checkpoint has them')
@@ -286,7 +316,9 @@ def main(argv: Optional[List[str]] = None) -> SuperclassMap:
         p.error(f'--num-superclasses must be at least 2; got {args.num_superclasses}.')
     data_dir = Path(args.data_dir).expanduser()
     if not args.dataset and not data_dir.is_dir():
-        raise FileNotFoundError(f'No dataset folder at {data_dir}.')
+        raise FileNotFoundError(f'--data-dir {data_dir}: no such folder; expected the dataset root (an ImageFolder '
+                                f'with a {args.split}/ folder of class folders, or torchvision\'s files with --dataset).')
+    _check_held_out_split(args, data_dir)
     device = torch.device(args.device)
 
     model = load_classifier(args.model, args.checkpoint, num_classes=args.num_classes, use_ema=args.use_ema)
@@ -316,3 +348,7 @@ def main(argv: Optional[List[str]] = None) -> SuperclassMap:
     print(_summary(mapping, cm))
     print(f'wrote {output} and {csv}')
     return mapping
+
+
+if __name__ == '__main__':
+    main()

@@ -7,8 +7,12 @@ labels (the order of ``torch/cifar100`` and of a CIFAR-100 ImageFolder, both alp
 from a file:
 
 * JSON: ``{"superclass_of": [g0, g1, ...], "superclass_names": [...], "class_names": [...]}`` (names optional;
-  what ``train_scripts/derive_superclasses.py`` writes), or a bare list ``[g0, g1, ...]``, or an object
-  ``{"class name": g, ...}`` whose keys are sorted the way ImageFolder sorts its class folders;
+  what ``mlit-derive-superclasses`` writes), or a bare list ``[g0, g1, ...]``, or an object
+  ``{"class name": g, ...}``: class ``c`` is the ``c``-th name in the dataset's own class order. Without the dataset
+  at hand (``class_names=None``) that is timm's ImageFolder order, natural and case-insensitive (timm's
+  ``natural_key``: ``'Zebra'`` after ``'apple'``, ``'class10'`` after ``'class2'``), which is also the order of
+  ``torch/cifar10`` and ``torch/cifar100``; pass ``class_names`` (e.g. ``dataset.reader.class_to_idx`` in index order)
+  for any other dataset;
 * text: one integer per line, line ``c`` the super-class of class ``c``.
 """
 import json
@@ -17,6 +21,7 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import torch
+from timm.utils.misc import natural_key
 
 __all__ = ['SuperclassMap', 'load_superclass_map', 'BUILTIN_MAPS', 'CIFAR100_FINE', 'CIFAR100_COARSE']
 
@@ -79,6 +84,23 @@ class SuperclassMap:
     def num_superclasses(self) -> int:
         return max(self.superclass_of) + 1
 
+    def for_classes(self, class_names: Sequence[str]) -> 'SuperclassMap':
+        """This map for a dataset whose classes are ``class_names`` in label order (a map with class names only);
+        the names must be the same set."""
+        names = tuple(str(c) for c in class_names)
+        if self.class_names is None:
+            if len(names) != self.num_classes:
+                raise ValueError(f'Super-class map {self.source!r} covers {self.num_classes} classes, the dataset has '
+                                 f'{len(names)}.')
+            return SuperclassMap(self.superclass_of, self.superclass_names, names, source=self.source)
+        group_of = dict(zip(self.class_names, self.superclass_of))
+        missing, extra = sorted(set(names) - set(group_of)), sorted(set(group_of) - set(names))
+        if missing or extra:
+            raise ValueError(
+                f'Super-class map {self.source!r} names other classes than the dataset: the dataset\'s {missing} are '
+                f'not in the map, the map\'s {extra} are not in the dataset. Name every dataset class exactly once.')
+        return SuperclassMap(tuple(group_of[c] for c in names), self.superclass_names, names, source=self.source)
+
     def as_tensor(self) -> torch.Tensor:
         return torch.tensor(list(self.superclass_of), dtype=torch.long)
 
@@ -113,13 +135,28 @@ def _from_json(obj, source: str) -> SuperclassMap:
             tuple(obj['superclass_of']), tuple(names) if names else None, tuple(classes) if classes else None,
             source=source)
     if isinstance(obj, dict):
-        classes = sorted(obj)  # ImageFolder's order of class folders
+        folded = {}
+        for name in obj:
+            folded.setdefault(str(name).lower(), []).append(str(name))
+        clashes = [names for names in folded.values() if len(names) > 1]
+        if clashes:
+            raise ValueError(f'Super-class map {source!r}: class names {clashes} differ only in case; ImageFolder '
+                             f'orders classes case-insensitively, so their order would be undefined. Rename them.')
+        classes = sorted(obj, key=natural_key)  # timm's ImageFolder order of class folders
         return SuperclassMap(tuple(obj[c] for c in classes), class_names=tuple(classes), source=source)
     raise ValueError(f'Super-class map {source!r}: expected a JSON list or object, got {type(obj).__name__}.')
 
 
-def load_superclass_map(spec: Union[str, Path, Sequence[int], SuperclassMap]) -> SuperclassMap:
-    """A built-in name (``'cifar100'``), a JSON / text file, or a sequence of super-class indices."""
+def load_superclass_map(spec: Union[str, Path, Sequence[int], SuperclassMap],
+                        class_names: Optional[Sequence[str]] = None) -> SuperclassMap:
+    """A built-in name (``'cifar100'``), a JSON / text file, or a sequence of super-class indices. ``class_names``:
+    the dataset's classes in label order; a map that names its classes is put in that order (see the module
+    docstring)."""
+    mapping = _load(spec)
+    return mapping.for_classes(class_names) if class_names is not None else mapping
+
+
+def _load(spec) -> SuperclassMap:
     if isinstance(spec, SuperclassMap):
         return spec
     if not isinstance(spec, (str, Path)):
