@@ -197,6 +197,18 @@ def test_maevit_pretraining_config_is_pretrain_maes():
     args = parse_args(['--config', str(CONFIGS / 'maevit_c100_pretrain_mae.yaml')])
     assert args.model == 'maevit_c100' and args.decoder_pos == 'separate'  # its own decoder table (the paper)
     assert args.model_kwargs['decoder_num_experts'] == 0
+    by_name = vars(parse_args(['--config', 'maevit_c100_pretrain_mae']))  # mlit-pretrain takes the recipe's name
+    assert by_name.pop('config') == 'maevit_c100_pretrain_mae' and by_name == {
+        k: v for k, v in vars(args).items() if k != 'config'}
+
+
+def test_pretrain_names_the_shipped_recipes_for_an_unknown_config(capsys):
+    from timm_mlit.mae.pretrain import parse_args
+    with pytest.raises(SystemExit):
+        parse_args(['--config', 'maevit_c100_pretrain'])
+    err = capsys.readouterr().err
+    assert "--config maevit_c100_pretrain: recipe 'maevit_c100_pretrain': no such file" in err
+    assert 'maevit_c100_pretrain_mae' in err
 
 
 def test_mobile_vmoe_config_trains_through_train_pys_library_path(tmp_path, monkeypatch):
