@@ -85,7 +85,7 @@ def test_push_then_load_bit_for_bit_online_and_offline(hub, tmp_path):
     repo = hub_repo_id('mlit_xxs', 'c10')  # the tag's own repo id: pretrained=True finds it
     home = tmp_path / 'hf_home'
     result = _push(hub, home, ['--model', 'mlit_xxs.c10', '--checkpoint', str(run / 'model_best.pth.tar'),
-                               '--repo-id', repo, '--card-out', str(tmp_path / 'cards')])
+                               '--repo-id', repo, '--card-out', str(tmp_path / 'cards'), '--off-recipe'])
     assert result.returncode == 0, result.stderr
     files = hub.files(repo)
     assert set(files) == {'model.safetensors', 'config.json', 'README.md'}
@@ -107,7 +107,8 @@ def test_the_card_states_what_the_run_measured(hub, tmp_path):
     run = _train_py_run(tmp_path / 'run', top1=(30.0, 45.5, 44.0))
     out = tmp_path / 'files'
     result = _push(hub, tmp_path / 'home', ['--model', 'mlit_xxs.c10', '--checkpoint',
-                                            str(run / 'model_best.pth.tar'), '--repo-id', 'me/x', '--dry-run', str(out)])
+                                            str(run / 'model_best.pth.tar'), '--repo-id', 'me/x', '--dry-run', str(out),
+                                            '--off-recipe'])
     assert result.returncode == 0, result.stderr
     card = (out / 'README.md').read_text()
     meta = yaml.safe_load(re.match(r'^---\n(.*?)\n---', card, re.S)[1])
@@ -125,7 +126,8 @@ def test_the_card_states_what_the_run_measured(hub, tmp_path):
 def test_push_without_a_token_is_refused(hub, tmp_path):
     run = _train_py_run(tmp_path / 'run')
     result = _push(hub, tmp_path / 'home', ['--model', 'mlit_xxs.c10', '--checkpoint',
-                                            str(run / 'model_best.pth.tar'), '--repo-id', 'me/m'], token=False)
+                                            str(run / 'model_best.pth.tar'), '--repo-id', 'me/m', '--off-recipe'],
+                   token=False)
     assert result.returncode != 0 and '401' in result.stderr
     assert not hub.repos
 

@@ -1,7 +1,8 @@
-"""Publish a checkpoint with its timm config and a model card to the Hugging Face Hub. See ``--help``.
+"""Stage or publish trained weights with their timm config and a model card: the ``mlit-push`` command, for a
+clone without the package installed. See ``--help``.
 
-    python train_scripts/push_to_hub.py --model mlit_xxs.c10 --checkpoint output/train/<run>/model_best.pth.tar \
-        --repo-id ORG/mlit_xxs.c10 --card-out hub_cards/
+    python train_scripts/push_to_hub.py --model mlit_xxs.c10 --run-dir output/train/<run> --stage-dir hub_cards/
+    python train_scripts/push_to_hub.py --staged hub_cards/mlit_xxs.c10
 """
 from timm_mlit.hub.push import main
 

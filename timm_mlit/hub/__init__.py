@@ -1,3 +1,4 @@
-"""Weights on the Hugging Face Hub: the variants, push with model cards, clear loading errors, a local Hub server."""
+"""Weights on the Hugging Face Hub: the variants (recipe only, staged, published), staging and publishing with
+model cards from the run's records, clear loading errors, a local Hub server."""
 from .errors import CheckpointMismatchError, PretrainedWeightsError
-from .variants import HUB_ORG, PUBLISHED, VARIANTS, hub_repo_id
+from .variants import HUB_ORG, PUBLISHED, STAGED, VARIANTS, hub_repo_id

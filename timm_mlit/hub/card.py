@@ -1,76 +1,29 @@
 """Model cards filled from the run that produced the weights: what the weights are, how they were trained, what
 they measured, and how to load them (``import timm_mlit`` first).
 
-:func:`read_run` reads a train.py output folder (``args.yaml``, ``summary.csv``) or an MAE pre-training folder
-(``log.jsonl``, ``last.pth``); :func:`render_card` writes the README.md with the YAML metadata the Hub reads
-(library_name, license, tags, datasets, pipeline_tag, model-index with the measured metrics).
+:func:`~timm_mlit.hub.records.read_run` reads the run's records; :func:`render_card` writes the README.md with the
+YAML metadata the Hub reads (library_name, license, tags, datasets, pipeline_tag, model-index with the metrics of
+the published weights). Every number on a card is one the run recorded; what the run did not record (hardware,
+wall time) is left off, never guessed.
 """
-import csv
-import json
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 import yaml
 
+from .records import RunInfo, read_run
 from .variants import DATASETS, PAPER_TOP1, find_variant
 
-__all__ = ['RunInfo', 'read_run', 'render_card', 'card_metadata']
+__all__ = ['RunInfo', 'read_run', 'render_card', 'card_metadata', 'JPEG_CAVEAT']
 
-# train.py arguments worth stating on a card, in this order
-_RECIPE_KEYS = (
-    'epochs', 'batch_size', 'opt', 'lr', 'lr_base', 'lr_base_scale', 'weight_decay', 'layer_decay', 'sched',
-    'warmup_epochs', 'min_lr', 'aa', 'scale', 'hflip', 'smoothing', 'mixup', 'cutmix', 'drop_path', 'model_ema',
-    'amp', 'amp_dtype', 'pretrained_path', 'model_kwargs',
-    # MAE pre-training
-    'mask_ratio', 'alpha', 'beta', 'decoder_pos', 'opt_betas',
-)
+JPEG_CAVEAT = (
+    'The images are a JPEG copy of {name} (PSNR about 28-35 dB against the original files), not the original '
+    'files, so the accuracy lands close to, not exactly at, what the same recipe gives on the originals.')
 
 
-@dataclass
-class RunInfo:
-    """What a training run tells a card."""
-    kind: str  # 'classification' or 'mae'
-    dataset: str  # key of DATASETS, or a free name
-    eval_split: str = ''
-    epochs: int = 0
-    metrics: Dict[str, float] = field(default_factory=dict)  # top1 / top5 (%) or mae_loss / mse_masked
-    recipe: Dict[str, Any] = field(default_factory=dict)
-    ema: bool = False  # the published weights are the run's EMA
-
-
-def _dataset_key(name: str) -> str:
-    name = (name or '').lower().replace('torch/', '')
-    return name if name in DATASETS else name or 'unknown'
-
-
-def read_run(run_dir, dataset: Optional[str] = None) -> RunInfo:
-    """The RunInfo of a train.py output folder or of a pretrain_mae.py output folder."""
-    run = Path(run_dir)
-    if (run / 'summary.csv').is_file():  # timm train.py
-        args = yaml.safe_load((run / 'args.yaml').read_text()) if (run / 'args.yaml').is_file() else {}
-        with open(run / 'summary.csv') as f:
-            rows = list(csv.DictReader(f))
-        if not rows:
-            raise ValueError(f'{run / "summary.csv"} has no epochs.')
-        best = max(rows, key=lambda r: float(r.get('eval_top1') or 0))
-        metrics = {k: round(float(best[f'eval_{k}']), 3) for k in ('top1', 'top5') if best.get(f'eval_{k}')}
-        return RunInfo(
-            'classification', dataset or _dataset_key(args.get('dataset', '')), args.get('val_split', 'validation'),
-            len(rows), metrics, {k: args[k] for k in _RECIPE_KEYS if args.get(k) not in (None, '', {}, [])})
-    if (run / 'log.jsonl').is_file():  # timm_mlit MAE pre-training
-        history = [json.loads(line) for line in (run / 'log.jsonl').read_text().splitlines() if line.strip()]
-        args = torch.load(run / 'last.pth', map_location='cpu', weights_only=False).get('args', {}) \
-            if (run / 'last.pth').is_file() else {}
-        last = history[-1]
-        return RunInfo(
-            'mae', dataset or _dataset_key(args.get('dataset', '')), args.get('train_split', 'train'), len(history),
-            {'mae_loss': round(last['loss'], 6), 'mse_masked': round(last['mse_masked'], 6)},
-            {k: args[k] for k in _RECIPE_KEYS if args.get(k) not in (None, '', {}, [])})
-    raise FileNotFoundError(
-        f'{run} is neither a train.py output folder (summary.csv) nor a pretrain_mae.py one (log.jsonl): pass '
-        f'--run-dir with the folder of the run that produced the checkpoint.')
+def _duration(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    return f'{minutes // 60} h {minutes % 60:02d} min' if minutes >= 60 else f'{seconds / 60:.1f} min'
 
 
 def card_metadata(model_name: str, repo_id: str, license: str, run: RunInfo) -> Dict[str, Any]:
@@ -100,8 +53,10 @@ def card_metadata(model_name: str, repo_id: str, license: str, run: RunInfo) -> 
     return meta
 
 
-def render_card(model_name: str, model: torch.nn.Module, repo_id: str, run: RunInfo, macs: Optional[int] = None) -> str:
-    """README.md for ``repo_id`` holding ``model`` (already loaded with the weights being published)."""
+def render_card(model_name: str, model: torch.nn.Module, repo_id: str, run: RunInfo, macs: Optional[int] = None,
+                deviations: Sequence[str] = ()) -> str:
+    """README.md for ``repo_id`` holding ``model`` (already loaded with the weights being published).
+    ``deviations``: where the run departs from the tag's recipe (pushed with --off-recipe); the card says so first."""
     cfg = model.pretrained_cfg
     arch = cfg.get('architecture') or model_name.split('.')[0]
     variant = find_variant(model_name)
@@ -113,6 +68,12 @@ def render_card(model_name: str, model: torch.nn.Module, repo_id: str, run: RunI
         '---', yaml.safe_dump(meta, sort_keys=False).strip(), '---', '',
         f'# Model card for {repo_id.split("/")[-1]}', '',
         (variant.description if variant else cfg.get('description') or f'An {arch} trained with timm_mlit.'), '',
+    ]
+    if deviations:
+        lines += [
+            '> **Not the tag\'s recipe.** This run departs from it: ' + '; '.join(deviations) + '. Its numbers are '
+            'not comparable with the paper\'s.', '']
+    lines += [
         'mLiT is a mixture-of-experts vision transformer for 36x36 images (Tan, *How Lightweight Can A Vision '
         'Transformer Be*, arXiv:2407.17783): SwiGLU experts sharing V and W2, noisy top-k gating, grouped-query '
         'attention, hidden size shrinking with depth and experts added in stages. This checkpoint was trained with '
@@ -132,7 +93,19 @@ def render_card(model_name: str, model: torch.nn.Module, repo_id: str, run: RunI
         f'- **Weights:** {"the exponential moving average (EMA) of the" if run.ema else "the"} training weights',
         f'- **Data:** {display}' + (f', evaluated on its `{run.eval_split}` split' if run.kind == 'classification'
                                     else f', `{run.eval_split}` split, masked-autoencoder pre-training'),
-        '', '## Training', '',
+    ]
+    if run.jpeg_copy:
+        lines.append('- **Data caveat:** ' + JPEG_CAVEAT.format(name=display))
+    if run.weights_epoch is not None:
+        final = run.history and run.weights_epoch == run.history[-1]['epoch']
+        lines.append(f'- **Checkpoint:** epoch {run.weights_epoch + 1} of {run.epochs}'
+                     + (' (the final epoch\'s weights, not the best-on-test)' if final else ''))
+    lines += ['', '## Training', '']
+    if run.hardware or run.wall_time_s:
+        lines += [f'Trained on {run.hardware or "(hardware not recorded)"}'
+                  + (f' in {_duration(run.wall_time_s)} wall time' if run.wall_time_s else '')
+                  + ' (the run\'s run_info.json).', '']
+    lines += [
         f'{run.epochs} epochs. The recipe, as run:', '', '| setting | value |', '|---|---|',
     ]
     lines += [f'| {k} | {v} |' for k, v in run.recipe.items()]
@@ -140,9 +113,15 @@ def render_card(model_name: str, model: torch.nn.Module, repo_id: str, run: RunI
     if run.kind == 'classification':
         lines.append(f'| dataset | split | top-1 % | top-5 % |\n|---|---|---|---|\n| {display} | {run.eval_split} | '
                      f'{run.metrics.get("top1", "")} | {run.metrics.get("top5", "")} |')
+        if run.best and run.final and len(run.history) > 1:
+            lines += [
+                '', '| epoch | top-1 % | top-5 % |', '|---|---|---|',
+                f'| final ({run.final["epoch"] + 1}) | {run.final["top1"]} | {run.final["top5"] or ""} |',
+                f'| best on the test split ({run.best["epoch"] + 1}) | {run.best["top1"]} | {run.best["top5"] or ""} |']
         paper = PAPER_TOP1.get(variant.tag, {}).get(arch) if variant else None
         if paper is not None:
-            lines += ['', f'The paper reports {paper}% top-1 for this setting.']
+            table = 'Table 7' if variant.epochs == 300 else 'Table 8'
+            lines += ['', f'The paper reports {paper}% top-1 for this setting ({table}, {variant.epochs} epochs).']
     else:
         lines.append(f'Final pre-training loss (Eq. 16) {run.metrics["mae_loss"]}, of which masked-patch MSE '
                      f'{run.metrics["mse_masked"]}.')

@@ -5,6 +5,8 @@ URL or a byte offset. :func:`explain_load_error` turns those into one :class:`Pr
 model, the repo (or file) and the fix: weights not published yet, repo or file missing, offline without a cached
 copy, a corrupt file, or weights of another architecture.
 """
+import pickle
+from pathlib import Path
 from typing import Any, Dict, Optional
 
 __all__ = ['PretrainedWeightsError', 'CheckpointMismatchError', 'explain_load_error', 'unpublished_on_public_hub']
@@ -43,10 +45,18 @@ def _cached_weights(cfg: Dict[str, Any]) -> Optional[str]:
 
 
 def _not_published(full_name: str, variant, where: str, local: str) -> PretrainedWeightsError:
+    from .variants import STAGE_DIR, STAGED
     cmds = variant.commands(full_name.split('.')[0])
+    if full_name in STAGED:
+        return PretrainedWeightsError(
+            f'{full_name} is staged in the timm-mlit repository ({STAGE_DIR}/{full_name}/) but not published yet '
+            f'({where}). From a clone, load the staged folder: '
+            f"timm.create_model('local-dir:{STAGE_DIR}/{full_name}', pretrained=True) after import timm_mlit; or "
+            f'publish it with\n  {cmds["publish"]}')
     return PretrainedWeightsError(
         f'No weights are published yet for {full_name} ({where}). Produce them with\n  {cmds["produce"]}\n'
-        f'publish them with\n  {cmds["publish"]}\nor load a local file: {local}')
+        f'stage the finished run with\n  {cmds["stage"]}\npublish it with\n  {cmds["publish"]}\n'
+        f'or load a local file: {local}')
 
 
 def unpublished_on_public_hub(model_name: str, cfg: Dict[str, Any]) -> Optional[PretrainedWeightsError]:
@@ -93,19 +103,38 @@ def explain_load_error(model_name: str, cfg: Dict[str, Any], error: BaseExceptio
     if isinstance(error, hf_errors.RepositoryNotFoundError):
         return PretrainedWeightsError(
             f'{where} does not exist. Check the name (hf-hub:ORG/NAME), HF_ENDPOINT, and HF_TOKEN for a private '
-            f'repo; or publish it with python train_scripts/push_to_hub.py.')
+            f'repo; or publish it with mlit-push (from a clone: python train_scripts/push_to_hub.py).')
     if isinstance(error, (hf_errors.EntryNotFoundError, hf_errors.RevisionNotFoundError)):
         return PretrainedWeightsError(
             f'{where} has no weights file for {full_name} ({error.__class__.__name__}): push model.safetensors '
-            f'with python train_scripts/push_to_hub.py, or set hf_hub_filename in pretrained_cfg_overlay.')
-    corrupt = isinstance(error, SafetensorError) or (
-        isinstance(error, (RuntimeError, EOFError)) and any(
+            f'with mlit-push (from a clone: python train_scripts/push_to_hub.py), or set hf_hub_filename in '
+            f'pretrained_cfg_overlay.')
+    if isinstance(error, RuntimeError) and 'weights_only=True blocked' in str(error):
+        return PretrainedWeightsError(
+            f'{where} is a pickle that holds Python objects besides tensors ({error.__cause__ or error}). It was not '
+            f'loaded: unpickling them could run code. Load the weights from a safetensors file instead (or, if you '
+            f'made the file yourself, re-save its state dict: '
+            f'safetensors.torch.save_file(checkpoint["state_dict"], "model.safetensors")).')
+    corrupt = isinstance(error, (SafetensorError, EOFError, pickle.UnpicklingError)) or (
+        isinstance(error, RuntimeError) and any(
             s in str(error) for s in ('zip archive', 'unpickl', 'invalid load key', 'Ran out of input', 'EOF')))
     if corrupt:
+        detail = f'{error.__class__.__name__}: {error}' if str(error) else error.__class__.__name__
+        if cfg.get('file'):
+            path = Path(cfg['file'])
+            state = 'empty (0 bytes)' if path.is_file() and path.stat().st_size == 0 else 'corrupt or truncated'
+            return PretrainedWeightsError(
+                f'The weights file of {full_name}, {where}, is {state} ({detail}). It is not a readable checkpoint: '
+                f'copy it again, or re-save the weights (timm.models.save_for_hf, or '
+                f'safetensors.torch.save_file(model.state_dict(), PATH)).')
         path = _cached_weights(cfg) or 'the cached weights file'
         return PretrainedWeightsError(
-            f'The weights file of {full_name} from {where} is corrupt or truncated ({error}). Delete {path} '
+            f'The weights file of {full_name} from {where} is corrupt or truncated ({detail}). Delete {path} '
             f'(or the repo\'s folder in the Hugging Face cache) and load again; if it persists, re-push the weights.')
+    if isinstance(error, RuntimeError) and 'Error(s) in loading state_dict' in str(error):
+        return PretrainedWeightsError(
+            f'{where} does not fit {full_name}: {error}\nLoad a checkpoint of this architecture, or create the model '
+            f'with the arguments it was trained with.')
     if isinstance(error, FileNotFoundError) and cfg.get('file'):
         return PretrainedWeightsError(f'{where} does not exist: pass the path of a checkpoint file.')
     if isinstance(error, hf_errors.HfHubHTTPError):

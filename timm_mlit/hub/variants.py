@@ -1,20 +1,32 @@
 """The pretrained variants the zoo means to publish on the Hugging Face Hub, one repo per ``model.tag`` as timm does.
 
-Each tag names what the weights are (Tables 3-8), the data, and the exact commands that produce and publish them.
-``PUBLISHED`` lists the ``model.tag`` names whose weights are on the Hub; it is empty: producing them takes a GPU and
-the full datasets (Table 3 alone is 8000 epochs for XXS). A tag not in it gets an error that says so and gives
-these commands.
+Each tag names what the weights are (Tables 3-8), the data, its recipe (config file and epochs), and the exact
+commands that produce, stage and publish them. A tag is in one of three states:
+
+  * ``PUBLISHED``: the weights are on the Hub (``pretrained=True`` and ``hf-hub:`` load them). Empty today.
+  * ``STAGED``: a trained run has been staged in this repository as a Hub repo folder, ``hub_cards/<model>.<tag>/``
+    (model.safetensors, config.json, README.md card), loadable from a clone with
+    ``timm.create_model('local-dir:hub_cards/<model>.<tag>', pretrained=True)`` and published with one command
+    (``mlit-push --staged hub_cards/<model>.<tag>``, which also writes the card to ``hub_cards/<model>.<tag>.md``).
+    A published tag stays in STAGED (its folder stays as the record). Empty today: the runs need a GPU.
+  * every other tag exists as a recipe only: ``pretrained=True`` raises PretrainedWeightsError with the commands.
 """
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Dict, FrozenSet, Optional
 
-__all__ = ['HUB_ORG', 'MODELS', 'Variant', 'VARIANTS', 'PUBLISHED', 'DEFAULT_TAG', 'hub_repo_id', 'find_variant',
-           'PAPER_TOP1', 'DATASETS']
+__all__ = ['HUB_ORG', 'MODELS', 'Variant', 'VARIANTS', 'PUBLISHED', 'STAGED', 'DEFAULT_TAG', 'hub_repo_id',
+           'find_variant', 'PAPER_TOP1', 'DATASETS', 'STAGE_DIR', 'config_path', 'PUSH_CMD', 'PUSH_SCRIPT']
 
 HUB_ORG = 'timm-mlit'
 MODELS = ('mlit_s', 'mlit_xs', 'mlit_xxs')
 DEFAULT_TAG = 'mae_c100_ft_c100_300e'  # the paper's headline classifier (Table 7)
 PUBLISHED: FrozenSet[str] = frozenset()
+STAGED: FrozenSet[str] = frozenset()  # the model.tag folders under hub_cards/ (a test checks they agree)
+STAGE_DIR = 'hub_cards'  # where staged repo folders live, relative to a clone's root
+PUSH_CMD = 'mlit-push'  # the installed command ...
+PUSH_SCRIPT = 'python train_scripts/push_to_hub.py'  # ... and the same from a clone
+_CONFIG_DIR = Path(__file__).resolve().parents[2] / 'train_scripts' / 'configs'
 
 # name -> (display name, Hub dataset id, number of classes)
 DATASETS = {
@@ -50,25 +62,38 @@ class Variant:
     num_classes: int  # 0 for a headless encoder
     description: str
     produce: str  # command template ({model}) that writes the checkpoint
-    checkpoint: str  # the file of that run to push
+    checkpoint: str  # the file of that run to push: the final epoch's weights, never the best-on-test
+    config: str = ''  # train_scripts/configs/<config>.yaml: the recipe a run must follow
+    epochs: Optional[int] = None  # epochs the recipe trains (None: depends on the model, not checked)
+    pretrained: bool = False  # fine-tuned from an MAE encoder (--pretrained-path)
 
     def commands(self, model: str) -> Dict[str, str]:
-        repo = hub_repo_id(model, self.tag)
+        name, run = f'{model}.{self.tag}', self.checkpoint.rsplit('/', 1)[0]
+        stage = f'--model {name} --run-dir {run} --stage-dir {STAGE_DIR}/'
         return {
             'produce': self.produce.format(model=model),
-            'publish': (f'python train_scripts/push_to_hub.py --model {model}.{self.tag} --checkpoint '
-                        f'{self.checkpoint} --repo-id {repo} --card-out hub_cards/'),
+            'stage': f'{PUSH_CMD} {stage} (from a clone: {PUSH_SCRIPT} {stage})',
+            'publish': (f'{PUSH_CMD} --staged {STAGE_DIR}/{name} (from a clone: {PUSH_SCRIPT} --staged '
+                        f'{STAGE_DIR}/{name}), which uploads to {hub_repo_id(model, self.tag)}'),
         }
 
 
-def _finetune(tag, dataset, config, description, pretrained=True):
+def config_path(variant: Variant) -> Optional[Path]:
+    """The tag's train.py config file in a clone, or None (no config, or an installed package without it)."""
+    path = _CONFIG_DIR / f'{variant.config}.yaml'
+    return path if variant.config and path.is_file() else None
+
+
+def _finetune(tag, dataset, config, description, pretrained=True, epochs=100):
     produce = _TRAIN.format(model='{model}', config=config, dataset=dataset) + (_ENCODER if pretrained else '')
-    return Variant(tag, dataset, DATASETS[dataset][2], description, produce, 'output/train/<run>/model_best.pth.tar')
+    return Variant(tag, dataset, DATASETS[dataset][2], description, produce, 'output/train/<run>/last.pth.tar',
+                   config=config, epochs=epochs, pretrained=pretrained)
 
 
 VARIANTS: Dict[str, Variant] = {v.tag: v for v in [
     _finetune('mae_c100_ft_c100_300e', 'cifar100', 'table4_finetune_cifar100',
-              'mmLiT: MAE-pre-trained on CIFAR-100, fine-tuned on CIFAR-100 for 300 epochs (Tables 4 and 7).'),
+              'mmLiT: MAE-pre-trained on CIFAR-100, fine-tuned on CIFAR-100 for 300 epochs (Tables 4 and 7).',
+              epochs=300),
     Variant('mae_c100', 'cifar100', 0,
             'mmLiT encoder: masked-autoencoder pre-training on CIFAR-100 (Table 3), no classifier head.',
             _MAE, 'output/mae/<run>/encoder.safetensors'),

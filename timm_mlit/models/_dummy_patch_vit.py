@@ -11,6 +11,7 @@ projection (Mobile V-MoE's standard ViT stem) the same vector plays the class to
 Subclasses give the blocks (``block_fn(i) -> nn.Module``); models whose blocks need more than ``x`` override
 ``_run_blocks`` (and that is all forward_features / forward_intermediates need).
 """
+import functools
 import logging
 import math
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple, Union
@@ -19,11 +20,11 @@ import torch
 import torch.nn as nn
 from timm.layers import LayerType, PatchEmbed, get_norm_layer, resample_abs_pos_embed, resample_patch_embed, \
     trunc_normal_
-from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq
+from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq, resolve_pretrained_cfg
 from timm.models._features import feature_take_indices
 from timm.models.vision_transformer import global_pool_nlc
 
-from timm_mlit.hub.errors import CheckpointMismatchError
+from timm_mlit.hub.errors import CheckpointMismatchError, explain_load_error, unpublished_on_public_hub
 from timm_mlit.layers._tracing import is_graph_capture
 
 __all__ = ['DummyPatchViT', 'GLOBAL_POOLS', 'filter_checkpoint', 'block_count', 'build_dummy_patch_vit', 'zoo_cfg']
@@ -128,10 +129,11 @@ class DummyPatchViT(nn.Module):
         """Refuse input the model would silently mis-read: it needs (B, in_chans, H, W) at its image size."""
         if is_graph_capture():
             return
+        name = getattr(self, 'pretrained_cfg', {}).get('architecture', type(self).__name__)
         expected = (self.in_chans, *self.patch_embed.img_size)
         if x.ndim == 4 and tuple(x.shape[1:]) == expected:
+            self._check_input_dtype(x, name)
             return
-        name = getattr(self, 'pretrained_cfg', {}).get('architecture', type(self).__name__)
         c, h, w = expected
         raise ValueError(
             f'{name} expects a batch of {c}-channel {h}x{w} images, a tensor shaped (B, {c}, {h}, {w}); '
@@ -139,6 +141,24 @@ class DummyPatchViT(nn.Module):
             f'(timm.data.create_transform(**timm.data.resolve_data_config({{}}, model=model))), or create the model '
             f'with img_size=/in_chans= matching your data.'
         )
+
+    @torch.jit.ignore
+    def _check_input_dtype(self, x: torch.Tensor, name: str) -> None:
+        """Refuse integer images (raw uint8 pixels) and a float type other than the weights' outside autocast,
+        which would otherwise end in the patch projection's bare 'expected scalar type ...'."""
+        weight_dtype = self.patch_embed.proj.weight.dtype
+        if x.is_floating_point() and (x.dtype == weight_dtype or torch.is_autocast_enabled(x.device.type)):
+            return
+        if not x.is_floating_point():
+            fix = (f'Normalise the images first: timm.data.create_transform(**timm.data.resolve_data_config({{}}, '
+                   f'model=model)) turns PIL images into {weight_dtype} tensors with the model\'s mean and std '
+                   f'(for a uint8 batch: (x.float() / 255 - mean) / std).')
+        else:
+            fix = f'Cast the batch with x.to({weight_dtype}), cast the model with model.to({x.dtype}), or run ' \
+                  f'under torch.autocast.'
+        raise TypeError(
+            f'{name} expects a floating-point image batch of its weights\' dtype {weight_dtype}; got a '
+            f'{x.dtype} tensor. {fix}')
 
     def embed_patches(self, x: torch.Tensor) -> torch.Tensor:
         """Images -> patch embeddings plus their positions, (B, num_patches, D), without the dummy patch."""
@@ -263,11 +283,80 @@ class DummyPatchViT(nn.Module):
 
 
 def _unwrap(state_dict: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+    if not isinstance(state_dict, dict):
+        raise CheckpointMismatchError(
+            f'This checkpoint holds a {type(state_dict).__name__}, not a state dict (a mapping of parameter names to '
+            f'tensors). Pass a file saved from model.state_dict(), a train.py checkpoint or a safetensors file.')
     for key in ('model', 'state_dict', 'model_ema', 'state_dict_ema'):
         if key in state_dict and isinstance(state_dict[key], dict):
             state_dict = state_dict[key]
             break
-    return {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state_dict.items()}
+    out = {k[len('module.'):] if isinstance(k, str) and k.startswith('module.') else k: v
+           for k, v in state_dict.items()}
+    bad = [str(k) for k, v in out.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointMismatchError(
+            f'This checkpoint is not a state dict: {len(bad)} entries are not named tensors ({_names(bad)}). Pass '
+            f'a file saved from model.state_dict(), a train.py checkpoint or a safetensors file.')
+    return out
+
+
+def _names(keys: List[str], limit: int = 6) -> str:
+    shown = ', '.join(keys[:limit])
+    return shown + (f' and {len(keys) - limit} more' if len(keys) > limit else '')
+
+
+def _is_head(key: str) -> bool:
+    return key.startswith('head.')
+
+
+def _fit_head(out: Dict[str, torch.Tensor], model: 'DummyPatchViT') -> None:
+    """The classifier is the one part a checkpoint may lack or have at another size (fine-tuning to new classes):
+    the model then keeps its newly initialised head, and says so. A headless model drops a checkpoint's head."""
+    own = {f'head.{k}': v for k, v in model.head.state_dict().items()}
+    theirs = {k: v for k, v in out.items() if _is_head(k)}
+    if not own:
+        if theirs:
+            _logger.info(f'The model has no classifier (num_classes=0): ignoring the checkpoint\'s '
+                         f'{theirs.get("head.weight", next(iter(theirs.values()))).shape[0]}-class head.')
+            for k in theirs:
+                del out[k]
+        return
+    if not theirs:
+        # a headless encoder (MAE export): the model keeps its freshly initialised head, everything else loads
+        _logger.info('Checkpoint has no classifier head: keeping the model\'s newly initialised head.')
+    elif set(theirs) != set(own) or any(theirs[k].shape != v.shape for k, v in own.items()):
+        got = theirs.get('head.weight')
+        got = f'{got.shape[0]}-class' if got is not None and got.ndim == 2 else 'incompatible'
+        _logger.warning(f'The checkpoint\'s {got} classifier does not fit the model\'s {model.num_classes} classes: '
+                        f'keeping the model\'s newly initialised head (everything else loads).')
+    else:
+        return
+    for k in theirs:
+        del out[k]
+    out.update(own)
+
+
+def _check_complete(out: Dict[str, torch.Tensor], model: 'DummyPatchViT') -> None:
+    """Every weight but the classifier's must come from the checkpoint, at the model's shape: timm loads
+    non-strictly when num_classes differs from the file's, which would otherwise keep random weights unnoticed."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in out and not _is_head(k)]
+    unexpected = [k for k in out if k not in own and not _is_head(k)]
+    wrong = [f'{k} {tuple(out[k].shape)} (model: {tuple(v.shape)})' for k, v in own.items()
+             if k in out and not _is_head(k) and out[k].shape != v.shape]
+    problems = []
+    if missing:
+        problems.append(f'it lacks {len(missing)} of the model\'s {len(own)} weights ({_names(missing)})')
+    if unexpected:
+        problems.append(f'it has {len(unexpected)} weights the model does not ({_names(unexpected)})')
+    if wrong:
+        problems.append(f'{len(wrong)} weights have another shape: {_names(wrong, 4)}')
+    if problems:
+        raise CheckpointMismatchError(
+            f'This checkpoint does not fit the model: {"; ".join(problems)}. Only the classifier (head.*) may be '
+            f'missing or of another size. Load a complete checkpoint of this architecture, or create the model '
+            f'with the arguments it was trained with.')
 
 
 def filter_checkpoint(
@@ -281,7 +370,9 @@ def filter_checkpoint(
 ) -> Dict[str, torch.Tensor]:
     """Adapt a checkpoint to ``model``: unwrap training-checkpoint containers and DDP prefixes, refuse weights of
     another architecture with a message that says what they are, resample the position table and patch projection
-    when the image or patch size differs, and give a headless encoder (an MAE export) the model's own new head.
+    when the image or patch size differs, give a headless encoder (an MAE export) or a checkpoint with another
+    number of classes the model's own new head, and refuse a checkpoint that lacks any other weight, has weights
+    the model does not, or has them at another shape (naming them). The caller names the file.
 
     ``describe(state_dict)`` names the architecture a state dict was made for (None: not of ``family``);
     ``hint`` says which model to create instead.
@@ -299,25 +390,26 @@ def filter_checkpoint(
 
     out = {}
     for k, v in state_dict.items():
-        if k == 'patch_embed.proj.weight' and v.shape[-2:] != model.patch_embed.proj.weight.shape[-2:]:
+        if k == 'patch_embed.proj.weight' and v.ndim == 4 and v.shape[:2] == model.patch_embed.proj.weight.shape[:2] \
+                and v.shape[-2:] != model.patch_embed.proj.weight.shape[-2:]:
             v = resample_patch_embed(
                 v, model.patch_embed.proj.weight.shape[-2:], interpolation=interpolation, antialias=antialias)
-        elif k == 'pos_embed' and v.shape != model.pos_embed.shape:
+        elif k == 'pos_embed' and v.shape != model.pos_embed.shape and v.ndim == 3 \
+                and v.shape[-1] == model.pos_embed.shape[-1]:
             num_patches = v.shape[1] - model.num_prefix_tokens
             side = int(math.sqrt(num_patches))
-            v = resample_abs_pos_embed(
-                v,
-                new_size=model.patch_embed.grid_size,
-                old_size=(side, side),
-                num_prefix_tokens=model.num_prefix_tokens,
-                interpolation=interpolation,
-                antialias=antialias,
-            )
+            if side * side == num_patches:  # else the shape check below names it
+                v = resample_abs_pos_embed(
+                    v,
+                    new_size=model.patch_embed.grid_size,
+                    old_size=(side, side),
+                    num_prefix_tokens=model.num_prefix_tokens,
+                    interpolation=interpolation,
+                    antialias=antialias,
+                )
         out[k] = v
-    if 'head.weight' not in out and isinstance(model.head, nn.Linear):
-        # a headless encoder (MAE export): the model keeps its freshly initialised head, everything else loads
-        _logger.info('Checkpoint has no classifier head: keeping the model\'s newly initialised head.')
-        out.update({f'head.{k}': v for k, v in model.head.state_dict().items()})
+    _fit_head(out, model)
+    _check_complete(out, model)
     return out
 
 
@@ -328,9 +420,12 @@ def block_count(state_dict: Dict[str, torch.Tensor], prefix: str = 'blocks.') ->
 def build_dummy_patch_vit(
         model_cls: type, variant: str, pretrained: bool, filter_fn: Callable, **kwargs) -> DummyPatchViT:
     """``build_model_with_cfg`` as every family here calls it: its checkpoint filter, features through
-    ``forward_intermediates`` (feature_cls 'getter')."""
+    ``forward_intermediates`` (feature_cls 'getter'). With ``pretrained=True`` an unpublished tag of ours is refused
+    before any download, and an error about the weights (missing, offline, corrupt, of another model) becomes a
+    :class:`~timm_mlit.hub.errors.PretrainedWeightsError` naming the file or repo and the fix."""
     out_indices = kwargs.pop('out_indices', 3)
-    return build_model_with_cfg(
+    build = functools.partial(
+        build_model_with_cfg,
         model_cls,
         variant,
         pretrained,
@@ -338,6 +433,21 @@ def build_dummy_patch_vit(
         feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
         **kwargs,
     )
+    if not pretrained:
+        return build()
+    cfg = resolve_pretrained_cfg(
+        variant, pretrained_cfg=kwargs.get('pretrained_cfg'),
+        pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay')).to_dict()
+    unpublished = unpublished_on_public_hub(variant, cfg)
+    if unpublished is not None:
+        raise unpublished
+    try:
+        return build()
+    except Exception as e:  # say which weights failed and what to do, for the errors that are about the weights
+        explained = explain_load_error(variant, cfg, e)
+        if explained is None:
+            raise
+        raise explained from e
 
 
 def zoo_cfg(url: str = '', **kwargs) -> Dict[str, Any]:

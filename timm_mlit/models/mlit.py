@@ -21,17 +21,15 @@ at zero); the classifier head has a bias (the paper removes biases from embeddin
 A training forward leaves the MoE balancing loss of Eq. 12 on the model: add ``model.moe_loss()`` (or
 ``timm_mlit.moe_loss(model)`` for wrapped models) to the classification loss.
 """
-import functools
 import logging
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 from timm.layers import LayerType, calculate_drop_path_rates, get_norm_layer
-from timm.models import generate_default_cfgs, register_model, resolve_pretrained_cfg
+from timm.models import generate_default_cfgs, register_model
 
 from timm_mlit.layers import EXPERT_DROP_MODES, MoEBlock, expert_load, moe_loss
-from timm_mlit.hub.errors import explain_load_error, unpublished_on_public_hub
 from timm_mlit.hub.variants import DEFAULT_TAG, MODELS, VARIANTS, hub_repo_id
 from ._dummy_patch_vit import DummyPatchViT, block_count, build_dummy_patch_vit, zoo_cfg, filter_checkpoint
 
@@ -196,22 +194,7 @@ def checkpoint_filter_fn(
 
 
 def _create_mlit(variant: str, pretrained: bool = False, **kwargs) -> MLiT:
-    build = functools.partial(build_dummy_patch_vit, MLiT, variant, pretrained, checkpoint_filter_fn, **kwargs)
-    if not pretrained:
-        return build()
-    cfg = resolve_pretrained_cfg(
-        variant, pretrained_cfg=kwargs.get('pretrained_cfg'),
-        pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay')).to_dict()
-    unpublished = unpublished_on_public_hub(variant, cfg)
-    if unpublished is not None:
-        raise unpublished
-    try:
-        return build()
-    except Exception as e:  # say which weights failed and what to do, for the errors that are about the weights
-        explained = explain_load_error(variant, cfg, e)
-        if explained is None:
-            raise
-        raise explained from e
+    return build_dummy_patch_vit(MLiT, variant, pretrained, checkpoint_filter_fn, **kwargs)
 
 
 def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:

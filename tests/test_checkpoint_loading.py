@@ -1,0 +1,109 @@
+"""Loading a checkpoint file into a zoo model as a hostile or careless user would: files that lack weights, hold
+the wrong ones, are empty, corrupt or carry code, and input batches of the wrong dtype. Every one must fail with
+an error naming the file (or input), what was expected and the fix; nothing may load silently half-random."""
+import pickle
+import re
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+import timm_mlit  # noqa: F401  registers the models
+from timm_mlit.hub import PretrainedWeightsError
+
+
+def _save(path, state):
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    return str(path)
+
+
+def _load(name, file, **kwargs):
+    return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(file)), **kwargs)
+
+
+@pytest.fixture(scope='module')
+def trained():
+    torch.manual_seed(0)
+    return timm.create_model('mlit_xxs', num_classes=10).state_dict()
+
+
+@pytest.mark.parametrize('num_classes', [10, 100])
+def test_a_checkpoint_lacking_body_weights_is_refused_naming_them_and_the_file(tmp_path, trained, num_classes):
+    """With num_classes unlike the file's head timm loads non-strictly: the attention weights would stay random."""
+    path = _save(tmp_path / 'partial.safetensors', {k: v for k, v in trained.items() if '.attn.' not in k})
+    with pytest.raises(PretrainedWeightsError) as e:
+        _load('mlit_xxs', path, num_classes=num_classes)
+    message = str(e.value)
+    assert path in message and 'lacks 36 of' in message and 'blocks.0.attn.qkv.weight' in message
+    assert 'Only the classifier (head.*) may be missing' in message
+
+
+def test_extra_or_misshaped_weights_are_refused(tmp_path, trained):
+    extra = dict(trained, **{'decoder.weight': torch.zeros(3)})
+    with pytest.raises(PretrainedWeightsError, match=r'has 1 weights the model does not \(decoder\.weight\)'):
+        _load('mlit_xxs', _save(tmp_path / 'extra.safetensors', extra), num_classes=10)
+    bad = dict(trained, **{'norm.weight': torch.ones(7)})
+    with pytest.raises(PretrainedWeightsError, match=r'norm\.weight \(7,\) \(model: \(108,\)\)'):
+        _load('mlit_xxs', _save(tmp_path / 'bad.safetensors', bad), num_classes=10)
+
+
+@pytest.mark.parametrize('num_classes', [7, 100])
+def test_only_the_classifier_may_be_resized_everything_else_loads(tmp_path, trained, num_classes, caplog):
+    model = _load('mlit_xxs', _save(tmp_path / 'full.safetensors', trained), num_classes=num_classes)
+    state = model.state_dict()
+    assert model.head.out_features == num_classes
+    assert all(torch.equal(state[k], v) for k, v in trained.items() if not k.startswith('head.'))
+
+
+def test_the_mae_encoder_hand_off_keeps_working(tmp_path, trained):
+    encoder = {k: v for k, v in trained.items() if not k.startswith('head.')}
+    model = _load('mlit_xxs', _save(tmp_path / 'encoder.safetensors', encoder), num_classes=100)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in encoder.items())
+
+
+def test_a_zero_byte_or_corrupt_file_names_the_file(tmp_path):
+    empty = tmp_path / 'last.pth'
+    empty.write_bytes(b'')
+    with pytest.raises(PretrainedWeightsError, match=re.escape(f'file {empty}, is empty (0 bytes)')):
+        _load('mlit_xxs', empty)
+    junk = tmp_path / 'junk.safetensors'
+    junk.write_bytes(b'\x10\x00\x00\x00\x00\x00\x00\x00{"a": 1}')
+    with pytest.raises(PretrainedWeightsError, match=re.escape(f'file {junk}, is corrupt or truncated')):
+        _load('mlit_xxs', junk)
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (exec, ("open(__import__('os').environ['EXPLOIT_MARK'], 'w').write('ran')",))
+
+
+def test_a_pickle_carrying_code_is_refused_and_the_code_never_runs(tmp_path, monkeypatch):
+    mark = tmp_path / 'pwned'
+    monkeypatch.setenv('EXPLOIT_MARK', str(mark))
+    path = tmp_path / 'evil.pth'
+    with open(path, 'wb') as f:
+        pickle.dump({'state_dict': {}, 'x': _Exploit()}, f)
+    with pytest.raises(PretrainedWeightsError, match='unpickling them could run code'):
+        _load('mlit_xxs', path)
+    assert not mark.exists()
+
+
+@pytest.mark.parametrize('dtype, needle', [
+    (torch.uint8, r'got a torch\.uint8 tensor\. Normalise the images first'),
+    (torch.float64, r'got a torch\.float64 tensor\. Cast the batch with x\.to\(torch\.float32\)'),
+    (torch.int64, r'got a torch\.int64 tensor'),
+])
+@pytest.mark.parametrize('name', ['mlit_xxs', 'maevit_c100', 'mobile_vmoe_6x64_patch3_36'])
+def test_image_batches_of_another_dtype_get_an_error_naming_the_input(name, dtype, needle):
+    model = timm.create_model(name).eval()
+    with pytest.raises(TypeError, match=f'{name} expects a floating-point image batch of its weights\' dtype'
+                                        f' torch.float32; {needle}'):
+        model(torch.zeros(2, 3, 36, 36, dtype=dtype))
+
+
+def test_autocast_and_matching_dtypes_still_run():
+    model = timm.create_model('mlit_xxs').eval()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert model(torch.zeros(1, 3, 36, 36)).shape == (1, 100)
+    assert model.double()(torch.zeros(1, 3, 36, 36, dtype=torch.float64)).dtype == torch.float64

@@ -1,0 +1,333 @@
+"""Staging a trained run as a Hub repo folder (``mlit-push --stage-dir``), loading it with ``local-dir:``, publishing
+it (``--staged``), and the push command's refusals of runs and checkpoints that do not fit the tag.
+
+The run is real and short: an ImageFolder this test writes, mlit-xxs trained a few steps, and the records exactly as
+timm's train.py writes them: args.yaml (train.py's defaults + the tag's config + the command line, dumped as
+train.py dumps them), summary.csv through timm's ``update_summary`` and checkpoints through timm's
+``CheckpointSaver`` (last.pth.tar, model_best.pth.tar). The tag's recipe is shortened to the test's epochs and batch
+(a copy of its config), which is the one thing that differs from a GPU run."""
+import argparse
+import csv
+import dataclasses
+import json
+import os
+import pickle
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+import yaml
+from safetensors.torch import load_file
+from timm.utils import CheckpointSaver, accuracy, update_summary
+
+import timm_mlit  # noqa: F401
+from timm_mlit.hub import PretrainedWeightsError, variants
+from timm_mlit.hub.local_server import LocalHubServer
+from timm_mlit.hub.push import PushError, main as push_main, publish_staged, stage
+from timm_mlit.hub.records import RunRecordError, check_against_tag, read_run
+from timm_mlit.hub.run_info import write_run_info
+from train_py_args import TRAIN_PY_DEFAULTS
+from conftest import write_image_folder
+
+ROOT = Path(__file__).resolve().parents[1]
+TOKEN = 'hf_local_test_token'
+EPOCHS, BATCH = 2, 16
+
+
+def _train_py_run(out: Path, data: Path, model_name='mlit_xxs', config='table6_scratch_cifar10', epochs=EPOCHS,
+                  **overrides) -> Path:
+    """Train ``model_name`` on the ImageFolder ``data`` and leave ``out`` as train.py leaves its output folder."""
+    cfg = yaml.safe_load((ROOT / 'train_scripts' / 'configs' / f'{config}.yaml').read_text())
+    args = dict(TRAIN_PY_DEFAULTS, **cfg)
+    args.update(model=model_name, dataset='', data_dir=str(data), epochs=epochs, batch_size=BATCH, device='cpu',
+                workers=0, output=str(out.parent), experiment=out.name, amp=False, **overrides)
+    out.mkdir(parents=True)
+    (out / 'args.yaml').write_text(yaml.safe_dump(args, default_flow_style=False))  # as train.py's _parse_args
+
+    torch.manual_seed(0)
+    model = timm.create_model(model_name, num_classes=args['num_classes'])
+    data_cfg = timm.data.resolve_data_config({}, model=model)
+    loaders = {split: torch.utils.data.DataLoader(
+        timm.data.create_dataset('', root=str(data), split=split),
+        batch_size=BATCH, shuffle=split == 'train') for split in ('train', 'validation')}
+    for split, loader in loaders.items():
+        loader.dataset.transform = timm.data.create_transform(**data_cfg, is_training=False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    saver = CheckpointSaver(model, optimizer, args=argparse.Namespace(**args), checkpoint_dir=str(out),
+                            recovery_dir=str(out), decreasing=False, max_history=2)
+    for epoch in range(epochs):
+        model.train()
+        for x, y in loaders['train']:
+            loss = torch.nn.functional.cross_entropy(model(x), y) + model.moe_loss()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        model.eval()
+        with torch.no_grad():
+            outputs = [(model(x), y) for x, y in loaders['validation']]
+        logits, target = torch.cat([o for o, _ in outputs]), torch.cat([t for _, t in outputs])
+        top1, top5 = accuracy(logits, target, topk=(1, 5))
+        metrics = {'loss': float(torch.nn.functional.cross_entropy(logits, target)), 'top1': float(top1),
+                   'top5': float(top5)}
+        update_summary(epoch, {'loss': loss.item()}, metrics, str(out / 'summary.csv'), lr=1e-3)
+        saver.save_checkpoint(epoch, metric=metrics['top1'])
+    return out
+
+
+@pytest.fixture(scope='module')
+def data(tmp_path_factory):
+    return write_image_folder(tmp_path_factory.mktemp('data') / 'cifar10_jpeg', num_classes=10, n_train=48, n_val=32)
+
+
+@pytest.fixture(scope='module')
+def finished_run(tmp_path_factory, data):
+    run = _train_py_run(tmp_path_factory.mktemp('train') / 'mlit_xxs_c10', data)
+    write_run_info(run, 12.5, hardware='test CPU (2 cores)', dataset='cifar10', jpeg_copy=True)
+    return run
+
+
+@pytest.fixture
+def short_recipe(tmp_path, monkeypatch):
+    """The c10 tag with its recipe shortened to this test's epochs and batch (its config copied and edited)."""
+    configs = tmp_path / 'configs'
+    configs.mkdir()
+    text = (ROOT / 'train_scripts' / 'configs' / 'table6_scratch_cifar10.yaml').read_text()
+    text = re.sub(r'(?m)^epochs: 100', f'epochs: {EPOCHS}', text)
+    text = re.sub(r'(?m)^batch_size: 256', f'batch_size: {BATCH}', text)
+    (configs / 'table6_scratch_cifar10.yaml').write_text(text)
+    monkeypatch.setattr(variants, '_CONFIG_DIR', configs)
+    monkeypatch.setitem(variants.VARIANTS, 'c10', dataclasses.replace(variants.VARIANTS['c10'], epochs=EPOCHS))
+
+
+def _card_meta(card: str):
+    return yaml.safe_load(re.match(r'^---\n(.*?)\n---', card, re.S)[1])
+
+
+def test_stage_a_finished_run(finished_run, short_recipe, tmp_path):
+    folder = push_main(['--model', 'mlit_xxs.c10', '--run-dir', str(finished_run), '--stage-dir', str(tmp_path)])
+    assert folder == tmp_path / 'mlit_xxs.c10'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['configs', 'mlit_xxs.c10']  # no temporary left
+    assert sorted(p.name for p in folder.iterdir()) == ['README.md', 'config.json', 'model.safetensors']
+
+    # the final epoch's weights (not the best-on-test), as timm's save_for_hf writes them
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        last = torch.load(finished_run / 'last.pth.tar', weights_only=True)
+    assert last['epoch'] == EPOCHS - 1
+    staged = load_file(str(folder / 'model.safetensors'))
+    assert set(staged) == set(last['state_dict'])
+    assert all(torch.equal(staged[k], v) for k, v in last['state_dict'].items())
+    config = json.loads((folder / 'config.json').read_text())
+    assert config['architecture'] == 'mlit_xxs' and config['num_classes'] == 10
+
+    # the card's numbers are the run's
+    with open(finished_run / 'summary.csv') as f:
+        rows = list(csv.DictReader(f))
+    final, best = rows[-1], max(rows, key=lambda r: float(r['eval_top1']))
+    card = (folder / 'README.md').read_text()
+    meta = _card_meta(card)
+    assert meta['datasets'] == ['uoft-cs/cifar10']
+    assert meta['model-index'][0]['results'][0]['metrics'][0]['value'] == round(float(final['eval_top1']), 3)
+    assert f'| final ({EPOCHS}) | {round(float(final["eval_top1"]), 3)} |' in card
+    assert f'| best on the test split ({int(best["epoch"]) + 1}) | {round(float(best["eval_top1"]), 3)} |' in card
+    assert f'epoch {EPOCHS} of {EPOCHS} (the final epoch\'s weights, not the best-on-test)' in card
+    assert 'The paper reports 80.78% top-1 for this setting (Table 8' in card
+    assert 'JPEG copy of CIFAR-10 (PSNR about 28-35 dB' in card
+    assert "Trained on test CPU (2 cores) in 0.2 min wall time (the run's run_info.json)" in card
+    assert '**Parameters:** 652,463 (0.65M), 10-class head' in card and '**MACs per image:** 131.3M' in card
+    assert 'Not the tag' not in card
+
+    # a clone loads the staged folder with timm's local-dir: (after import timm_mlit, which registers mlit_xxs)
+    model = timm.create_model(f'local-dir:{folder}', pretrained=True)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in staged.items())
+
+
+def test_staging_refuses_runs_that_are_not_the_tag(finished_run, data, short_recipe, tmp_path):
+    def refused(run, match, model='mlit_xxs.c10', **kwargs):
+        with pytest.raises((PushError, RunRecordError), match=match):
+            stage(model, run, tmp_path / 'stage', **kwargs)
+        assert not (tmp_path / 'stage' / model).exists()
+
+    def copy(name, edit_args=None, run_info=None):
+        run = tmp_path / name
+        shutil.copytree(finished_run, run)
+        if edit_args:
+            args = yaml.safe_load((run / 'args.yaml').read_text())
+            args.update(edit_args)
+            (run / 'args.yaml').write_text(yaml.safe_dump(args))
+        if run_info is not None:
+            (run / 'run_info.json').write_text(json.dumps(run_info))
+        return run
+
+    refused(finished_run, r'trained on cifar10, the tag is CIFAR-100', model='mlit_xxs.c100')
+    refused(copy('c100', {'dataset': 'torch/cifar100'}), r'trained on cifar100, the tag is CIFAR-10')
+    refused(copy('s', {'model': 'mlit_s'}), r'the run trained mlit_s, not mlit_xxs')
+    refused(copy('lr', {'lr_base': 0.01}), r'lr_base \(the tag: 0\.001; the run: 0\.01\)')
+    refused(copy('ft', {'pretrained_path': 'enc.safetensors'}), r'trained from scratch, the run started from')
+    refused(copy('info', run_info={'dataset': 'cifar10'}), r'does not record hardware and wall_time_s')
+    refused(copy('badinfo', run_info={'hardware': 'x', 'wall_time_s': -3}), r'"wall_time_s" must be')
+    (copy('nojson') / 'run_info.json').write_text('{not json')
+    refused(tmp_path / 'nojson', r'run_info\.json is not JSON')
+    refused(copy('nodata', run_info={'hardware': 'x', 'wall_time_s': 3}), r'record which dataset it is')
+    unfinished = copy('unfinished', {'epochs': EPOCHS + 1})
+    refused(unfinished, r'logged 2 of its 3 epochs|epochs trained')
+    real_tag = dataclasses.replace(variants.VARIANTS['c10'], epochs=100)  # the tag as published: 100 epochs
+    with pytest.raises(RunRecordError, match=r'epochs trained 2 \(the tag: 100\)'):
+        check_against_tag(read_run(finished_run), 'mlit_xxs.c10', real_tag, finished_run)
+    torch.save({'epoch': 0, 'state_dict': {}}, tmp_path / 'first.pth.tar')
+    refused(finished_run, r'is epoch 0, not the run\'s final epoch 1', checkpoint=tmp_path / 'first.pth.tar')
+    (tmp_path / 'empty.pth.tar').write_bytes(b'')
+    refused(finished_run, r'is empty \(0 bytes\)', checkpoint=tmp_path / 'empty.pth.tar')
+
+
+def test_staging_is_atomic_and_does_not_overwrite(finished_run, short_recipe, tmp_path, monkeypatch):
+    from timm_mlit.hub import push as push_module
+    stage_dir = tmp_path / 'stage'
+    real_write = push_module.write_repo_files
+
+    def dies_half_way(model, model_name, repo_id, run, folder, **kwargs):
+        real_write(model, model_name, repo_id, run, folder, **kwargs)
+        (Path(folder) / 'README.md').unlink()
+        raise KeyboardInterrupt  # killed after the weights, before the card
+
+    monkeypatch.setattr(push_module, 'write_repo_files', dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        stage('mlit_xxs.c10', finished_run, stage_dir)
+    assert list(stage_dir.iterdir()) == []
+    monkeypatch.setattr(push_module, 'write_repo_files', real_write)
+    folder = stage('mlit_xxs.c10', finished_run, stage_dir)
+    before = (folder / 'model.safetensors').read_bytes()
+    with pytest.raises(PushError, match='exists already. Pass --overwrite'):
+        stage('mlit_xxs.c10', finished_run, stage_dir)
+    assert stage('mlit_xxs.c10', finished_run, stage_dir, overwrite=True) == folder
+    assert (folder / 'model.safetensors').read_bytes() == before
+    assert sorted(p.name for p in stage_dir.iterdir()) == ['mlit_xxs.c10']
+
+
+def test_publish_a_staged_folder_then_pretrained_loads_it(finished_run, short_recipe, tmp_path):
+    folder = stage('mlit_xxs.c10', finished_run, tmp_path / 'stage')
+    with LocalHubServer(token=TOKEN) as hub:
+        repo_id, _ = publish_staged(folder, endpoint=hub.endpoint, token=TOKEN)
+        assert repo_id == 'timm-mlit/mlit_xxs.c10'
+        files = hub.files(repo_id)
+        assert set(files) == {'model.safetensors', 'config.json', 'README.md'}
+        assert all(files[name] == (folder / name).read_bytes() for name in files)
+        assert (folder.parent / 'mlit_xxs.c10.md').read_bytes() == files['README.md']  # the published record
+        env = {k: v for k, v in os.environ.items() if not k.startswith('HF_')}
+        env.update(HF_ENDPOINT=hub.endpoint, HF_HOME=str(tmp_path / 'home'), HF_TOKEN=TOKEN)
+        code = (f"import torch, timm, timm_mlit\nfrom safetensors.torch import load_file\n"
+                f"staged = load_file({str(folder / 'model.safetensors')!r})\n"
+                f"for how in ('mlit_xxs.c10', 'hf-hub:{repo_id}'):\n"
+                f"    m = timm.create_model(how, pretrained=True)\n"
+                f"    assert all(torch.equal(m.state_dict()[k], v) for k, v in staged.items()), how\n"
+                f"print('identical')")
+        result = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0 and 'identical' in result.stdout, result.stderr[-2000:]
+
+
+def test_publishing_refuses_a_broken_staged_folder(finished_run, short_recipe, tmp_path):
+    folder = stage('mlit_xxs.c10', finished_run, tmp_path / 'stage')
+    (folder / 'config.json').write_text('not json {')
+    with pytest.raises(PushError, match=r'config\.json is not JSON'):
+        publish_staged(folder, endpoint='http://127.0.0.1:9', token=TOKEN)
+    (folder / 'config.json').unlink()
+    with pytest.raises(PushError, match=r'lacks config\.json: it is not a complete staged folder'):
+        publish_staged(folder, endpoint='http://127.0.0.1:9', token=TOKEN)
+
+
+def test_a_staged_but_unpublished_tag_points_at_the_folder(monkeypatch):
+    monkeypatch.setattr(variants, 'STAGED', frozenset({'mlit_xxs.c10'}))
+    with pytest.raises(PretrainedWeightsError) as e:
+        timm.create_model('mlit_xxs.c10', pretrained=True)
+    message = str(e.value)
+    assert 'staged in the timm-mlit repository (hub_cards/mlit_xxs.c10/) but not published' in message
+    assert "timm.create_model('local-dir:hub_cards/mlit_xxs.c10', pretrained=True)" in message
+    assert 'mlit-push --staged hub_cards/mlit_xxs.c10 (from a clone: python train_scripts/push_to_hub.py' in message
+
+
+def test_the_registry_lists_what_is_staged_and_published():
+    """STAGED names exactly the staged folders in hub_cards/, each complete and of its tag."""
+    folders = {p.name for p in (ROOT / 'hub_cards').iterdir() if p.is_dir()}
+    assert folders == set(variants.STAGED)
+    for name in folders:
+        assert {p.name for p in (ROOT / 'hub_cards' / name).iterdir()} == {'README.md', 'config.json',
+                                                                           'model.safetensors'}
+        assert variants.find_variant(name) is not None
+
+
+# --- the push command: the checkpoint must fit the tag, the card comes from the run ----------------------------
+
+
+def test_push_refuses_a_headless_encoder_under_a_classifier_tag(tmp_path):
+    encoder = timm.create_model('mlit_xxs', num_classes=0)
+    from safetensors.torch import save_file
+    save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(tmp_path / 'encoder.safetensors'))
+    with pytest.raises(PushError, match=r'holds no classifier head .* 10-class classifier: publishing it would '
+                                        r'publish a random head'):
+        from timm_mlit.hub.push import load_for_push
+        load_for_push('mlit_xxs.c10', tmp_path / 'encoder.safetensors')
+
+
+def test_push_takes_the_dataset_from_the_run_and_refuses_a_contradiction(finished_run, tmp_path, capsys):
+    # a CIFAR-10 run pushed under the CIFAR-100 tag: refused (it used to be carded CIFAR-100)
+    with pytest.raises(SystemExit) as e:
+        push_main(['--model', 'mlit_xxs.c100', '--checkpoint', str(finished_run / 'last.pth.tar'),
+                   '--repo-id', 'me/x', '--dry-run', str(tmp_path / 'out')])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert 'has a 10-class head, but mlit_xxs.c100 classifies 100 classes' in err
+    # the tag's epochs and recipe: refused unless --off-recipe, and then the card says so
+    with pytest.raises(SystemExit):
+        push_main(['--model', 'mlit_xxs.c10', '--checkpoint', str(finished_run / 'last.pth.tar'),
+                   '--repo-id', 'me/x', '--dry-run', str(tmp_path / 'out')])
+    assert 'epochs trained 2 (the tag: 100)' in capsys.readouterr().err
+    push_main(['--model', 'mlit_xxs.c10', '--checkpoint', str(finished_run / 'last.pth.tar'), '--repo-id', 'me/x',
+               '--dry-run', str(tmp_path / 'out'), '--off-recipe'])
+    card = (tmp_path / 'out' / 'README.md').read_text()
+    assert "**Not the tag's recipe.**" in card and 'epochs trained 2 (the tag: 100)' in card
+    assert _card_meta(card)['datasets'] == ['uoft-cs/cifar10']
+
+
+def test_push_of_a_zero_byte_checkpoint_names_it(tmp_path, capsys):
+    (tmp_path / 'last.pth.tar').write_bytes(b'')
+    with pytest.raises(SystemExit):
+        push_main(['--model', 'mlit_xxs.c10', '--checkpoint', str(tmp_path / 'last.pth.tar'), '--repo-id', 'me/x'])
+    assert f'{tmp_path / "last.pth.tar"} is empty (0 bytes)' in capsys.readouterr().err
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (exec, ("open(__import__('os').environ['EXPLOIT_MARK'], 'w').write('ran')",))
+
+
+def test_no_run_record_is_unpickled_beyond_tensors(tmp_path, monkeypatch):
+    """A crafted last.pth beside the file given to the push command must not run code (card.py unpickled it)."""
+    mark = tmp_path / 'pwned'
+    monkeypatch.setenv('EXPLOIT_MARK', str(mark))
+    run = tmp_path / 'mae'
+    run.mkdir()
+    (run / 'log.jsonl').write_text(json.dumps({'epoch': 0, 'loss': 0.5, 'mse_masked': 0.4}) + '\n')
+    with open(run / 'last.pth', 'wb') as f:
+        pickle.dump({'args': _Exploit()}, f)
+    with pytest.raises(RunRecordError, match='not unpickled beyond tensors'):
+        read_run(run)
+    torch.save({'args': _Exploit(), 'state_dict': {}}, run / 'last.pth.tar')
+    with pytest.raises(PushError, match='could run code'):
+        from timm_mlit.hub.push import read_checkpoint
+        read_checkpoint(run / 'last.pth.tar')
+    assert not mark.exists()
+    hits = subprocess.run(['grep', '-rn', '--include=*.py', 'weights_only=False', 'timm_mlit/hub', 'timm_mlit/models',
+                           'train_scripts'], cwd=ROOT, capture_output=True, text=True).stdout
+    assert hits == ''
+
+
+def test_the_commands_print_their_help():
+    for module in ('timm_mlit.hub.push', 'timm_mlit.hub.run_info'):
+        result = subprocess.run([sys.executable, '-m', module, '--help'], capture_output=True, text=True, cwd=ROOT,
+                                env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        assert result.returncode == 0 and result.stdout.startswith('usage:'), result.stderr
+        assert ('--stage-dir' if module.endswith('push') else '--wall-time-s') in result.stdout

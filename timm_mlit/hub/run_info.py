@@ -1,0 +1,97 @@
+"""Record what timm's train.py does not: the hardware a run trained on and its wall time, in ``RUN/run_info.json``,
+which the staging command (``mlit-push --stage-dir``) puts on the card. A card never guesses them.
+
+Wrap the training command (the record is written only when it succeeds and left the run's summary.csv):
+
+    python -m timm_mlit.hub.run_info output/train/mlit_xxs_c10 --dataset cifar10 --jpeg-copy -- \\
+        python timm-scripts/train.py --config train_scripts/configs/table6_scratch_cifar10.yaml --model mlit_xxs \\
+        --data-dir DATA --output output/train --experiment mlit_xxs_c10
+
+or record a finished run's numbers by hand: ``python -m timm_mlit.hub.run_info RUN --wall-time-s 5400 --hardware
+"1x NVIDIA H100 80GB"``. ``--dataset`` names the data when train.py read an ImageFolder (its args.yaml then names
+none); ``--jpeg-copy`` marks images that are the JPEG copy of CIFAR (the card then carries the caveat).
+"""
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from .records import read_run_info
+from .variants import DATASETS
+
+__all__ = ['detect_hardware', 'write_run_info', 'main']
+
+
+def detect_hardware() -> str:
+    """'1x NVIDIA H100 80GB HBM3, 16 CPU cores' (the GPUs torch sees, or the CPU)."""
+    import torch
+    cores = f'{os.cpu_count()} CPU cores'
+    if torch.cuda.is_available():
+        names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        groups = {n: names.count(n) for n in dict.fromkeys(names)}
+        return ', '.join(f'{c}x {n}' for n, c in groups.items()) + f', {cores}'
+    return f'CPU only ({platform.processor() or platform.machine()}, {cores})'
+
+
+def write_run_info(run_dir, wall_time_s: float, hardware: Optional[str] = None, dataset: Optional[str] = None,
+                   jpeg_copy: bool = False, command: Optional[List[str]] = None) -> Path:
+    """Write ``run_dir/run_info.json`` (atomically) and return its path; the fields are checked as staging reads
+    them."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f'No run folder at {run_dir}: pass the train.py output folder (--output/--experiment).')
+    info: Dict[str, Any] = {'hardware': hardware or detect_hardware(), 'wall_time_s': round(float(wall_time_s), 1)}
+    if dataset:
+        info['dataset'] = dataset
+    info['jpeg_copy'] = bool(jpeg_copy)
+    if command:
+        info['command'] = command
+    path = run_dir / 'run_info.json'
+    tmp = path.with_name(f'run_info.json.tmp-{os.getpid()}')
+    try:
+        tmp.write_text(json.dumps(info, indent=2) + '\n', encoding='utf-8')
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    read_run_info(run_dir)  # the same checks staging makes
+    return path
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                prog='python -m timm_mlit.hub.run_info')
+    p.add_argument('run_dir', help="the run's output folder (train.py's --output/--experiment)")
+    p.add_argument('--hardware', default=None, help='default: the GPUs torch sees here, or the CPU')
+    p.add_argument('--wall-time-s', type=float, default=None, help='a finished run\'s wall time (no command given)')
+    p.add_argument('--dataset', default=None, choices=sorted(DATASETS), help='the data, for an ImageFolder run')
+    p.add_argument('--jpeg-copy', action='store_true', help='the images are the JPEG copy of CIFAR')
+    p.add_argument('--', dest='command', metavar='COMMAND', help='then the training command to run and time')
+    argv = list(sys.argv[1:] if argv is None else argv)
+    split = argv.index('--') if '--' in argv else len(argv)
+    args, command = p.parse_args(argv[:split]), argv[split + 1:]
+    if bool(command) == (args.wall_time_s is not None):
+        p.error('give either the training command (after --) or --wall-time-s of a finished run')
+    if args.wall_time_s is not None and args.wall_time_s <= 0:
+        p.error(f'--wall-time-s must be positive, got {args.wall_time_s}')
+    wall = args.wall_time_s
+    if command:
+        start = time.monotonic()
+        rc = subprocess.call(command)
+        wall = time.monotonic() - start
+        if rc != 0:
+            p.exit(rc, f'run_info: the training command failed (exit {rc}); nothing recorded.\n')
+        if not (Path(args.run_dir) / 'summary.csv').is_file():
+            p.exit(2, f'run_info: {args.run_dir} has no summary.csv after the command: it is not the run\'s output '
+                      f'folder (train.py writes OUTPUT/EXPERIMENT). Nothing recorded.\n')
+    path = write_run_info(args.run_dir, wall, args.hardware, args.dataset, args.jpeg_copy, command or None)
+    print(f'wrote {path}')
+    return 0
+
+
+if __name__ == '__main__':
+    main()
