@@ -218,16 +218,6 @@ def test_wheel_metadata_is_releasable(installed):
     assert set(scripts) == set(COMMANDS)
 
 
-def test_installed_package_is_the_wheels_and_has_the_recipes(installed):
-    result = installed.python_code('''
-        import timm_mlit, timm_mlit.recipes as r
-        print(timm_mlit.__file__); print(r.recipe_path("table6_scratch_cifar10"))''')
-    assert result.returncode == 0, result.stderr
-    module, recipe = result.stdout.split()
-    assert module.startswith(str(installed.venv)) and recipe.startswith(str(installed.venv))
-    assert Path(recipe).read_bytes() == (ROOT / 'timm_mlit' / 'configs' / 'table6_scratch_cifar10.yaml').read_bytes()
-
-
 HELP_ALL = '''
 import contextlib, io, json, runpy, sys
 done = {}
@@ -253,12 +243,10 @@ print(json.dumps(done))
 def test_every_command_has_a_real_help(installed):
     """Each console script and each python -m form exits 0 on --help and prints a usage (one venv process for all,
     each command run as __main__, as its launcher runs it)."""
-    runs = {}
-    for name, module in COMMANDS.items():
+    runs = {f'python -m {module}': [module, None] for module in COMMANDS.values() if module}  # before any import
+    for name in COMMANDS:
         runs[name] = [None, str(installed.bin / name)]
         assert Path(runs[name][1]).is_file(), sorted(os.listdir(installed.bin))
-        if module:
-            runs[f'python -m {module}'] = [module, None]
     result = installed.run(installed.python, '-c', HELP_ALL, json.dumps(runs))
     assert result.returncode == 0, result.stderr[-3000:]
     done = json.loads(result.stdout.strip().splitlines()[-1])
@@ -271,11 +259,13 @@ def test_recipe_named_as_a_user_names_it_through_train_pys_library_path(installe
     """mlit-config writes the recipe where train.py's --config reads it; train.py's own library calls with it (its
     parser defaults + the YAML, create_model, the AutoAugment transform, a task step with the MoE loss)."""
     written = installed.run('mlit-config', 'table6_scratch_cifar10', '--out', 'recipe.yaml')
-    assert written.returncode == 0, written.stderr
-    printed = installed.run('mlit-config', 'table6_scratch_cifar10')
-    assert Path(printed.stdout.strip()).read_bytes() == (installed.cwd / 'recipe.yaml').read_bytes()
+    assert written.returncode == 0 and written.stdout.strip() == 'recipe.yaml', written.stderr
+    shipped = (ROOT / 'timm_mlit' / 'configs' / 'table6_scratch_cifar10.yaml').read_bytes()
+    assert (installed.cwd / 'recipe.yaml').read_bytes() == shipped  # the clone's file, as shipped
     result = installed.python_code(f'''
         import argparse, sys, yaml, torch, timm
+        import timm_mlit, timm_mlit.recipes
+        print(timm_mlit.__file__, timm_mlit.recipes.recipe_path('table6_scratch_cifar10'))
         sys.path.insert(0, {str(ROOT / 'tests')!r})
         from train_py_args import TRAIN_PY_DEFAULTS
         args = argparse.Namespace(**TRAIN_PY_DEFAULTS)
@@ -293,7 +283,11 @@ def test_recipe_named_as_a_user_names_it_through_train_pys_library_path(installe
         assert result['moe_loss'] > 0
         print(args.model, cfg['input_size'], float(result['loss']))''')
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.startswith('mlit_xxs (3, 36, 36)')
+    where, line = result.stdout.splitlines()[-2:]
+    module, recipe = where.split()
+    assert module.startswith(str(installed.venv)) and recipe.startswith(str(installed.venv))  # the wheel's, not ours
+    assert Path(recipe).read_bytes() == shipped
+    assert line.startswith('mlit_xxs (3, 36, 36)')
 
 
 def test_pretrain_push_and_pull_from_the_installed_commands(installed, tmp_path):
