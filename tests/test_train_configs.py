@@ -122,11 +122,18 @@ def _setup_like_train_py(args, data_dir):
     return model, data_config, loader, optimizer, scheduler, ema, task
 
 
-def test_library_path_of_train_py_with_a_recipe(cifar10_dir):
+@pytest.fixture
+def cifar10_folder(cifar10_dir, tmp_path):
+    """The CIFAR-10 recipes read an ImageFolder tree; made from torchvision's files the way users make it."""
+    from timm_mlit.data import prepare_cifar10
+    return prepare_cifar10(str(tmp_path / 'cifar10_folder'), root=str(cifar10_dir))
+
+
+def test_library_path_of_train_py_with_a_recipe(cifar10_folder):
     args = _train_py_args(
         recipe_path('table5_transfer_cifar10'), pretrained=False, batch_size=16, amp=False, model_ema=True,
         model_ema_decay=0.9)  # the recipe named as a user names it
-    model, data_config, loader, optimizer, scheduler, ema, task = _setup_like_train_py(args, cifar10_dir)
+    model, data_config, loader, optimizer, scheduler, ema, task = _setup_like_train_py(args, cifar10_folder)
     assert data_config['input_size'] == (3, 36, 36) and data_config['mean'] == (0.5, 0.5, 0.5)
     assert any(isinstance(t, timm_mlit.data.auto_augment.AutoAugment) for t in loader.dataset.transform.transforms)
     assert args.lr == pytest.approx(2.5e-3 * 16 / 256)  # linear scaling, not train.py's sqrt for AdamW
@@ -151,13 +158,13 @@ def test_library_path_of_train_py_with_a_recipe(cifar10_dir):
     assert optimizer.param_groups[0]['lr'] < args.lr  # still warming up from 0
 
 
-def test_from_scratch_training_learns_and_keeps_experts_busy(cifar10_dir, capsys):
+def test_from_scratch_training_learns_and_keeps_experts_busy(cifar10_folder, capsys):
     """The Table 6 recipe from scratch (AutoAugment off, a short constant LR so that 60 steps show learning)."""
     torch.manual_seed(0)
     args = _train_py_args(
         CONFIGS / 'table6_scratch_cifar10.yaml', batch_size=32, amp=False, aa=None, warmup_epochs=0, lr=2e-3,
         epochs=20)
-    model, _, loader, optimizer, _, _, task = _setup_like_train_py(args, cifar10_dir)
+    model, _, loader, optimizer, _, _, task = _setup_like_train_py(args, cifar10_folder)
     loads = []
     losses = train_epochs(task, optimizer, loader, 8, after_step=lambda: loads.append(model.expert_load()))
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5

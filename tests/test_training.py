@@ -148,3 +148,48 @@ def test_uninstall_restores_timm():
         training.install()
     assert 'moe_loss' in task(x, y)
     assert timm_mlit.training.is_installed()
+
+
+def test_reentrant_gradient_checkpointing_is_refused_not_silently_detached():
+    """TIMM_REENTRANT_CKPT=1 + --grad-checkpointing runs the blocks under no_grad: the MoE loss would be detached."""
+    from timm.layers import set_reentrant_ckpt, use_reentrant_ckpt
+    x, y = _batches(1)[0]
+    was = use_reentrant_ckpt()
+    try:
+        set_reentrant_ckpt(True)
+        model = _model().train()
+        model.set_grad_checkpointing(True)
+        task = ClassificationTask(model, nn.CrossEntropyLoss(), verbose=False)
+        with pytest.raises(training.DetachedAuxLossError, match='TIMM_REENTRANT_CKPT.*unset TIMM_REENTRANT_CKPT'):
+            task(x, y)
+        with torch.no_grad():  # an evaluation-style call without gradients is not training: no error
+            task(x, y)
+    finally:
+        set_reentrant_ckpt(was)
+    # timm's default, non-reentrant checkpointing: the MoE loss is in the graph and trains the gates
+    model = _model().train()
+    model.set_grad_checkpointing(True)
+    task = ClassificationTask(model, nn.CrossEntropyLoss(), verbose=False)
+    torch.manual_seed(5)
+    task(x, y)['loss'].backward()
+    got = _grads(model)
+    reference = _model().train()
+    torch.manual_seed(5)
+    out = reference(x)
+    (nn.functional.cross_entropy(out, y) + reference.moe_loss()).backward()
+    assert _max_rel_diff(got, _grads(reference)) < 1e-5
+
+
+def test_reentrant_env_variable_with_train_py_style_task_fails_clearly():
+    import subprocess
+    import sys
+    code = ('import torch, torch.nn as nn, timm, timm_mlit\n'
+            'from timm.task import ClassificationTask\n'
+            'm = timm.create_model("mlit_xxs", num_classes=10).train(); m.set_grad_checkpointing(True)\n'
+            'ClassificationTask(m, nn.CrossEntropyLoss(), verbose=False)(torch.randn(2, 3, 36, 36), '
+            'torch.tensor([1, 2]))\n')
+    import os
+    env = dict(os.environ, TIMM_REENTRANT_CKPT='1')
+    result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env)
+    assert result.returncode != 0 and 'DetachedAuxLossError' in result.stderr
+    assert 'unset TIMM_REENTRANT_CKPT' in result.stderr

@@ -16,17 +16,47 @@ guided router, ``result['router_acc']``.
 
 A task without MoE layers or routers (any other timm model) returns exactly what it returned before: no key added,
 the same loss tensor. Stale losses cannot leak in: the records are cleared before each task call.
+
+Gradient checkpointing: timm's default (non-reentrant ``torch.utils.checkpoint``) keeps these losses in the graph.
+Reentrant checkpointing (``TIMM_REENTRANT_CKPT=1`` with ``--grad-checkpointing``, read by timm's ``checkpoint`` /
+``checkpoint_seq`` through ``timm.layers.use_reentrant_ckpt()``) runs the checkpointed blocks under ``no_grad`` and
+recomputes them in backward, so a loss the layers leave behind has no gradient and train.py would optimise the task
+loss alone while logging the MoE loss. That case raises :class:`DetachedAuxLossError` instead of training silently.
 """
 import functools
 import logging
 
 import torch
+from timm.layers import use_reentrant_ckpt
 from timm.task import TrainingTask
 
 from timm_mlit.layers.image_router import PerImageRouter
 from timm_mlit.layers.moe import MoEFeedForward
 
-__all__ = ['install', 'uninstall', 'is_installed']
+__all__ = ['install', 'uninstall', 'is_installed', 'DetachedAuxLossError']
+
+
+class DetachedAuxLossError(RuntimeError):
+    """The MoE / router loss came out of the forward without a gradient while the task loss has one."""
+
+
+def _check_attached(task_loss: torch.Tensor, pieces, what: str) -> None:
+    """Raise when ``task_loss`` back-propagates but a loss of trainable ``pieces`` (module, loss) does not."""
+    if not (torch.is_grad_enabled() and task_loss.requires_grad):
+        return
+    detached = [type(m).__name__ for m, loss in pieces
+                if not loss.requires_grad and any(p.requires_grad for p in m.parameters())]
+    if detached:
+        reentrant = use_reentrant_ckpt()
+        raise DetachedAuxLossError(
+            f'timm_mlit: the {what} of {len(detached)} {detached[0]} module(s) has no gradient although the task loss '
+            f'has one, so training would optimise the task loss alone. '
+            + ('Reentrant gradient checkpointing is on (TIMM_REENTRANT_CKPT=1 or timm.layers.set_reentrant_ckpt('
+               'True)): it runs the checkpointed blocks under no_grad, which detaches the loss the layers leave. '
+               if reentrant else 'Something ran the layers under no_grad (e.g. a reentrant torch.utils.checkpoint). ')
+            + 'Fix: unset TIMM_REENTRANT_CKPT (timm\'s default, non-reentrant checkpointing, keeps the loss and saves '
+              'the same memory) or train without --grad-checkpointing.')
+
 
 _logger = logging.getLogger(__name__)
 _ORIGINAL_CALL = TrainingTask.__call__  # nn.Module's, unless a timm version defines its own
@@ -52,16 +82,20 @@ def _task_call_with_moe_loss(self: TrainingTask, *args, **kwargs):
     if not isinstance(result, dict) or 'loss' not in result:
         return result
     extra = []
-    losses = [layer.stash.aux_loss for layer in layers if layer.stash.aux_loss is not None]
+    pieces = [(layer, layer.stash.aux_loss) for layer in layers if layer.stash.aux_loss is not None]
+    losses = [loss for _, loss in pieces]
     if losses:
+        _check_attached(result['loss'], pieces, 'MoE balancing loss (Eq. 12)')
         moe = torch.stack(losses).sum()
         result['moe_loss'] = moe.detach()
         extra.append(f'MoE balancing loss (Eq. 12, weight 1) of {len(losses)} MoE layers')
         result['loss'] = result['loss'] + moe
     target = _target(args, kwargs)
     if routers and target is not None:
-        router = [loss for loss in (r.loss(target) for r in routers) if loss is not None]
+        router_pieces = [(r, loss) for r, loss in ((r, r.loss(target)) for r in routers) if loss is not None]
+        router = [loss for _, loss in router_pieces]
         if router:
+            _check_attached(result['loss'], router_pieces, 'router loss')
             total = torch.stack(router).sum()
             result['router_loss'] = total.detach()
             result['loss'] = result['loss'] + total
