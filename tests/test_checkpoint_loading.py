@@ -48,6 +48,15 @@ def test_extra_or_misshaped_weights_are_refused(tmp_path, trained):
         _load('mlit_xxs', _save(tmp_path / 'bad.safetensors', bad), num_classes=10)
 
 
+def test_weights_that_are_not_finite_floats_are_refused(tmp_path, trained):
+    diverged = dict(trained, **{'blocks.3.norm1.weight': torch.full((108,), float('nan'))})
+    with pytest.raises(PretrainedWeightsError, match=r'1 weights hold NaN or infinite .*blocks\.3\.norm1\.weight'):
+        _load('mlit_xxs', _save(tmp_path / 'nan.safetensors', diverged), num_classes=10)
+    integer = dict(trained, **{'norm.weight': torch.ones(108, dtype=torch.int64)})
+    with pytest.raises(PretrainedWeightsError, match=r'not floating point: norm\.weight \(torch\.int64\)'):
+        _load('mlit_xxs', _save(tmp_path / 'int.safetensors', integer), num_classes=10)
+
+
 @pytest.mark.parametrize('num_classes', [7, 100])
 def test_only_the_classifier_may_be_resized_everything_else_loads(tmp_path, trained, num_classes, caplog):
     model = _load('mlit_xxs', _save(tmp_path / 'full.safetensors', trained), num_classes=num_classes)
@@ -71,6 +80,17 @@ def test_a_zero_byte_or_corrupt_file_names_the_file(tmp_path):
     junk.write_bytes(b'\x10\x00\x00\x00\x00\x00\x00\x00{"a": 1}')
     with pytest.raises(PretrainedWeightsError, match=re.escape(f'file {junk}, is corrupt or truncated')):
         _load('mlit_xxs', junk)
+
+
+def test_a_folder_or_a_file_without_a_state_dict_is_named(tmp_path):
+    with pytest.raises(PretrainedWeightsError, match=r'is a folder, not a checkpoint file: .*local-dir:'):
+        _load('mlit_xxs', tmp_path)
+    torch.save([1, 2, 3], tmp_path / 'list.pth')
+    with pytest.raises(PretrainedWeightsError, match=r'list\.pth does not hold a state dict'):
+        _load('mlit_xxs', tmp_path / 'list.pth')
+    torch.save({'state_dict': {'pos_embed': 3}}, tmp_path / 'numbers.pth')
+    with pytest.raises(PretrainedWeightsError, match=r'numbers\.pth .*1 entries are not named tensors \(pos_embed\)'):
+        _load('mlit_xxs', tmp_path / 'numbers.pth')
 
 
 class _Exploit:

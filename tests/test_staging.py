@@ -135,7 +135,7 @@ def test_stage_a_finished_run(finished_run, short_recipe, tmp_path):
     assert f'| final ({EPOCHS}) | {round(float(final["eval_top1"]), 3)} |' in card
     assert f'| best on the test split ({int(best["epoch"]) + 1}) | {round(float(best["eval_top1"]), 3)} |' in card
     assert f'epoch {EPOCHS} of {EPOCHS} (the final epoch\'s weights, not the best-on-test)' in card
-    assert 'The paper reports 80.78% top-1 for this setting (Table 8' in card
+    assert 'The paper reports 80.78% top-1 for this setting (Table 8, 100 epochs).' in card
     assert 'JPEG copy of CIFAR-10 (PSNR about 28-35 dB' in card
     assert "Trained on test CPU (2 cores) in 0.2 min wall time (the run's run_info.json)" in card
     assert '**Parameters:** 652,463 (0.65M), 10-class head' in card and '**MACs per image:** 131.3M' in card
@@ -331,3 +331,33 @@ def test_the_commands_print_their_help():
                                 env=dict(os.environ, PYTHONPATH=str(ROOT)))
         assert result.returncode == 0 and result.stdout.startswith('usage:'), result.stderr
         assert ('--stage-dir' if module.endswith('push') else '--wall-time-s') in result.stdout
+
+
+def test_a_card_never_names_data_the_run_did_not_record():
+    from timm_mlit.hub.card import card_metadata, render_card
+    from timm_mlit.hub.records import RunInfo
+    run = RunInfo('mae', '', 'train', 1, {'mae_loss': 0.5, 'mse_masked': 0.4}, data_dir='/data/mine')
+    meta = card_metadata('mlit_xxs.mae_c100', 'me/x', 'apache-2.0', run)
+    assert 'datasets' not in meta
+    card = render_card('mlit_xxs.mae_c100', timm.create_model('mlit_xxs.mae_c100'), 'me/x', run)
+    assert "**Data:** an ImageFolder the run's records do not name (/data/mine)" in card
+    assert 'CIFAR-100' not in card.split('## Training')[1]
+
+
+def test_run_info_times_the_training_command(tmp_path):
+    from timm_mlit.hub.run_info import main as run_info
+    run = tmp_path / 'run'
+    code = f"import pathlib, time; time.sleep(0.2); p = pathlib.Path({str(run)!r}); p.mkdir(); " \
+           f"(p / 'summary.csv').write_text('epoch,eval_top1\\n0,1.0\\n')"
+    assert run_info([str(run), '--dataset', 'cifar10', '--jpeg-copy', '--', sys.executable, '-c', code]) == 0
+    info = json.loads((run / 'run_info.json').read_text())
+    assert info['wall_time_s'] >= 0.2 and info['hardware'] and info['dataset'] == 'cifar10' and info['jpeg_copy']
+    assert info['command'][:2] == [sys.executable, '-c']
+    failed = tmp_path / 'failed'
+    failed.mkdir()
+    with pytest.raises(SystemExit) as e:
+        run_info([str(failed), '--', sys.executable, '-c', 'raise SystemExit(3)'])
+    assert e.value.code == 3 and not (failed / 'run_info.json').exists()
+    with pytest.raises(SystemExit):
+        run_info([str(failed), '--wall-time-s', '-5'])
+    assert not (failed / 'run_info.json').exists()

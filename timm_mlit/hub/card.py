@@ -12,13 +12,20 @@ import torch
 import yaml
 
 from .records import RunInfo, read_run
-from .variants import DATASETS, PAPER_TOP1, find_variant
+from .variants import DATASETS, PAPER_SOURCE, PAPER_TOP1, find_variant
 
 __all__ = ['RunInfo', 'read_run', 'render_card', 'card_metadata', 'JPEG_CAVEAT']
 
 JPEG_CAVEAT = (
     'The images are a JPEG copy of {name} (PSNR about 28-35 dB against the original files), not the original '
     'files, so the accuracy lands close to, not exactly at, what the same recipe gives on the originals.')
+
+
+def _unnamed(run: RunInfo) -> str:
+    """How a card names data the run's records do not name (an ImageFolder without run_info.json's dataset)."""
+    if run.dataset:
+        return run.dataset
+    return 'an ImageFolder the run\'s records do not name' + (f' ({run.data_dir})' if run.data_dir else '')
 
 
 def _duration(seconds: float) -> str:
@@ -28,12 +35,12 @@ def _duration(seconds: float) -> str:
 
 def card_metadata(model_name: str, repo_id: str, license: str, run: RunInfo) -> Dict[str, Any]:
     """The YAML metadata block of the card (what the Hub indexes)."""
-    display, hub_dataset, _ = DATASETS.get(run.dataset, (run.dataset, run.dataset, None))
+    display, hub_dataset, _ = DATASETS.get(run.dataset, (_unnamed(run), run.dataset, None))
     meta: Dict[str, Any] = {
         'library_name': 'timm',
         'license': license,
         'tags': ['image-classification', 'timm', 'timm_mlit', 'mlit', 'mixture-of-experts', 'vision-transformer'],
-        'datasets': [hub_dataset],
+        **({'datasets': [hub_dataset]} if hub_dataset else {}),  # never a dataset the run did not record
         'pipeline_tag': 'image-classification' if run.kind == 'classification' else 'image-feature-extraction',
     }
     if run.kind == 'mae':
@@ -46,7 +53,7 @@ def card_metadata(model_name: str, repo_id: str, license: str, run: RunInfo) -> 
             'name': repo_id.split('/')[-1],
             'results': [{
                 'task': {'type': 'image-classification', 'name': 'Image Classification'},
-                'dataset': {'name': display, 'type': hub_dataset, 'split': run.eval_split},
+                'dataset': {'name': display, 'type': hub_dataset or 'imagefolder', 'split': run.eval_split},
                 'metrics': metrics,
             }],
         }]
@@ -62,7 +69,7 @@ def render_card(model_name: str, model: torch.nn.Module, repo_id: str, run: RunI
     variant = find_variant(model_name)
     meta = card_metadata(model_name, repo_id, cfg.get('license') or 'apache-2.0', run)
     params = sum(p.numel() for p in model.parameters())
-    display = DATASETS.get(run.dataset, (run.dataset,))[0]
+    display = DATASETS.get(run.dataset, (_unnamed(run),))[0]
     blk = model.blocks[0]
     lines = [
         '---', yaml.safe_dump(meta, sort_keys=False).strip(), '---', '',
@@ -120,8 +127,7 @@ def render_card(model_name: str, model: torch.nn.Module, repo_id: str, run: RunI
                 f'| best on the test split ({run.best["epoch"] + 1}) | {run.best["top1"]} | {run.best["top5"] or ""} |']
         paper = PAPER_TOP1.get(variant.tag, {}).get(arch) if variant else None
         if paper is not None:
-            table = 'Table 7' if variant.epochs == 300 else 'Table 8'
-            lines += ['', f'The paper reports {paper}% top-1 for this setting ({table}, {variant.epochs} epochs).']
+            lines += ['', f'The paper reports {paper}% top-1 for this setting ({PAPER_SOURCE[variant.tag]}).']
     else:
         lines.append(f'Final pre-training loss (Eq. 16) {run.metrics["mae_loss"]}, of which masked-patch MSE '
                      f'{run.metrics["mse_masked"]}.')

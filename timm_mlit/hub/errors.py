@@ -136,7 +136,16 @@ def explain_load_error(model_name: str, cfg: Dict[str, Any], error: BaseExceptio
             f'{where} does not fit {full_name}: {error}\nLoad a checkpoint of this architecture, or create the model '
             f'with the arguments it was trained with.')
     if isinstance(error, FileNotFoundError) and cfg.get('file'):
+        if Path(cfg['file']).is_dir():
+            return PretrainedWeightsError(
+                f'{where} is a folder, not a checkpoint file: pass the weights file in it (e.g. model.safetensors), '
+                f"or load a Hub-style folder with timm.create_model('local-dir:{cfg['file']}', pretrained=True).")
         return PretrainedWeightsError(f'{where} does not exist: pass the path of a checkpoint file.')
+    if isinstance(error, AttributeError) and cfg.get('file') and any(
+            f"no attribute '{name}'" in str(error) for name in ('items', 'keys', 'get')):
+        return PretrainedWeightsError(
+            f'{where} does not hold a state dict ({error}): pass a file saved from model.state_dict(), a train.py '
+            f'checkpoint or a safetensors file.')
     if isinstance(error, hf_errors.HfHubHTTPError):
         return PretrainedWeightsError(f'Downloading {full_name} from {where} failed: {error}')
     return None

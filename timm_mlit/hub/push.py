@@ -312,7 +312,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--stage-dir', default=None, metavar='DIR',
                    help=f'stage the run as DIR/<model>.<tag>/ (e.g. {STAGE_DIR}/) instead of uploading')
     p.add_argument('--overwrite', action='store_true', help='--stage-dir: replace an existing staged folder')
-    p.add_argument('--staged', default=None, metavar='DIR', help='publish a staged folder (e.g. hub_cards/mlit_xxs.c10)')
+    p.add_argument('--staged', default=None, metavar='DIR',
+                   help='publish a staged folder (e.g. hub_cards/mlit_xxs.c10)')
     p.add_argument('--dataset', default=None, help="dataset key for the card when the run's records lack one "
                                                    "(an ImageFolder run); it may not contradict them")
     p.add_argument('--use-ema', action=argparse.BooleanOptionalAction, default=None,

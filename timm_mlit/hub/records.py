@@ -181,8 +181,8 @@ def _read_train_py(run: Path, checkpoint: Optional[Path]) -> RunInfo:
     if weights_epoch is not None and weights_epoch not in by_epoch:
         raise RunRecordError(
             f'{checkpoint} is epoch {weights_epoch}, which {run / "summary.csv"} does not list (epochs '
-            f'{history[0]["epoch"]}-{history[-1]["epoch"]}): the checkpoint is not of this run. Pass --run-dir with the '
-            f'folder the checkpoint was written to.')
+            f'{history[0]["epoch"]}-{history[-1]["epoch"]}): the checkpoint is not of this run. Pass --run-dir with '
+            f'the folder the checkpoint was written to.')
     row = by_epoch[weights_epoch] if weights_epoch is not None else max(history, key=lambda h: h['top1'])
     best = max(history, key=lambda h: h['top1'])
     info = read_run_info(run)
@@ -239,7 +239,8 @@ def read_run(run_dir, dataset: Optional[str] = None, checkpoint=None) -> RunInfo
             str(args.get('train_split') or 'train'), len(history), metrics,
             {k: args[k] for k in _CARD_KEYS if args.get(k) not in (None, '', {}, [])},
             model=str(args.get('model') or ''), args=args, hardware=info.get('hardware'),
-            wall_time_s=info.get('wall_time_s'), jpeg_copy=bool(info.get('jpeg_copy')))
+            wall_time_s=info.get('wall_time_s'), jpeg_copy=bool(info.get('jpeg_copy')),
+            data_dir=str(args.get('data_dir') or ''))
     else:
         raise RunRecordError(
             f'{run} is neither a train.py output folder (summary.csv) nor a pretrain_mae.py one (log.jsonl): pass '

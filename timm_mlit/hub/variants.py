@@ -18,7 +18,8 @@ from typing import Dict, FrozenSet, Optional
 from timm_mlit.recipes import RECIPE_DIR
 
 __all__ = ['HUB_ORG', 'MODELS', 'Variant', 'VARIANTS', 'PUBLISHED', 'STAGED', 'DEFAULT_TAG', 'hub_repo_id',
-           'find_variant', 'PAPER_TOP1', 'DATASETS', 'STAGE_DIR', 'config_path', 'PUSH_CMD', 'PUSH_SCRIPT']
+           'find_variant', 'PAPER_TOP1', 'PAPER_SOURCE', 'DATASETS', 'STAGE_DIR', 'config_path', 'PUSH_CMD',
+           'PUSH_SCRIPT']
 
 HUB_ORG = 'timm-mlit'
 MODELS = ('mlit_s', 'mlit_xs', 'mlit_xxs')
@@ -50,6 +51,9 @@ PAPER_TOP1 = {
     'svhn': {'mlit_s': 96.01, 'mlit_xs': 95.43, 'mlit_xxs': 94.97},
     'flowers102': {'mlit_s': 34.41, 'mlit_xs': 35.41, 'mlit_xxs': 35.34},
 }
+# where each PAPER_TOP1 figure is printed, and the epochs it was trained for
+PAPER_SOURCE = {tag: 'Table 7, 300 epochs' if tag.endswith('_300e') else 'Table 8, 100 epochs'
+                for tag in PAPER_TOP1}
 
 _MAE = 'mlit-pretrain --model {model} --data-dir DATA/cifar100 --output output/mae --amp'
 _TRAIN = ('python timm-scripts/train.py --config "$(mlit-config {config})" --model {model} '

@@ -338,14 +338,23 @@ def _fit_head(out: Dict[str, torch.Tensor], model: 'DummyPatchViT') -> None:
 
 
 def _check_complete(out: Dict[str, torch.Tensor], model: 'DummyPatchViT') -> None:
-    """Every weight but the classifier's must come from the checkpoint, at the model's shape: timm loads
-    non-strictly when num_classes differs from the file's, which would otherwise keep random weights unnoticed."""
+    """Every weight but the classifier's must come from the checkpoint, at the model's shape, as finite floating
+    point numbers: timm loads non-strictly when num_classes differs from the file's, which would otherwise keep
+    random weights unnoticed, and copies NaN or integer tensors without a word."""
     own = model.state_dict()
     missing = [k for k in own if k not in out and not _is_head(k)]
     unexpected = [k for k in out if k not in own and not _is_head(k)]
     wrong = [f'{k} {tuple(out[k].shape)} (model: {tuple(v.shape)})' for k, v in own.items()
              if k in out and not _is_head(k) and out[k].shape != v.shape]
+    not_float = [f'{k} ({out[k].dtype})' for k, v in own.items()
+                 if k in out and v.is_floating_point() and not out[k].is_floating_point()]
+    not_finite = [k for k in own if k in out and out[k].is_floating_point() and not torch.isfinite(out[k]).all()]
     problems = []
+    if not_float:
+        problems.append(f'{len(not_float)} weights are not floating point: {_names(not_float, 4)}')
+    if not_finite:
+        problems.append(f'{len(not_finite)} weights hold NaN or infinite values ({_names(not_finite)}): the run '
+                        f'that wrote them diverged')
     if missing:
         problems.append(f'it lacks {len(missing)} of the model\'s {len(own)} weights ({_names(missing)})')
     if unexpected:
