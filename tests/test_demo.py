@@ -1,9 +1,11 @@
 """The main job (python -m timm_mlit), shrunk: every stage of the life cycle runs and the model pulled from the local
 Hub scores exactly what the fine-tuned one did."""
 import numpy as np
+from PIL import Image
 
 from timm_mlit.data.shapes import SHAPE_CLASSES, draw_shape, write_shapes
-from timm_mlit.demo import main
+from timm_mlit.demo import main, report_mae_outputs
+from timm_mlit.mae.visualize import RECON_CELL_PX, save_reconstructions
 
 
 def test_shapes_dataset(tmp_path):
@@ -24,3 +26,48 @@ def test_life_cycle(tmp_path, capsys):
     assert 0.0 <= top1 <= 100.0
     assert (tmp_path / 'demo' / 'mae' / 'mlit_xxs' / 'encoder.safetensors').is_file()
     assert (tmp_path / 'demo' / 'finetune' / 'model_best.pth.tar').is_file()
+    # stage 3 writes what it announces, and names each file: logs, both plots, the grid, the encoder
+    run = tmp_path / 'demo' / 'mae' / 'mlit_xxs'
+    for name in ('log.csv', 'loss_curve.png', 'expert_load.png', 'recon_epoch00001.png', 'encoder.safetensors'):
+        assert (run / name).is_file(), name
+        assert str(run / name) in out, f'{name} is not announced'
+    assert 'NOT written' not in out
+    width, height = Image.open(run / 'recon_epoch00001.png').size
+    assert width >= 8 * RECON_CELL_PX and height >= 4 * RECON_CELL_PX  # 8 images, 4 rows, big enough to see
+
+
+def test_reconstruction_grid_is_upscaled_and_labelled(tmp_path):
+    import torch
+    from timm_mlit.mae.model import create_mae
+    torch.manual_seed(0)
+    model = create_mae('mlit_xxs')
+    imgs = torch.rand(3, 3, 36, 36) * 2 - 1
+    path = save_reconstructions(model, imgs, [0.5] * 3, [0.5] * 3, tmp_path / 'r.png')
+    grid = np.asarray(Image.open(path).convert('RGB')).astype(int)
+    scale = -(-RECON_CELL_PX // 36)
+    assert grid.shape[0] == 4 * 36 * scale + 5 * 4  # four rows of 4x-upscaled images with 4-pixel padding
+    label_width = grid.shape[1] - (3 * 36 * scale + 4 * 4)
+    assert label_width > 100 and (grid[:, :label_width] < 128).any()  # a label column with dark text
+    # nearest neighbour: every image pixel is a scale x scale block of one colour
+    first = grid[4:4 + 36 * scale, label_width + 4:label_width + 4 + 36 * scale]
+    blocks = first.reshape(36, scale, 36, scale, 3)
+    assert (blocks == blocks[:, :1, :, :1]).all()
+    assert not list(tmp_path.glob('*.tmp-*'))
+
+
+def test_missing_matplotlib_is_stated_with_the_fix(tmp_path, monkeypatch, capsys, caplog):
+    import sys
+    import timm_mlit.mae.visualize as visualize
+    monkeypatch.setitem(sys.modules, 'matplotlib', None)  # import matplotlib raises ImportError
+    monkeypatch.setattr(visualize, '_warned', False)
+    with caplog.at_level('WARNING', logger='timm_mlit.mae.visualize'):
+        assert not visualize.have_matplotlib()
+    assert 'loss_curve.png' in caplog.text and 'pip install matplotlib' in caplog.text
+    (tmp_path / 'log.csv').write_text('epoch\n')
+    found = report_mae_outputs(tmp_path)
+    out = capsys.readouterr().out
+    assert found['loss_curve.png'] is None and found['log.csv'] == tmp_path / 'log.csv'
+    fix = 'NOT written, matplotlib cannot be imported. Fix: pip install matplotlib'
+    assert f'{tmp_path / "loss_curve.png"}: {fix}' in out
+    assert f'{tmp_path / "expert_load.png"}: NOT written, matplotlib' in out
+    assert f'{tmp_path / "encoder.safetensors"}: NOT written' in out

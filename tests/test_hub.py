@@ -193,7 +193,7 @@ def test_load_errors_name_the_repo_and_the_fix(hub, tmp_path, case):
         expect = [r'Hub repo me/model .* does not hold mlit_xxs weights', 'embed_dim=144 and 15 blocks']
     elif case == 'unpublished':
         name = 'mlit_xxs.svhn'
-        expect = ['No weights are published yet for mlit_xxs.svhn', 'table6_scratch_svhn.yaml', 'push_to_hub.py']
+        expect = ['No weights are published yet for mlit_xxs.svhn', 'mlit-config table6_scratch_svhn', 'push_to_hub.py']
     else:
         name, offline = 'mlit_xxs.c100', True
         expect = ['mlit_xxs.c100 .* not in the local cache', 'HF_HUB_OFFLINE']

@@ -42,7 +42,7 @@ EPOCHS, BATCH = 2, 16
 def _train_py_run(out: Path, data: Path, model_name='mlit_xxs', config='table6_scratch_cifar10', epochs=EPOCHS,
                   **overrides) -> Path:
     """Train ``model_name`` on the ImageFolder ``data`` and leave ``out`` as train.py leaves its output folder."""
-    cfg = yaml.safe_load((ROOT / 'train_scripts' / 'configs' / f'{config}.yaml').read_text())
+    cfg = yaml.safe_load((ROOT / 'timm_mlit' / 'configs' / f'{config}.yaml').read_text())
     args = dict(TRAIN_PY_DEFAULTS, **cfg)
     args.update(model=model_name, dataset='', data_dir=str(data), epochs=epochs, batch_size=BATCH, device='cpu',
                 workers=0, output=str(out.parent), experiment=out.name, amp=False, **overrides)
@@ -96,7 +96,7 @@ def short_recipe(tmp_path, monkeypatch):
     """The c10 tag with its recipe shortened to this test's epochs and batch (its config copied and edited)."""
     configs = tmp_path / 'configs'
     configs.mkdir()
-    text = (ROOT / 'train_scripts' / 'configs' / 'table6_scratch_cifar10.yaml').read_text()
+    text = (ROOT / 'timm_mlit' / 'configs' / 'table6_scratch_cifar10.yaml').read_text()
     text = re.sub(r'(?m)^epochs: 100', f'epochs: {EPOCHS}', text)
     text = re.sub(r'(?m)^batch_size: 256', f'batch_size: {BATCH}', text)
     (configs / 'table6_scratch_cifar10.yaml').write_text(text)

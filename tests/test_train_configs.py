@@ -1,8 +1,8 @@
-"""The train.py recipes of train_scripts/configs: only train.py's own arguments, the paper's numbers, and the library
-calls train.py makes with them (CI has no train.py; the README shows the real train.py runs)."""
+"""The train.py recipes (timm_mlit/configs, shipped in the wheel): only train.py's own arguments, the paper's
+numbers, and the library calls train.py makes with them (CI has no train.py; the README shows the real train.py
+runs)."""
 import argparse
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,9 +17,10 @@ from timm.utils import ModelEmaV3
 
 import timm_mlit
 from helpers import train_epochs
+from timm_mlit.recipes import RECIPE_DIR, recipe_path
 from train_py_args import TRAIN_PY_DEFAULTS
 
-CONFIGS = Path(__file__).resolve().parents[1] / 'train_scripts' / 'configs'
+CONFIGS = RECIPE_DIR
 PAPER = sorted(CONFIGS.glob('table*.yaml'))  # mLiT's Tables 4-6
 PRETRAIN = sorted(CONFIGS.glob('*_pretrain_mae.yaml'))  # pretrain_mae.py's, not train.py's
 ALL = [p for p in sorted(CONFIGS.glob('*.yaml')) if p not in PRETRAIN]  # train.py's
@@ -130,8 +131,8 @@ def cifar10_folder(cifar10_dir, tmp_path):
 
 def test_library_path_of_train_py_with_a_recipe(cifar10_folder):
     args = _train_py_args(
-        CONFIGS / 'table5_transfer_cifar10.yaml', pretrained=False, batch_size=16, amp=False, model_ema=True,
-        model_ema_decay=0.9)
+        recipe_path('table5_transfer_cifar10'), pretrained=False, batch_size=16, amp=False, model_ema=True,
+        model_ema_decay=0.9)  # the recipe named as a user names it
     model, data_config, loader, optimizer, scheduler, ema, task = _setup_like_train_py(args, cifar10_folder)
     assert data_config['input_size'] == (3, 36, 36) and data_config['mean'] == (0.5, 0.5, 0.5)
     assert any(isinstance(t, timm_mlit.data.auto_augment.AutoAugment) for t in loader.dataset.transform.transforms)
@@ -204,6 +205,18 @@ def test_maevit_pretraining_config_is_pretrain_maes():
     args = parse_args(['--config', str(CONFIGS / 'maevit_c100_pretrain_mae.yaml')])
     assert args.model == 'maevit_c100' and args.decoder_pos == 'separate'  # its own decoder table (the paper)
     assert args.model_kwargs['decoder_num_experts'] == 0
+    by_name = vars(parse_args(['--config', 'maevit_c100_pretrain_mae']))  # mlit-pretrain takes the recipe's name
+    assert by_name.pop('config') == 'maevit_c100_pretrain_mae' and by_name == {
+        k: v for k, v in vars(args).items() if k != 'config'}
+
+
+def test_pretrain_names_the_shipped_recipes_for_an_unknown_config(capsys):
+    from timm_mlit.mae.pretrain import parse_args
+    with pytest.raises(SystemExit):
+        parse_args(['--config', 'maevit_c100_pretrain'])
+    err = capsys.readouterr().err
+    assert "--config maevit_c100_pretrain: recipe 'maevit_c100_pretrain': no such file" in err
+    assert 'maevit_c100_pretrain_mae' in err
 
 
 def test_mobile_vmoe_config_trains_through_train_pys_library_path(tmp_path, monkeypatch):

@@ -4,7 +4,8 @@
 
   1. the three mLiT sizes: parameters against the paper, MACs;
   2. the built-in dataset: ten classes of procedurally drawn shapes (timm_mlit/data/shapes.py), as an ImageFolder;
-  3. mmLiT: masked-autoencoder pre-training of mlit_xxs on it (train_scripts/pretrain_mae.py's engine);
+  3. mmLiT: masked-autoencoder pre-training of mlit_xxs on it (mlit-pretrain's engine): logs, the loss and
+     expert-load plots, a reconstruction grid and the encoder export;
   4. the exported encoder loaded into timm with a new head, fine-tuned through timm's training path
      (create_loader, create_optimizer_v2 with layer decay, a cosine scheduler, timm.task.ClassificationTask with
      the MoE loss), checkpoints and logs written as train.py writes them;
@@ -20,7 +21,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import timm
 import torch
@@ -33,8 +34,9 @@ from tqdm import tqdm
 
 from timm_mlit.data.shapes import SHAPE_CLASSES, write_shapes
 from timm_mlit.hub.local_server import LocalHubServer
+from timm_mlit.mae.visualize import have_matplotlib
 
-__all__ = ['evaluate', 'fine_tune', 'main']
+__all__ = ['evaluate', 'fine_tune', 'report_mae_outputs', 'main']
 
 _TOKEN = 'hf_demo_token'
 
@@ -101,6 +103,32 @@ def fine_tune(encoder_file: Path, data_dir: Path, out: Path, model_name: str, ep
     return out
 
 
+MAE_OUTPUTS = {
+    'log.csv': 'per-epoch losses, LR and speed',
+    'loss_curve.png': 'loss against epochs, log-log (Figure 6)',
+    'expert_load.png': "each MoE layer's least-used expert over the epochs (a dense model has none)",
+    'recon_epoch*.png': 'originals, masked inputs and reconstructions',
+    'encoder.safetensors': 'the encoder, for timm',
+}
+
+
+def report_mae_outputs(run: Path) -> Dict[str, Optional[Path]]:
+    """Print what the pre-training run wrote, file by file, and for a promised file that is missing why and the fix.
+    Returns each promised name with its file (None where missing)."""
+    found = {}
+    for pattern, what in MAE_OUTPUTS.items():
+        files = sorted(run.glob(pattern))
+        found[pattern] = files[-1] if files else None
+        if files:
+            print(f'  {files[-1]}: {what}')
+        elif pattern.endswith('.png') and not have_matplotlib():
+            print(f'  {run / pattern}: NOT written, matplotlib cannot be imported. Fix: pip install matplotlib '
+                  f'(a dependency of timm-mlit, so a broken or --no-deps install), then run again')
+        else:
+            print(f'  {run / pattern}: NOT written ({what}); see the pre-training log above')
+    return found
+
+
 _PULL = '''
 import timm, timm_mlit
 from timm_mlit.demo import evaluate
@@ -111,7 +139,7 @@ print(repr(top1))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> float:
-    p = argparse.ArgumentParser(prog='python -m timm_mlit', description=__doc__,
+    p = argparse.ArgumentParser(prog='mlit-demo (or python -m timm_mlit)', description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--output', default='output/demo', help='where the data, runs and the Hub cache go')
     p.add_argument('--model', default='mlit_xxs')
@@ -144,7 +172,7 @@ def main(argv: Optional[Sequence[str]] = None) -> float:
         '--batch-size', str(2 * args.batch_size), '--lr', '1.5e-3', '--warmup-epochs', '1', '--workers',
         str(args.workers), '--device', 'cpu', '--output', str(out / 'mae'), '--experiment', args.model,
         '--recon-interval', str(args.mae_epochs), '--plot-interval', str(args.mae_epochs)])
-    print(f'  logs, reconstructions and encoder.safetensors in {mae_run}')
+    report_mae_outputs(mae_run)
 
     print(f'\n== 4. fine-tuning from the encoder through timm\'s training path, {args.epochs} epochs ==')
     ft_run = fine_tune(mae_run / 'encoder.safetensors', data, out / 'finetune', args.model, args.epochs,

@@ -4,7 +4,7 @@ which the staging command (``mlit-push --stage-dir``) puts on the card. A card n
 Wrap the training command (the record is written only when it succeeds and left the run's summary.csv):
 
     python -m timm_mlit.hub.run_info output/train/mlit_xxs_c10 --dataset cifar10 --jpeg-copy -- \\
-        python timm-scripts/train.py --config train_scripts/configs/table6_scratch_cifar10.yaml --model mlit_xxs \\
+        python timm-scripts/train.py --config "$(mlit-config table6_scratch_cifar10)" --model mlit_xxs \\
         --data-dir DATA --output output/train --experiment mlit_xxs_c10
 
 or record a finished run's numbers by hand: ``python -m timm_mlit.hub.run_info RUN --wall-time-s 5400 --hardware

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, FrozenSet, Optional
 
+from timm_mlit.recipes import RECIPE_DIR
+
 __all__ = ['HUB_ORG', 'MODELS', 'Variant', 'VARIANTS', 'PUBLISHED', 'STAGED', 'DEFAULT_TAG', 'hub_repo_id',
            'find_variant', 'PAPER_TOP1', 'PAPER_SOURCE', 'DATASETS', 'STAGE_DIR', 'config_path', 'PUSH_CMD',
            'PUSH_SCRIPT']
@@ -27,7 +29,7 @@ STAGED: FrozenSet[str] = frozenset()  # the model.tag folders under hub_cards/ (
 STAGE_DIR = 'hub_cards'  # where staged repo folders live, relative to a clone's root
 PUSH_CMD = 'mlit-push'  # the installed command ...
 PUSH_SCRIPT = 'python train_scripts/push_to_hub.py'  # ... and the same from a clone
-_CONFIG_DIR = Path(__file__).resolve().parents[2] / 'train_scripts' / 'configs'
+_CONFIG_DIR = RECIPE_DIR  # timm_mlit/configs: in a clone and in the installed package
 
 # name -> (display name, Hub dataset id, number of classes)
 DATASETS = {
@@ -53,8 +55,8 @@ PAPER_TOP1 = {
 PAPER_SOURCE = {tag: 'Table 7, 300 epochs' if tag.endswith('_300e') else 'Table 8, 100 epochs'
                 for tag in PAPER_TOP1}
 
-_MAE = 'python train_scripts/pretrain_mae.py --model {model} --data-dir DATA/cifar100 --output output/mae --amp'
-_TRAIN = ('python timm-scripts/train.py --config train_scripts/configs/{config}.yaml --model {model} '
+_MAE = 'mlit-pretrain --model {model} --data-dir DATA/cifar100 --output output/mae --amp'
+_TRAIN = ('python timm-scripts/train.py --config "$(mlit-config {config})" --model {model} '
           '--data-dir DATA/{dataset} --output output/train')
 _ENCODER = ' --pretrained-path output/mae/<run>/encoder.safetensors'
 
@@ -67,7 +69,7 @@ class Variant:
     description: str
     produce: str  # command template ({model}) that writes the checkpoint
     checkpoint: str  # the file of that run to push: the final epoch's weights, never the best-on-test
-    config: str = ''  # train_scripts/configs/<config>.yaml: the recipe a run must follow
+    config: str = ''  # the recipe a run must follow (timm_mlit/configs/<config>.yaml, mlit-config <config>)
     epochs: Optional[int] = None  # epochs the recipe trains (None: depends on the model, not checked)
     pretrained: bool = False  # fine-tuned from an MAE encoder (--pretrained-path)
 
@@ -83,7 +85,7 @@ class Variant:
 
 
 def config_path(variant: Variant) -> Optional[Path]:
-    """The tag's train.py config file in a clone, or None (no config, or an installed package without it)."""
+    """The tag's train.py recipe file (shipped in the package), or None where the tag has none."""
     path = _CONFIG_DIR / f'{variant.config}.yaml'
     return path if variant.config and path.is_file() else None
 

@@ -7,7 +7,8 @@
 (from a clone: ``python train_scripts/pretrain_mae.py ...``). Data flags are train.py's (``--data-dir``,
 ``--dataset``: ``''``, the default, reads an ImageFolder ``DATA/train/<class>/*``, ``torch/cifar100`` torchvision's
 files; ``--train-split``), as are ``--epochs``, ``--batch-size``, ``--output``, ``--resume``, ``--amp`` / ``--amp-dtype``
-and ``--config`` (a YAML of these arguments; the command line wins). Left unset, each size gets Table 3:
+and ``--config`` (a YAML of these arguments, or a shipped recipe's name such as ``maevit_c100_pretrain_mae``; the
+command line wins). Left unset, each size gets Table 3:
 AdamW, weight decay 0.05, base LR 3e-4 scaled linearly (lr = base × global batch / 256), warm-up 5% of the
 epochs, cosine decay, epochs 4000 (S) / 6000 (XS) / 8000 (XXS), batch 840 (S) / 1280 (XS, XXS), horizontal flip,
 random-resized-crop [0.6, 1], mean = std = 0.5. Choices the paper leaves open: AdamW betas (0.9, 0.95) and LR floor
@@ -46,6 +47,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from timm_mlit.layers import expert_load
+from timm_mlit.recipes import recipe_path
 from .checkpoint import (
     RESUME_HINT, CheckpointError, export_encoder, load_checkpoint, plain_args, remove_stale_temporaries, rng_state,
     save_checkpoint, set_rng_state)
@@ -142,10 +144,10 @@ _NOT_RESUMED = {'resume', 'config', 'device'}
 
 
 def _read_config(path: str, parser: argparse.ArgumentParser) -> dict:
-    config = Path(path).expanduser()
-    if not config.is_file():
-        parser.error(f'--config {path}: no such file; expected a YAML file of these arguments (e.g. '
-                     f'train_scripts/configs/maevit_c100_pretrain_mae.yaml).')
+    try:  # a file, or a shipped recipe's name (mlit-config --list)
+        config = recipe_path(path)
+    except (FileNotFoundError, ValueError) as e:
+        parser.error(f'--config {path}: {e} Expected a YAML file of these arguments, e.g. maevit_c100_pretrain_mae.')
     try:
         cfg = yaml.safe_load(config.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as e:

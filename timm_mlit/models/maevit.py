@@ -14,7 +14,7 @@ Layers are timm's own ViT ``Block`` (pre-norm, multi-head attention with qkv bia
 Choices where the paper is silent: 12 heads of 16 dims (as mLiT's narrow heads); linear layers initialised as the
 official MAE code does (Xavier-uniform, zero bias), the position table trunc-normal(0.02) as mLiT; no stochastic
 depth by default. Pre-train it with ``timm_mlit.mae`` (``--decoder-pos separate``: its own decoder table, as the
-paper; ``train_scripts/configs/maevit_c100_pretrain_mae.yaml``), fine-tune with timm's train.py.
+paper; ``mlit-pretrain --config maevit_c100_pretrain_mae``), fine-tune with timm's train.py.
 """
 from functools import partial
 from typing import Any, Dict, Optional, Tuple, Union

@@ -167,7 +167,7 @@ def _load(spec) -> SuperclassMap:
     if not path.is_file():
         raise FileNotFoundError(
             f'Super-class map {str(spec)!r} is neither a built-in map ({", ".join(BUILTIN_MAPS)}) nor a file. '
-            f'Pass a built-in name or the path of a JSON / text map (train_scripts/derive_superclasses.py writes one).')
+            f'Pass a built-in name or the path of a JSON / text map (mlit-derive-superclasses writes one).')
     text = path.read_text()
     if path.suffix.lower() == '.json':
         try:

@@ -1,0 +1,100 @@
+"""The training recipes (YAML configs) shipped inside the package, by name.
+
+The recipes of mLiT's Tables 4-6 (arXiv:2407.17783) and of the zoo's other systems live in ``timm_mlit/configs/``:
+a clone reads them there, an installed package has the very same files as package data. Name one by its file stem:
+
+    mlit-config --list                                        # every recipe, one per line
+    mlit-config table6_scratch_cifar10                        # print the installed file's path
+    mlit-config table6_scratch_cifar10 --out recipe.yaml      # write a copy to edit
+    python train.py --config "$(mlit-config table6_scratch_cifar10)" --model mlit_s --data-dir DATA
+
+timm's ``train.py --config`` takes a file path, hence the printed path; ``mlit-pretrain --config`` and
+:func:`recipe_path` accept a name or a path.
+"""
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import List, Optional, Sequence, Union
+
+__all__ = ['RECIPE_DIR', 'list_recipes', 'recipe_path', 'write_recipe', 'main']
+
+RECIPE_DIR = Path(__file__).resolve().parent / 'configs'
+_SUFFIX = '.yaml'
+
+
+def list_recipes() -> List[str]:
+    """The names (file stems) of the shipped recipes, sorted."""
+    return sorted(p.stem for p in RECIPE_DIR.glob(f'*{_SUFFIX}'))
+
+
+def recipe_path(name_or_path: Union[str, os.PathLike]) -> Path:
+    """The YAML file for a recipe name (``table6_scratch_cifar10``, with or without ``.yaml``) or an existing path.
+
+    An existing file wins over a shipped recipe of the same name. Raises ``FileNotFoundError`` naming the input and the
+    shipped names when it is neither."""
+    text = os.fspath(name_or_path)
+    if not text:
+        raise ValueError('recipe: got an empty name; pass a recipe name (mlit-config --list) or a YAML file path')
+    given = Path(text).expanduser()
+    if given.is_file():
+        return given
+    stem = text[:-len(_SUFFIX)] if text.endswith(_SUFFIX) else text
+    if os.sep not in stem and '/' not in stem:
+        shipped = RECIPE_DIR / f'{stem}{_SUFFIX}'
+        if shipped.is_file():
+            return shipped
+    raise FileNotFoundError(
+        f"recipe {text!r}: no such file and no shipped recipe of that name. Shipped recipes (mlit-config --list): "
+        f"{', '.join(list_recipes())}; or pass the path of a YAML file.")
+
+
+def write_recipe(name: str, out: Union[str, os.PathLike], overwrite: bool = False) -> Path:
+    """Write the shipped recipe ``name`` to ``out`` (a file, or a folder to hold ``NAME.yaml``), byte for byte and
+    atomically (a temp file renamed into place). Refuses to replace an existing file unless ``overwrite``."""
+    src = recipe_path(name)
+    dest = Path(out).expanduser()
+    if dest.is_dir():
+        dest = dest / src.name
+    if dest.exists() and not overwrite:
+        raise FileExistsError(f'{dest} exists; pass --overwrite (overwrite=True) to replace it, or another --out')
+    if not dest.parent.is_dir():
+        raise FileNotFoundError(f'--out {out}: folder {dest.parent} does not exist; create it first')
+    fd, tmp = tempfile.mkstemp(prefix=f'.{dest.name}.', dir=dest.parent)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            f.write(src.read_bytes())
+        os.replace(tmp, dest)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return dest
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog='mlit-config', description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('name', nargs='?', help='recipe name, e.g. table6_scratch_cifar10 (see --list)')
+    p.add_argument('--list', action='store_true', help='list the shipped recipes')
+    p.add_argument('--out', default='', help='write the recipe to this file (or into this folder) instead of '
+                                             'printing its installed path')
+    p.add_argument('--overwrite', action='store_true', help='replace --out if it exists')
+    args = p.parse_args(argv)
+    if args.list:
+        for name in list_recipes():
+            print(name)
+        return 0
+    if not args.name:
+        p.error('name a recipe (e.g. mlit-config table6_scratch_cifar10) or pass --list')
+    try:
+        path = write_recipe(args.name, args.out, args.overwrite) if args.out else recipe_path(args.name)
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        p.error(str(e))
+    print(path)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
