@@ -332,3 +332,16 @@ def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
     removed = ckpt.remove_stale_temporaries(tmp_path)
     assert [p.name for p in removed] == ['last.pth.tmp-99999999']
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f'last.pth.tmp-{os.getpid()}', 'notes.tmp-draft'])
+
+
+def test_checkpoints_of_the_earlier_format_still_resume(tmp_path):
+    """Earlier versions stored NumPy's RNG state as an array: loaded with weights_only=True and NumPy's array
+    reconstruction allowed, nothing else."""
+    import random
+    old = {'model': {}, 'optimizer': {}, 'scheduler': {}, 'epoch': 1, 'args': {'model': 'mlit_xxs'},
+           'rng': [{'python': random.getstate(), 'numpy': np.random.get_state(), 'torch': torch.get_rng_state()}]}
+    torch.save(old, tmp_path / 'last.pth')
+    state = ckpt.load_checkpoint(tmp_path / 'last.pth')
+    expected = np.random.rand()
+    ckpt.set_rng_state(state['rng'][0])
+    assert np.random.rand() == expected
