@@ -1,6 +1,6 @@
 """The MoE transformer encoder layer of mLiT (the paper's Figure 1).
 
-Pre-norm, as in ViT and MAE (Figure 1 is lost in our copy of the paper; SPEC.md reads it as pre-norm):
+Pre-norm, as in ViT and MAE (Figure 1 is lost in our copy of the paper; we read it as pre-norm):
 
     x = x + attn(LN(x))         grouped-query attention, Sec. 2.1.1
     x = x + moe(LN(x))          noisy top-k gate over shared-V/W2 SwiGLU experts, Sec. 2.1.2

@@ -83,11 +83,13 @@ class SharedSwiGLUExperts(nn.Module):
         rows = (torch.arange(n, device=x.device).unsqueeze(-1) * t + gate.top_idx).reshape(-1)
         h_k = h.index_select(0, rows).reshape(n, k, d_h)  # the k chosen experts' rows (whole-row copies)
         v = self.v(x)  # x V + b_V
-        top_gates = gate.top_gates.to(h.dtype)
         if self.per_expert_drop and self.training and self.drop.p > 0.:
             y = self.w2(F.silu(h_k) * v.unsqueeze(1))  # FFN_i(x) of the chosen i, (N, k, m)
+            top_gates = gate.top_gates  # float32: the mask's 1/(1-p) is applied at the gates' precision
             if drop_mask is None:
                 drop_mask = torch.ops.timm_mlit.expert_drop_mask(top_gates.detach(), y.shape[-1], float(self.drop.p))
-            return (y * (top_gates.unsqueeze(-1) * drop_mask)).sum(1)  # Σ_j G_j mask_j ⊙ FFN_j(x)
+            weights = (top_gates.unsqueeze(-1) * drop_mask).to(y.dtype)  # G_j mask_j, (N, k, m)
+            return (y * weights).sum(1)  # Σ_j G_j mask_j ⊙ FFN_j(x)
+        top_gates = gate.top_gates.to(h.dtype)
         mixed = (F.silu(h_k) * top_gates.unsqueeze(-1)).sum(1)  # Σ_i G_i silu(x W_i + b_i)
         return self.drop(self.w2(mixed * v))

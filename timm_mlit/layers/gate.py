@@ -4,7 +4,7 @@ Symbols follow the paper: ``x`` is the (b·n, m) token matrix, ``W_g`` and ``W_n
 ``H`` the noisy logits (Eq. 3), ``G = Softmax_k(H)`` the gates (Eq. 2), ``Ψ`` the top-k threshold (Eq. 6),
 ``P`` the probability of staying in the top k under fresh noise (Eq. 5).
 
-Choices where the paper is silent or inconsistent (see SPEC.md):
+Choices where the paper is silent or inconsistent:
   * ``noise_eps``: the reference code adds 1e-2 to the noise std, ``softplus(x W_noise) + 1e-2``; Eqs. 3 and 5 omit it.
     We take it (it keeps Eq. 5's division finite) and use the same std in Eq. 3 and Eq. 5.
   * Eq. 11 as printed has no CV; Shazeer's importance loss has it, and so does ours.
