@@ -22,9 +22,11 @@ what an edge user needs: does it export, does it quantise, how long does one ima
     python benchmarks/bench_edge.py --models mlit_xxs --cnns lcnet_050 --eval-images 10000   # one size, all images
 """
 import argparse
+import atexit
 import io
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -203,7 +205,11 @@ def main():
     print(f'Machine: {machine()}')
     print(f'int8 = dynamic quantisation (timm_mlit.export); ONNX by the TorchScript exporter, CPU provider\n')
 
-    folder = Path(tempfile.mkdtemp(prefix='bench_edge_')) if args.onnx_dir is None else args.onnx_dir
+    if args.onnx_dir is None:
+        folder = Path(tempfile.mkdtemp(prefix='bench_edge_'))
+        atexit.register(shutil.rmtree, folder, True)  # removed however the run ends
+    else:
+        folder = args.onnx_dir
     folder.mkdir(parents=True, exist_ok=True)
     groups: List[Tuple[str, List[Candidate]]] = []
     for name in args.models:
