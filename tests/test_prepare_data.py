@@ -227,3 +227,26 @@ def test_cifar10_command_line_and_module_help(tmp_path, capsys):
     result = subprocess.run([sys.executable, '-m', 'timm_mlit.data.prepare', '--help'], capture_output=True, text=True,
                             cwd=Path(__file__).resolve().parents[1])
     assert result.returncode == 0 and 'usage: mlit-prepare-data' in result.stdout and 'cifar10' in result.stdout
+
+
+def test_sigterm_mid_write_leaves_nothing(tmp_path, monkeypatch):
+    """A scheduler's or torchrun's SIGTERM unwinds the writer like an exception: no OUT, no OUT.partial."""
+    import os
+    import signal
+    src = _npz_dir(tmp_path / 'npz')
+    calls = []
+    save = Image.Image.save
+
+    def save_then_terminate(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return save(self, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, 'save', save_then_terminate)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as e:
+        prepare_main(['cifar10', '--npz-dir', str(src), '--out', str(tmp_path / 'c10'), '--no-verify'])
+    assert e.value.code == 128 + signal.SIGTERM
+    assert not (tmp_path / 'c10').exists() and not (tmp_path / 'c10.partial').exists()
+    assert signal.getsignal(signal.SIGTERM) == before  # the previous handler is back

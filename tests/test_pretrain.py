@@ -281,6 +281,21 @@ def test_bad_arguments_name_the_input_and_the_fix(image_folder, tmp_path):
         pretrain_main(['--workers', '0', '--device', 'cpu'])
     with pytest.raises(ValueError, match=r'--data-dir .*nowhere: no such folder'):
         pretrain_main(SMALL + ['--data-dir', str(tmp_path / 'nowhere')])
+    with pytest.raises(ValueError, match='--model nosuch: not a registered model'):
+        pretrain_main(SMALL + ['--model', 'nosuch', '--data-dir', str(image_folder), '--output', str(tmp_path / 'o')])
+    with pytest.raises(ValueError, match='no full batch'):
+        pretrain_main(SMALL + ['--data-dir', str(image_folder), '--batch-size', '1000', '--output', str(tmp_path / 'o')])
+    assert not (tmp_path / 'o').exists()  # a run that failed to start leaves no folder
+    (tmp_path / 'file').write_text('x')
+    with pytest.raises(ValueError, match='is a file'):
+        pretrain_main(SMALL + ['--data-dir', str(image_folder), '--output', str(tmp_path / 'file')])
+    for text, problem in (('epochs: [1]\n', 'is not a int'), ('scale: 0.5\n', 'is not a list of 2 floats'),
+                          ('amp: "yes"\n', 'is not true or false')):
+        (tmp_path / 'c.yaml').write_text(text)
+        with pytest.raises(SystemExit):
+            parse_args(['--config', str(tmp_path / 'c.yaml')])
+    with pytest.raises(SystemExit):
+        parse_args(['--model-kwargs', '[1'])
 
 
 def test_bad_config_messages(tmp_path, capsys):
@@ -317,3 +332,16 @@ def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
     removed = ckpt.remove_stale_temporaries(tmp_path)
     assert [p.name for p in removed] == ['last.pth.tmp-99999999']
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f'last.pth.tmp-{os.getpid()}', 'notes.tmp-draft'])
+
+
+def test_checkpoints_of_the_earlier_format_still_resume(tmp_path):
+    """Earlier versions stored NumPy's RNG state as an array: loaded with weights_only=True and NumPy's array
+    reconstruction allowed, nothing else."""
+    import random
+    old = {'model': {}, 'optimizer': {}, 'scheduler': {}, 'epoch': 1, 'args': {'model': 'mlit_xxs'},
+           'rng': [{'python': random.getstate(), 'numpy': np.random.get_state(), 'torch': torch.get_rng_state()}]}
+    torch.save(old, tmp_path / 'last.pth')
+    state = ckpt.load_checkpoint(tmp_path / 'last.pth')
+    expected = np.random.rand()
+    ckpt.set_rng_state(state['rng'][0])
+    assert np.random.rand() == expected

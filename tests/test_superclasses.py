@@ -256,3 +256,12 @@ def test_derive_module_help():
     result = subprocess.run([sys.executable, '-m', 'timm_mlit.superclasses.derive', '--help'], capture_output=True,
                             text=True, cwd=Path(__file__).resolve().parents[1])
     assert result.returncode == 0 and 'usage: mlit-derive-superclasses' in result.stdout
+
+
+def test_derive_unreadable_checkpoint_names_the_file(checkpoint_and_data, tmp_path):
+    _, data = checkpoint_and_data
+    empty = tmp_path / 'empty.pth.tar'
+    empty.write_bytes(b'')
+    with pytest.raises(ValueError, match=r'--checkpoint .*empty.pth.tar is not a readable checkpoint'):
+        main(['--model', 'mlit_xxs', '--checkpoint', str(empty), '--data-dir', str(data), '--workers', '0',
+              '--output', str(tmp_path / 'm.json')])

@@ -135,7 +135,7 @@ def read_cifar10_npz(npz_dir, verify: bool = True) -> Dict[str, ImageSplit]:
     npz_dir = Path(npz_dir).expanduser()
     if not npz_dir.is_dir():
         raise DataSourceError(
-            f'--npz-dir {npz_dir}: no such folder; expected the folder holding {" and ".join(NPZ_FILES.values())}.')
+            f'--npz-dir {npz_dir}: {"not a folder" if npz_dir.exists() else "no such folder"}; expected the folder holding {" and ".join(NPZ_FILES.values())}.')
     splits = {split: _read_npz(npz_dir / name, verify) for split, name in NPZ_FILES.items()}
     if splits['train'].class_names != splits['validation'].class_names:
         raise DataSourceError(f'{npz_dir}: the two files name different classes ({splits["train"].class_names} vs '

@@ -240,6 +240,9 @@ def main(argv: Optional[List[str]] = None) -> Path:
             out = PREPARERS[args.dataset](args.root, args.out, download=args.download, overwrite=args.overwrite)
     except (DataSourceError, FileExistsError, ValueError) as e:
         sys.exit(f'mlit-prepare-data {args.dataset}: error: {e}')
+    except OSError as e:  # --out not writable, disk full, ...
+        sys.exit(f'mlit-prepare-data {args.dataset}: error: could not write --out {args.out} ({e}); nothing was left '
+                 f'behind. Pass a writable --out with room for the images.')
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

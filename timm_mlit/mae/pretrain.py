@@ -35,6 +35,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Dict, List, Optional
 
+import timm
 import torch
 import torch.nn as nn
 import yaml
@@ -65,6 +66,18 @@ TABLE3 = {
 }
 
 
+def _yaml_mapping(text: str) -> dict:
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise argparse.ArgumentTypeError(f'{text!r} is not YAML ({str(e).splitlines()[0]}); expected a mapping such '
+                                         f'as \'{{decoder_num_experts: 0}}\'')
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f'{text!r} is a {type(value).__name__}; expected a mapping such as '
+                                         f'\'{{decoder_num_experts: 0}}\'')
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, prog='mlit-pretrain')
@@ -91,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'encoder': the text's reading (no decoder table); 'separate': a 145x108 decoder table")
     m.add_argument('--encoder-pos-to', default='mask', choices=['mask', 'all'],
                    help='with --decoder-pos encoder: add the encoder positions to the mask tokens only, or to all')
-    m.add_argument('--model-kwargs', type=yaml.safe_load, default={}, help='encoder kwargs as a YAML/JSON dict')
+    m.add_argument('--model-kwargs', type=_yaml_mapping, default={}, help='encoder kwargs as a YAML/JSON dict')
     o = p.add_argument_group('optimisation (Table 3)')
     o.add_argument('--epochs', type=int, default=None, help='default: Table 3 for the size')
     o.add_argument('--batch-size', type=int, default=None, help='per process; default: Table 3 / world size')
@@ -143,12 +156,38 @@ def _read_config(path: str, parser: argparse.ArgumentParser) -> dict:
     if not isinstance(cfg, dict):
         parser.error(f'--config {path} holds a {type(cfg).__name__}, expected a YAML mapping of these arguments by '
                      f'their names, e.g. "epochs: 100" on its own line.')
-    dests = {a.dest for a in parser._actions}
-    unknown = set(map(str, cfg)) - dests
+    actions = {a.dest: a for a in parser._actions}
+    unknown = set(map(str, cfg)) - set(actions)
     if unknown:
         parser.error(f'--config {path}: unknown keys {sorted(unknown)}; the keys are the arguments\' names with '
                      f'"_" for "-" (see --help).')
+    for key, value in cfg.items():
+        problem = _config_value_problem(actions[key], value)
+        if problem:
+            parser.error(f'--config {path}: {key}: {value!r} is not {problem}; fix the value in the file.')
     return cfg
+
+
+def _config_value_problem(action: argparse.Action, value) -> str:
+    """'' when ``value`` fits ``action`` (YAML gives typed values, which argparse does not check), else what it
+    should be."""
+    if value is None or isinstance(value, str) and action.type not in (None, str) and action.nargs is None:
+        return ''  # None keeps the default; argparse converts (and checks) a string default itself
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        return '' if isinstance(value, bool) else 'true or false'
+    number = {int: (int,), float: (int, float)}.get(action.type)
+    if number is not None:
+        def ok(v):
+            return isinstance(v, number) and not isinstance(v, bool)
+        if isinstance(action.nargs, int):
+            fits = isinstance(value, list) and len(value) == action.nargs and all(map(ok, value))
+            return '' if fits else f'a list of {action.nargs} {action.type.__name__}s'
+        return '' if ok(value) else f'a {action.type.__name__}'
+    if action.choices is not None and value not in action.choices:
+        return f'one of {list(action.choices)}'
+    if action.type is None and not isinstance(value, str):
+        return 'a string'
+    return ''
 
 
 def _validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
@@ -358,6 +397,9 @@ def _run(argv: Optional[List[str]] = None) -> Path:
             raise CheckpointError(
                 f'--resume {args.resume} pre-trains {saved["model"]}, not {args.model}: pass --model '
                 f'{saved["model"]} (or leave --model out; a resume takes it from the checkpoint).')
+    if not timm.is_model(args.model):
+        raise UsageError(f'--model {args.model}: not a registered model; expected an mLiT encoder '
+                         f'({", ".join(timm.list_models("mlit_*"))}) or maevit_c100.')
     _check_data(args)
     device = init_distributed_device(args)
     primary = args.rank == 0
@@ -368,14 +410,18 @@ def _run(argv: Optional[List[str]] = None) -> Path:
         out = Path(args.resume).parent
     else:
         out = Path(args.output) / (args.experiment or f'{args.model}-{time.strftime("%Y%m%d-%H%M%S")}')
-    if primary:
-        out.mkdir(parents=True, exist_ok=True)
-        for path in remove_stale_temporaries(out):
-            _logger.info(f'removed {path}, left by a run killed while saving')
+    for folder in (out, *out.parents):
+        if folder.exists() and not folder.is_dir():
+            raise UsageError(f'--output {args.output}: {folder} is a file; expected a folder for the run\'s logs '
+                             f'and checkpoints: pass another --output.')
 
-    model = create_mae(
-        args.model, decoder_pos=args.decoder_pos, encoder_pos_to=args.encoder_pos_to, mask_ratio=args.mask_ratio,
-        alpha=args.alpha, beta=args.beta, **args.model_kwargs).to(device)
+    try:
+        model = create_mae(
+            args.model, decoder_pos=args.decoder_pos, encoder_pos_to=args.encoder_pos_to, mask_ratio=args.mask_ratio,
+            alpha=args.alpha, beta=args.beta, **args.model_kwargs).to(device)
+    except TypeError as e:  # an unknown keyword in --model-kwargs
+        raise UsageError(f'--model-kwargs {args.model_kwargs}: {e}; expected keyword arguments of {args.model} or of '
+                         f'the MAE decoder (e.g. decoder_num_experts).') from e
     num_patches = model.encoder.patch_embed.num_patches
     kept = int(round(num_patches * (1 - args.mask_ratio)))
     if not 0 < kept < num_patches:
@@ -447,6 +493,10 @@ def _run(argv: Optional[List[str]] = None) -> Path:
             if start_epoch >= args.epochs:
                 _logger.warning(f'{args.resume} has finished {start_epoch} of {args.epochs} epochs: nothing to do. '
                                 f'To train longer pass --epochs N with N > {start_epoch}.')
+    if primary:  # only now, so that a run that fails to start leaves no folder behind
+        out.mkdir(parents=True, exist_ok=True)
+        for path in remove_stale_temporaries(out):
+            _logger.info(f'removed {path}, left by a run killed while saving')
     log = RunLog(out, start_epoch) if primary else None
 
     train_model = model

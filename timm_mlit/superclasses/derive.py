@@ -229,7 +229,14 @@ def load_classifier(model_name: str, checkpoint, num_classes: Optional[int] = No
     checkpoint = Path(checkpoint).expanduser()
     if not checkpoint.is_file():
         raise FileNotFoundError(f'No checkpoint at {checkpoint}: pass the trained dense model\'s checkpoint.')
-    state = load_state_dict(str(checkpoint), use_ema=use_ema)
+    try:
+        state = load_state_dict(str(checkpoint), use_ema=use_ema)
+    except Exception as e:  # truncated, not a checkpoint, or objects weights_only loading refuses
+        detail = str(e).splitlines()[0] if str(e) else ''
+        raise ValueError(
+            f'--checkpoint {checkpoint} is not a readable checkpoint ({type(e).__name__}: {detail}); expected '
+            f'train.py\'s model_best.pth.tar / last.pth.tar or a .safetensors state dict of the trained dense '
+            f'model.') from e
     outputs = _classifier_outputs(model_name, state)
     if outputs is None:
         raise ValueError(
