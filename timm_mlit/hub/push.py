@@ -160,12 +160,14 @@ def push(model, model_name: str, repo_id: str, run: RunInfo, token: Optional[str
     repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
     with tempfile.TemporaryDirectory() as tmp:
         folder = write_repo_files(model, model_name, repo_id, run, tmp, deviations=deviations)
-        if card_out:
-            Path(card_out).mkdir(parents=True, exist_ok=True)
-            (Path(card_out) / f'{model_name}.md').write_text((folder / 'README.md').read_text(), encoding='utf-8')
-        return api.upload_folder(
+        info = api.upload_folder(
             repo_id=repo_id, folder_path=tmp, revision=revision,
             commit_message=commit_message or f'Add {model_name} weights (timm_mlit)')
+        if card_out:  # the record of what was published, once it is
+            Path(card_out).mkdir(parents=True, exist_ok=True)
+            card = Path(card_out) / f'{model_name}.md'
+            os.replace(shutil.copy(folder / 'README.md', card.with_name(f'.{card.name}.tmp-{os.getpid()}')), card)
+        return info
 
 
 def _run_and_checkpoint(model_name: str, run_dir, checkpoint=None):
@@ -371,9 +373,13 @@ def _main(args, p: argparse.ArgumentParser):
                 f'the tag\'s config to publish under it, or pass --off-recipe to push it with a card that says so.')
     repo_id = args.repo_id or 'ORG/NAME'
     if args.dry_run:
-        Path(args.dry_run).mkdir(parents=True, exist_ok=True)
-        folder = write_repo_files(model, args.model, repo_id, run, args.dry_run, deviations=deviations)
-        print(f'wrote {", ".join(sorted(f.name for f in folder.iterdir()))} to {folder}')
+        folder = Path(args.dry_run)
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=folder, prefix='.dry-run-') as tmp:  # all three files, or none
+            write_repo_files(model, args.model, repo_id, run, tmp, deviations=deviations)
+            for name in REPO_FILES:
+                os.replace(Path(tmp) / name, folder / name)
+        print(f'wrote {", ".join(REPO_FILES)} to {folder}')
         return None
     info = push(model, args.model, repo_id, run, token=args.token, endpoint=args.endpoint,
                 private=args.private, revision=args.revision, commit_message=args.commit_message,
