@@ -68,7 +68,7 @@ def test_export_and_int8_every_model(model_name, tmp_path):
     """Fresh model -> ONNX (dynamic batch) -> onnxruntime equal to PyTorch; the same with untied gates for mLiT;
     int8 in onnxruntime and in PyTorch build, run and stay close to fp32, routing left in fp32."""
     torch.manual_seed(0)
-    # Mobile V-MoE: the static 'gather' experts (its 'auto' choice under torch.export; see the xfail below)
+    # Mobile V-MoE: the static gather experts (its auto choice under any graph capture)
     kwargs = dict(expert_dispatch='gather') if model_name.startswith('mobile_vmoe') else {}
     model = timm.create_model(model_name, num_classes=10, **kwargs).eval()
     variants = [('fresh', model)]
@@ -114,11 +114,9 @@ def test_plain_torch_quantize_dynamic(model_name):
     assert out.shape == (2, 10) and torch.isfinite(out).all()
 
 
-@pytest.mark.xfail(
-    strict=True, reason="layers/_tracing.is_graph_capture() misses torch.jit tracing, so PerImageExperts' 'auto' "
-                        "takes the grouped path (argsort, bincount, host sync) under the TorchScript exporter")
 def test_mobile_vmoe_default_dispatch_torchscript_onnx_export(tmp_path):
-    """timm's onnx_export.py default (TorchScript exporter) on a Mobile V-MoE as created by default."""
+    """timm's onnx_export.py default (TorchScript exporter) on a Mobile V-MoE as created by default: under
+    torch.jit tracing the 'auto' dispatch takes the static gather path (no argsort/bincount/host sync)."""
     model = timm.create_model('mobile_vmoe_6x64_patch3_36', num_classes=10).eval()
     _check_parity(model, export_onnx(model, tmp_path / 'm.onnx', dynamo=False), _images(model, 3))
 

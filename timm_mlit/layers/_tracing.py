@@ -5,8 +5,10 @@ __all__ = ['is_graph_capture']
 
 
 def is_graph_capture() -> bool:
-    """True under torch.fx symbolic tracing or torch.export; False in eager mode and under torch.compile (which
-    replays Python side effects after the compiled graph)."""
+    """True under torch.fx symbolic tracing, torch.jit tracing (the TorchScript ONNX exporter) or torch.export;
+    False in eager mode and under torch.compile (which replays Python side effects after the compiled graph)."""
+    if torch.jit.is_tracing():
+        return True
     fx = torch.fx._symbolic_trace
     # older torch has only is_fx_tracing(), which there means symbolic tracing alone
     symbolic = getattr(fx, 'is_fx_symbolic_tracing', None) or fx.is_fx_tracing
