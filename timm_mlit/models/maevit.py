@@ -3,9 +3,9 @@
 Paper: `Pre-training of Lightweight Vision Transformers on Small Datasets with Minimally Scaled Images`
 - https://arxiv.org/abs/2402.03752 (Jen Hong Tan, 2024). No author code is public; what we have fixes: 36x36
 input, the dummy patch, 12 dense layers, an MLP expanding to 2x the embedding, < 3.65M params and < 0.27 GMACs,
-separate encoder and decoder position tables, loss on masked plus discounted unmasked patches (SPEC.md).
+separate encoder and decoder position tables, loss on masked plus discounted unmasked patches.
 
-The reconstruction (SPEC.md, "The other systems"): width 192 fits the parameter count; the patch size is not in
+The reconstruction (our reading of those numbers): width 192 fits the parameter count; the patch size is not in
 what we have. 3x3 patches (145 tokens) would cost ~0.6 GMACs, so we take 4x4 patches (81 patches + the dummy
 patch), the closest to the stated budget: 3,608,932 params with a 100-class head (-0.9% of 3.64M) and ~0.32 GMACs,
 still above the stated 0.27G (which at width 192 and 12 layers would allow only ~75 tokens). Say so when quoting it.

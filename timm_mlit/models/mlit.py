@@ -1,7 +1,8 @@
 """ mLiT: mixture-of-experts lightweight vision transformers for 36x36 images
 
 Paper: `How Lightweight Can A Vision Transformer Be` - https://arxiv.org/abs/2407.17783 (Jen Hong Tan, 2024)
-No author code is public; this is built from the paper and ``SPEC.md``.
+No author code is public; this is built from the paper alone, with the choices where it is silent listed below
+and in the README ("Where the paper is silent").
 
 The encoder (Table 1):
   * 36x36 RGB input cut into 3x3 patches (144 patches), each projected by a bias-free linear map (a stride-3
