@@ -55,7 +55,7 @@ PAPER_TOP1 = {
 PAPER_SOURCE = {tag: 'Table 7, 300 epochs' if tag.endswith('_300e') else 'Table 8, 100 epochs'
                 for tag in PAPER_TOP1}
 
-_MAE = 'mlit-pretrain --model {model} --data-dir DATA/cifar100 --output output/mae --amp'
+_MAE = 'mlit-pretrain --model {model} --dataset torch/cifar100 --data-dir DATA/cifar100 --output output/mae --amp'
 _TRAIN = ('python timm-scripts/train.py --config "$(mlit-config {config})" --model {model} '
           '--data-dir DATA/{dataset} --output output/train')
 _ENCODER = ' --pretrained-path output/mae/<run>/encoder.safetensors'

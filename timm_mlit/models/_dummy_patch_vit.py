@@ -40,6 +40,23 @@ _logger = logging.getLogger(__name__)
 GLOBAL_POOLS = ('', 'token', 'avg', 'max', 'avgmax')
 
 
+def _check_input_dtype(x: torch.Tensor, weight_dtype: torch.dtype, name: str) -> None:
+    """Refuse integer images (raw uint8 pixels) and a float type other than the weights' outside autocast,
+    which would otherwise end in the patch projection's bare 'expected scalar type ...'."""
+    if x.is_floating_point() and (x.dtype == weight_dtype or torch.is_autocast_enabled(x.device.type)):
+        return
+    if not x.is_floating_point():
+        fix = (f'Normalise the images first: timm.data.create_transform(**timm.data.resolve_data_config({{}}, '
+               f'model=model)) turns PIL images into {weight_dtype} tensors with the model\'s mean and std '
+               f'(for a uint8 batch: (x.float() / 255 - mean) / std).')
+    else:
+        fix = f'Cast the batch with x.to({weight_dtype}), cast the model with model.to({x.dtype}), or run ' \
+              f'under torch.autocast.'
+    raise TypeError(
+        f'{name} expects a floating-point image batch of its weights\' dtype {weight_dtype}; got a '
+        f'{x.dtype} tensor. {fix}')
+
+
 def _check_dynamic_input(x: torch.Tensor, in_chans: int, patch_size: Tuple[int, int], pad: bool, name: str) -> None:
     """With ``dynamic_img_size`` any (B, in_chans, H, W) of at least one patch is fine (H and W multiples of the patch
     size unless ``dynamic_img_pad``)."""
@@ -162,11 +179,11 @@ class DummyPatchViT(nn.Module):
         name = getattr(self, 'pretrained_cfg', {}).get('architecture', type(self).__name__)
         if self.dynamic_img_size:
             _check_dynamic_input(x, self.in_chans, self.patch_embed.patch_size, self.patch_embed.dynamic_img_pad, name)
-            self._check_input_dtype(x, name)
+            _check_input_dtype(x, self.patch_embed.proj.weight.dtype, name)
             return
         expected = (self.in_chans, *self.patch_embed.img_size)
         if x.ndim == 4 and tuple(x.shape[1:]) == expected:
-            self._check_input_dtype(x, name)
+            _check_input_dtype(x, self.patch_embed.proj.weight.dtype, name)
             return
         c, h, w = expected
         raise ValueError(
@@ -175,24 +192,6 @@ class DummyPatchViT(nn.Module):
             f'(timm.data.create_transform(**timm.data.resolve_data_config({{}}, model=model))), or create the model '
             f'with img_size=/in_chans= matching your data.'
         )
-
-    @torch.jit.ignore
-    def _check_input_dtype(self, x: torch.Tensor, name: str) -> None:
-        """Refuse integer images (raw uint8 pixels) and a float type other than the weights' outside autocast,
-        which would otherwise end in the patch projection's bare 'expected scalar type ...'."""
-        weight_dtype = self.patch_embed.proj.weight.dtype
-        if x.is_floating_point() and (x.dtype == weight_dtype or torch.is_autocast_enabled(x.device.type)):
-            return
-        if not x.is_floating_point():
-            fix = (f'Normalise the images first: timm.data.create_transform(**timm.data.resolve_data_config({{}}, '
-                   f'model=model)) turns PIL images into {weight_dtype} tensors with the model\'s mean and std '
-                   f'(for a uint8 batch: (x.float() / 255 - mean) / std).')
-        else:
-            fix = f'Cast the batch with x.to({weight_dtype}), cast the model with model.to({x.dtype}), or run ' \
-                  f'under torch.autocast.'
-        raise TypeError(
-            f'{name} expects a floating-point image batch of its weights\' dtype {weight_dtype}; got a '
-            f'{x.dtype} tensor. {fix}')
 
     def embed_patches(self, x: torch.Tensor) -> torch.Tensor:
         """Images -> patch embeddings plus their positions, (B, num_patches, D), without the dummy patch.
