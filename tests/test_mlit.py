@@ -287,8 +287,8 @@ def test_pretrained_weights_not_published_yet_say_so_without_a_download():
         timm.create_model('mlit_xxs', pretrained=True)
     msg = str(err.value)
     assert 'No weights are published yet for mlit_xxs.mae_c100_ft_c100_300e' in msg
-    assert 'timm-mlit/mlit_xxs.mae_c100_ft_c100_300e' in msg and 'table4_finetune_cifar100.yaml' in msg
-    assert 'push_to_hub.py' in msg
+    assert 'timm-mlit/mlit_xxs.mae_c100_ft_c100_300e' in msg and 'mlit-config table4_finetune_cifar100' in msg
+    assert 'mlit-push' in msg and 'push_to_hub.py' in msg  # the installed command, then the clone's script
 
 
 def test_moe_layers_are_the_models_feed_forwards():
