@@ -1,6 +1,6 @@
 """mLiT as the paper specifies it (Table 1, Eq. 15, Figure 4, Sec. 2-3), and what its users rely on beyond timm's tests."""
 import copy
-import io
+import pickle
 
 import pytest
 import torch
@@ -179,10 +179,7 @@ def test_deepcopy_and_save_after_a_training_forward():
     model(_x())
     ema = copy.deepcopy(model)  # timm's ModelEmaV3 deep-copies the live model
     assert ema.moe_loss().item() == 0.0
-    buf = io.BytesIO()
-    torch.save(model, buf)
-    buf.seek(0)
-    again = torch.load(buf, weights_only=False)
+    again = pickle.loads(pickle.dumps(model))  # what torch.save(model) does: the stash pickles empty
     assert torch.equal(again.pos_embed, model.pos_embed)
 
 

@@ -88,7 +88,7 @@ def test_kill_mid_epoch_then_resume_equals_an_uninterrupted_run(image_folder, tm
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:  # wait for the epoch-2 checkpoint, then kill at once
         if (run / 'log.csv').is_file() and len((run / 'log.csv').read_text().splitlines()) >= 3 \
-                and (run / 'last.pth').is_file() and torch.load(run / 'last.pth', weights_only=False)['epoch'] >= 2:
+                and (run / 'last.pth').is_file() and torch.load(run / 'last.pth', weights_only=True)['epoch'] >= 2:
             break
         time.sleep(0.05)
     assert proc.poll() is None, 'the run ended before it could be killed'
@@ -122,7 +122,7 @@ def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         ckpt.save_checkpoint(path, {'epoch': 2})
     monkeypatch.undo()
-    assert torch.load(path, weights_only=False) == {'epoch': 1}
+    assert torch.load(path, weights_only=True) == {'epoch': 1}
     assert list(tmp_path.iterdir()) == [path]
 
 
@@ -150,7 +150,7 @@ def test_encoder_hand_off_to_timm_and_fine_tuning(image_folder, tmp_path):
     model = timm.create_model('mlit_xxs', num_classes=100)
     missing = set(model.state_dict()) - keys
     assert missing == {'head.weight', 'head.bias'} and not keys - set(model.state_dict())
-    mae_state = torch.load(run / 'last.pth', weights_only=False)['model']
+    mae_state = torch.load(run / 'last.pth', weights_only=True)['model']
 
     # the two ways the README names: create_model with the file, and train.py's --pretrained-path overlay
     for overlay in (dict(file=str(encoder_file)), dict(file=str(encoder_file), num_classes=-1)):
