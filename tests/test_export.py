@@ -77,8 +77,7 @@ def test_export_and_int8_every_model(model_name, tmp_path):
     for label, m in variants:
         path = export_onnx(m, tmp_path / f'{label}.onnx', batch_size=2, dynamo=False)
         _check_parity(m, path, _images(m, 3))  # batch 3: not the traced batch
-        if not model_name.startswith('mobile_vmoe'):  # Mobile V-MoE's per-image router is a top-k
-            assert not set(EDGE_UNFRIENDLY_OPS) & set(onnx_op_counts(path)), model_name
+        assert not set(EDGE_UNFRIENDLY_OPS) & set(onnx_op_counts(path)), model_name
 
     model = variants[-1][1]
     x = _images(model, 4, seed=1)

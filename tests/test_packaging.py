@@ -28,6 +28,7 @@ TOKEN = 'hf_packaging_test_token'
 # the console scripts and the module each runs (also runnable as python -m MODULE)
 COMMANDS = {
     'mlit-demo': 'timm_mlit', 'mlit-pretrain': 'timm_mlit.mae.pretrain', 'mlit-push': 'timm_mlit.hub.push',
+    'mlit-run-info': 'timm_mlit.hub.run_info',
     'mlit-prepare-data': 'timm_mlit.data.prepare', 'mlit-derive-superclasses': 'timm_mlit.superclasses.derive',
     'mlit-config': 'timm_mlit.recipes', 'mlit-run': 'timm_mlit.run', 'mlit-validate': None,
 }

@@ -2,8 +2,9 @@
 
     mlit-demo                   python -m timm_mlit                         the main job (the whole life cycle)
     mlit-pretrain               python -m timm_mlit.mae.pretrain            mmLiT MAE pre-training
-    mlit-push                   python -m timm_mlit.hub.push                publish a checkpoint to the Hub
-    mlit-prepare-data           python -m timm_mlit.data.prepare            SVHN / Flowers102 as ImageFolders
+    mlit-push                   python -m timm_mlit.hub.push                stage a run / publish to the Hub
+    mlit-run-info               python -m timm_mlit.hub.run_info            record a run's hardware and wall time
+    mlit-prepare-data           python -m timm_mlit.data.prepare            CIFAR-10 / SVHN / Flowers102 as ImageFolders
     mlit-derive-superclasses    python -m timm_mlit.superclasses.derive     Mobile V-MoE super-classes
     mlit-config                 python -m timm_mlit.recipes                 the shipped train.py recipes, by name
     mlit-validate / mlit-run    python -m timm_mlit.run                     timm's own scripts with timm_mlit loaded
@@ -14,7 +15,7 @@ through their exception or ``SystemExit``).
 """
 import importlib
 
-__all__ = ['demo', 'pretrain', 'push', 'prepare_data', 'derive_superclasses', 'config', 'validate', 'run']
+__all__ = ['demo', 'pretrain', 'push', 'run_info', 'prepare_data', 'derive_superclasses', 'config', 'validate', 'run']
 
 
 def _call(target: str) -> int:
@@ -33,6 +34,10 @@ def pretrain() -> int:
 
 def push() -> int:
     return _call('timm_mlit.hub.push:main')
+
+
+def run_info() -> int:
+    return _call('timm_mlit.hub.run_info:main')
 
 
 def prepare_data() -> int:

@@ -197,8 +197,8 @@ def stage(model_name: str, run_dir, stage_dir, checkpoint=None, overwrite: bool 
     if missing:
         raise PushError(
             f'{run_dir / "run_info.json"} does not record {" and ".join(missing)}; train.py records neither, and a '
-            f'card never guesses them. Write it: python -m timm_mlit.hub.run_info {run_dir} --hardware "..." '
-            f'--wall-time-s SECONDS (or run the training through python -m timm_mlit.hub.run_info {run_dir} -- '
+            f'card never guesses them. Write it: mlit-run-info {run_dir} --hardware "..." '
+            f'--wall-time-s SECONDS (or run the training through mlit-run-info {run_dir} -- '
             f'<train command>).')
     if not run.dataset:
         raise PushError(f'The run in {run_dir} trained on an ImageFolder ({run.data_dir or "no --dataset"}); record '

@@ -140,7 +140,7 @@ def read_run_info(run_dir) -> Dict[str, Any]:
     try:
         info = json.loads(path.read_text(encoding='utf-8'))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise RunRecordError(f'{path} is not JSON ({e}). Write it with python -m timm_mlit.hub.run_info.') from e
+        raise RunRecordError(f'{path} is not JSON ({e}). Write it with mlit-run-info (from a clone: python -m timm_mlit.hub.run_info).') from e
     if not isinstance(info, dict):
         raise RunRecordError(f'{path} holds a {type(info).__name__}, not an object.')
     if 'hardware' in info and (not isinstance(info['hardware'], str) or not info['hardware'].strip()):

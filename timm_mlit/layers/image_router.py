@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_module, trunc_normal_
 
 from ._tracing import is_graph_capture
-from .gate import linear_fp32
+from .gate import first_max_top_k, linear_fp32
 
 __all__ = ['PerImageRouter', 'RouterStash', 'router_loss', 'router_stats', 'ROUTER_POOLS']
 
@@ -124,7 +124,9 @@ class PerImageRouter(nn.Module):
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         logits = self.logits(x)
-        weights, indices = logits.softmax(dim=-1).topk(self.top_k, dim=-1)
+        probs = logits.softmax(dim=-1)
+        # eval/export: k rounds of argmax (no TopK op; ties to the lowest expert index in every runtime)
+        weights, indices = probs.topk(self.top_k, dim=-1) if self.training else first_max_top_k(probs, self.top_k)
         if not torch.jit.is_scripting():
             if not is_graph_capture():
                 self._record(logits)
