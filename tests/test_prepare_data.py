@@ -12,7 +12,7 @@ from PIL import Image
 from scipy.io import savemat
 from timm.data import create_dataset
 
-from timm_mlit.data import prepare_flowers102, prepare_svhn
+from timm_mlit.data.prepare import prepare_flowers102, prepare_svhn
 
 SCRIPT = Path(__file__).resolve().parents[1] / 'train_scripts' / 'prepare_data.py'
 
@@ -98,7 +98,7 @@ import io  # noqa: E402
 
 import torchvision.datasets.cifar  # noqa: E402
 
-from timm_mlit.data import prepare_cifar10  # noqa: E402
+from timm_mlit.data.prepare import prepare_cifar10  # noqa: E402
 from timm_mlit.data.cifar10 import CIFAR10_CLASSES, DataSourceError, read_cifar10_npz  # noqa: E402
 from timm_mlit.data.prepare import main as prepare_main  # noqa: E402
 

@@ -125,7 +125,7 @@ def _setup_like_train_py(args, data_dir):
 @pytest.fixture
 def cifar10_folder(cifar10_dir, tmp_path):
     """The CIFAR-10 recipes read an ImageFolder tree; made from torchvision's files the way users make it."""
-    from timm_mlit.data import prepare_cifar10
+    from timm_mlit.data.prepare import prepare_cifar10
     return prepare_cifar10(str(tmp_path / 'cifar10_folder'), root=str(cifar10_dir))
 
 

@@ -18,9 +18,10 @@ import tempfile
 from pathlib import Path
 from typing import List, Optional, Sequence, Union
 
+from timm_mlit.configs import RECIPE_DIR
+
 __all__ = ['RECIPE_DIR', 'list_recipes', 'recipe_path', 'write_recipe', 'main']
 
-RECIPE_DIR = Path(__file__).resolve().parent / 'configs'
 _SUFFIX = '.yaml'
 
 

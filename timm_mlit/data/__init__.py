@@ -1,4 +1,4 @@
 """What timm's data pipeline lacks for mLiT: the CIFAR-10 / SVHN AutoAugment policies and dataset preparation
-(CIFAR-10 from its JPEG copy or torchvision's files, SVHN, Flowers102 as ImageFolder trees)."""
+(CIFAR-10 from its JPEG copy or torchvision's files, SVHN, Flowers102 as ImageFolder trees:
+:mod:`timm_mlit.data.prepare`, not imported with the package so that ``python -m timm_mlit.data.prepare`` runs clean)."""
 from .auto_augment import TORCHVISION_POLICIES, auto_augment_transform
-from .prepare import PREPARERS, prepare_cifar10, prepare_flowers102, prepare_svhn, write_image_folder_tree

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, FrozenSet, Optional
 
-from timm_mlit.recipes import RECIPE_DIR
+from timm_mlit.configs import RECIPE_DIR
 
 __all__ = ['HUB_ORG', 'MODELS', 'Variant', 'VARIANTS', 'PUBLISHED', 'STAGED', 'DEFAULT_TAG', 'hub_repo_id',
            'find_variant', 'PAPER_TOP1', 'PAPER_SOURCE', 'DATASETS', 'STAGE_DIR', 'config_path', 'PUSH_CMD',
