@@ -16,3 +16,10 @@ def train_epochs(task, optimizer, loader, epochs: int, after_step: Optional[Call
             if after_step is not None:
                 after_step()
     return losses
+
+
+class Exploit:
+    """Unpickling this runs code: it writes 'ran' to the file named by $EXPLOIT_MARK (a test checks it never does)."""
+
+    def __reduce__(self):
+        return (exec, ("open(__import__('os').environ['EXPLOIT_MARK'], 'w').write('ran')",))

@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 
 import timm_mlit  # noqa: F401  registers the models
 from timm_mlit.hub import PretrainedWeightsError
+from helpers import Exploit
 
 
 def _save(path, state):
@@ -93,17 +94,12 @@ def test_a_folder_or_a_file_without_a_state_dict_is_named(tmp_path):
         _load('mlit_xxs', tmp_path / 'numbers.pth')
 
 
-class _Exploit:
-    def __reduce__(self):
-        return (exec, ("open(__import__('os').environ['EXPLOIT_MARK'], 'w').write('ran')",))
-
-
 def test_a_pickle_carrying_code_is_refused_and_the_code_never_runs(tmp_path, monkeypatch):
     mark = tmp_path / 'pwned'
     monkeypatch.setenv('EXPLOIT_MARK', str(mark))
     path = tmp_path / 'evil.pth'
     with open(path, 'wb') as f:
-        pickle.dump({'state_dict': {}, 'x': _Exploit()}, f)
+        pickle.dump({'state_dict': {}, 'x': Exploit()}, f)
     with pytest.raises(PretrainedWeightsError, match='unpickling them could run code'):
         _load('mlit_xxs', path)
     assert not mark.exists()

@@ -33,6 +33,7 @@ from timm_mlit.hub.records import RunRecordError, check_against_tag, read_run
 from timm_mlit.hub.run_info import write_run_info
 from train_py_args import TRAIN_PY_DEFAULTS
 from conftest import write_image_folder
+from helpers import Exploit
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = 'hf_local_test_token'
@@ -299,11 +300,6 @@ def test_push_of_a_zero_byte_checkpoint_names_it(tmp_path, capsys):
     assert f'{tmp_path / "last.pth.tar"} is empty (0 bytes)' in capsys.readouterr().err
 
 
-class _Exploit:
-    def __reduce__(self):
-        return (exec, ("open(__import__('os').environ['EXPLOIT_MARK'], 'w').write('ran')",))
-
-
 def test_no_run_record_is_unpickled_beyond_tensors(tmp_path, monkeypatch):
     """A crafted last.pth beside the file given to the push command must not run code (card.py unpickled it)."""
     mark = tmp_path / 'pwned'
@@ -312,10 +308,10 @@ def test_no_run_record_is_unpickled_beyond_tensors(tmp_path, monkeypatch):
     run.mkdir()
     (run / 'log.jsonl').write_text(json.dumps({'epoch': 0, 'loss': 0.5, 'mse_masked': 0.4}) + '\n')
     with open(run / 'last.pth', 'wb') as f:
-        pickle.dump({'args': _Exploit()}, f)
+        pickle.dump({'args': Exploit()}, f)
     with pytest.raises(RunRecordError, match='not unpickled beyond tensors'):
         read_run(run)
-    torch.save({'args': _Exploit(), 'state_dict': {}}, run / 'last.pth.tar')
+    torch.save({'args': Exploit(), 'state_dict': {}}, run / 'last.pth.tar')
     with pytest.raises(PushError, match='could run code'):
         from timm_mlit.hub.push import read_checkpoint
         read_checkpoint(run / 'last.pth.tar')
