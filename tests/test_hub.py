@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 
 import timm_mlit  # noqa: F401  registers the models
 from timm_mlit.hub import PUBLISHED, VARIANTS, hub_repo_id
-from timm_mlit.hub.local_server import LocalHubServer
+from timm_mlit.testing.local_hub import LocalHubServer
 from timm_mlit.models.mlit import default_cfgs
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,7 +11,7 @@ import pytest
 from huggingface_hub import CommitOperationAdd, HfApi
 from huggingface_hub.errors import RepositoryNotFoundError
 
-from timm_mlit.hub.local_server import LocalHubServer
+from timm_mlit.testing.local_hub import LocalHubServer
 
 TOKEN = 'hf_local_test_token'
 

@@ -20,7 +20,7 @@ import pytest
 import timm_mlit
 from timm_mlit import recipes
 from timm_mlit.data.shapes import write_shapes
-from timm_mlit.hub.local_server import LocalHubServer
+from timm_mlit.testing.local_hub import LocalHubServer
 from timm_mlit.run import find_script
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,7 +29,7 @@ TOKEN = 'hf_packaging_test_token'
 COMMANDS = {
     'mlit-demo': 'timm_mlit', 'mlit-pretrain': 'timm_mlit.mae.pretrain', 'mlit-push': 'timm_mlit.hub.push',
     'mlit-run-info': 'timm_mlit.hub.run_info',
-    'mlit-prepare-data': 'timm_mlit.data.prepare', 'mlit-derive-superclasses': 'timm_mlit.superclasses.derive',
+    'mlit-prepare-data': 'timm_mlit.data.prepare', 'mlit-derive-superclasses': 'timm_mlit.scripts.derive_superclasses',
     'mlit-config': 'timm_mlit.recipes', 'mlit-run': 'timm_mlit.run', 'mlit-validate': None,
 }
 # import name -> distribution, for the imports whose names differ

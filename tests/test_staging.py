@@ -27,7 +27,8 @@ from timm.utils import CheckpointSaver, accuracy, update_summary
 
 import timm_mlit  # noqa: F401
 from timm_mlit.hub import PretrainedWeightsError, variants
-from timm_mlit.hub.local_server import LocalHubServer
+from timm_mlit.models import _pretrained_tags
+from timm_mlit.testing.local_hub import LocalHubServer
 from timm_mlit.hub.push import PushError, main as push_main, publish_staged, stage
 from timm_mlit.hub.records import RunRecordError, check_against_tag, read_run
 from timm_mlit.hub.run_info import write_run_info
@@ -241,7 +242,7 @@ def test_publishing_refuses_a_broken_staged_folder(finished_run, short_recipe, t
 
 
 def test_a_staged_but_unpublished_tag_points_at_the_folder(monkeypatch):
-    monkeypatch.setattr(variants, 'STAGED', frozenset({'mlit_xxs.c10'}))
+    monkeypatch.setattr(_pretrained_tags, 'STAGED', frozenset({'mlit_xxs.c10'}))
     with pytest.raises(PretrainedWeightsError) as e:
         timm.create_model('mlit_xxs.c10', pretrained=True)
     message = str(e.value)

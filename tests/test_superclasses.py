@@ -8,8 +8,8 @@ import timm
 import torch
 from PIL import Image
 
-from timm_mlit.superclasses import CIFAR100_COARSE, CIFAR100_FINE, SuperclassMap, load_superclass_map
-from timm_mlit.superclasses.derive import (
+from timm_mlit.data.superclasses import CIFAR100_COARSE, CIFAR100_FINE, SuperclassMap, load_superclass_map
+from timm_mlit.scripts.derive_superclasses import (
     cluster_confusion_graph, confusion_graph, confusion_matrix, main, within_group_share)
 
 
@@ -253,8 +253,8 @@ def test_derive_module_help():
     import subprocess
     import sys
     from pathlib import Path
-    result = subprocess.run([sys.executable, '-m', 'timm_mlit.superclasses.derive', '--help'], capture_output=True,
-                            text=True, cwd=Path(__file__).resolve().parents[1])
+    result = subprocess.run([sys.executable, '-m', 'timm_mlit.scripts.derive_superclasses', '--help'],
+                            capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
     assert result.returncode == 0 and 'usage: mlit-derive-superclasses' in result.stdout
 
 

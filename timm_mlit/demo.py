@@ -33,7 +33,7 @@ from timm.task import ClassificationTask
 from tqdm import tqdm
 
 from timm_mlit.data.shapes import SHAPE_CLASSES, write_shapes
-from timm_mlit.hub.local_server import LocalHubServer
+from timm_mlit.testing.local_hub import LocalHubServer
 from timm_mlit.mae.visualize import have_matplotlib
 
 __all__ = ['evaluate', 'fine_tune', 'report_mae_outputs', 'main']

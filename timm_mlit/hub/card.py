@@ -35,7 +35,7 @@ def _duration(seconds: float) -> str:
 
 def card_metadata(model_name: str, repo_id: str, license: str, run: RunInfo) -> Dict[str, Any]:
     """The YAML metadata block of the card (what the Hub indexes)."""
-    display, hub_dataset, _ = DATASETS.get(run.dataset, (_unnamed(run), run.dataset, None))
+    display, hub_dataset = DATASETS.get(run.dataset, (_unnamed(run), run.dataset))
     meta: Dict[str, Any] = {
         'library_name': 'timm',
         'license': license,

@@ -31,13 +31,12 @@ from typing import Dict, List, Optional, Sequence
 import timm
 import torch
 from huggingface_hub import HfApi
-from timm.models import get_arch_pretrained_cfgs, save_for_hf
+from timm.models import get_arch_pretrained_cfgs, load_checkpoint, save_for_hf
 
 import timm_mlit  # noqa: F401  registers the models
-from timm_mlit.models.mlit import checkpoint_filter_fn
+from timm_mlit.models import CheckpointMismatchError, family_filter_fn
 from timm_mlit.profiling import count_macs
 from .card import render_card
-from .errors import CheckpointMismatchError
 from .records import RunInfo, RunRecordError, check_against_tag, read_run
 from .variants import PUSH_CMD, PUSH_SCRIPT, STAGE_DIR, find_variant, hub_repo_id
 
@@ -106,8 +105,9 @@ def _check_model_name(model_name: str) -> None:
 
 def load_for_push(model_name: str, checkpoint, use_ema: bool = False, num_classes: Optional[int] = None):
     """The timm model ``model_name`` ('mlit_xxs.c10' or 'mlit_xxs') with the checkpoint's weights, loaded strictly
-    (after the architecture check of ``checkpoint_filter_fn``). The checkpoint's head must fit the tag (or
-    ``num_classes``); the file is read once."""
+    through timm (``load_checkpoint`` with the family's ``checkpoint_filter_fn``, which checks the architecture).
+    The file is first checked by :func:`read_checkpoint` and its head must fit the tag (or ``num_classes``); both
+    reads take tensors and plain data only (``weights_only=True``, train.py's ``args`` Namespace allowed)."""
     _check_model_name(model_name)
     state = read_checkpoint(checkpoint, use_ema=use_ema)
     variant = find_variant(model_name)
@@ -136,7 +136,8 @@ def load_for_push(model_name: str, checkpoint, use_ema: bool = False, num_classe
         overlay = dict(tag=None, description=f'{model_name.split(".")[0]} trained with timm_mlit.')
     model = timm.create_model(model_name, pretrained=False, num_classes=num_classes, pretrained_cfg_overlay=overlay)
     try:
-        model.load_state_dict(checkpoint_filter_fn(state, model), strict=True)
+        load_checkpoint(model, str(checkpoint), use_ema=use_ema, strict=True, filter_fn=family_filter_fn(model),
+                        weights_only=True)
     except CheckpointMismatchError as e:
         raise PushError(f'{checkpoint} does not hold {model_name} weights: {e}') from e
     return model.eval()

@@ -20,6 +20,7 @@ sides are not a multiple of the patch size.
 import functools
 import logging
 import math
+import sys
 from typing import Any, Callable, Dict, Final, List, Optional, Set, Tuple, Union
 
 import torch
@@ -30,10 +31,11 @@ from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq, resolv
 from timm.models._features import feature_take_indices
 from timm.models.vision_transformer import global_pool_nlc
 
-from timm_mlit.hub.errors import CheckpointMismatchError, explain_load_error, unpublished_on_public_hub
 from timm_mlit.layers._tracing import is_graph_capture
+from ._load_errors import CheckpointMismatchError, explain_load_error, unpublished_on_public_hub
 
-__all__ = ['DummyPatchViT', 'GLOBAL_POOLS', 'filter_checkpoint', 'block_count', 'build_dummy_patch_vit', 'zoo_cfg']
+__all__ = ['DummyPatchViT', 'GLOBAL_POOLS', 'filter_checkpoint', 'block_count', 'build_dummy_patch_vit', 'zoo_cfg',
+           'family_filter_fn']
 
 _logger = logging.getLogger(__name__)
 
@@ -477,7 +479,7 @@ def build_dummy_patch_vit(
     """``build_model_with_cfg`` as every family here calls it: its checkpoint filter, features through
     ``forward_intermediates`` (feature_cls 'getter'). With ``pretrained=True`` an unpublished tag of ours is refused
     before any download, and an error about the weights (missing, offline, corrupt, of another model) becomes a
-    :class:`~timm_mlit.hub.errors.PretrainedWeightsError` naming the file or repo and the fix."""
+    :class:`~timm_mlit.models._load_errors.PretrainedWeightsError` naming the file or repo and the fix."""
     out_indices = kwargs.pop('out_indices', 3)
     build = functools.partial(
         build_model_with_cfg,
@@ -503,6 +505,12 @@ def build_dummy_patch_vit(
         if explained is None:
             raise
         raise explained from e
+
+
+def family_filter_fn(model: nn.Module) -> Optional[Callable]:
+    """The checkpoint filter of ``model``'s family: the ``checkpoint_filter_fn`` beside its class (timm's convention
+    for model files), the one ``timm.create_model(..., pretrained=True)`` applies. None for a class without one."""
+    return getattr(sys.modules.get(type(model).__module__), 'checkpoint_filter_fn', None)
 
 
 def zoo_cfg(url: str = '', **kwargs) -> Dict[str, Any]:

@@ -9,7 +9,7 @@ then runs that image through those experts' MLPs (Eq. 1), all other parts shared
 12/9/6 layers x width 384/192/96/64, heads 6/3/3/2, MLP 4x, patch 32 at 224, E 10, L 2, k 1.
 
 The router is trained either toward super-class labels (``superclass_map``: 'cifar100' built in, or a file, see
-``timm_mlit.superclasses``; λ = 0.3; E = the number of super-classes) or end-to-end (no map). Its loss needs the
+``timm_mlit.data.superclasses``; λ = 0.3; E = the number of super-classes) or end-to-end (no map). Its loss needs the
 targets, so it is added where the criterion sees them: ``timm_mlit.training`` (timm's train.py) or
 ``model.router_loss(target)`` in a hand-written loop.
 
@@ -32,7 +32,7 @@ from timm.models import checkpoint, generate_default_cfgs, register_model
 from timm.models.vision_transformer import Block
 
 from timm_mlit.layers import EXPERT_DISPATCH, MoEViTBlock, PerImageRouter, router_loss, router_stats
-from timm_mlit.superclasses import SuperclassMap, load_superclass_map
+from timm_mlit.data.superclasses import SuperclassMap, load_superclass_map
 from ._dummy_patch_vit import DummyPatchViT, block_count, build_dummy_patch_vit, zoo_cfg, filter_checkpoint
 
 __all__ = ['MobileVMoE']

@@ -10,7 +10,7 @@ cluster it into E groups, one per expert.
 split: an ImageFolder without that split folder is refused (timm would silently read the whole folder, training
 images included); ``--split train`` is allowed but warned about, as a model confuses its training images far less.
 
-writes the map (JSON, as :func:`~timm_mlit.superclasses.maps.load_superclass_map` reads it) and, beside it,
+writes the map (JSON, as :func:`~timm_mlit.data.superclasses.load_superclass_map` reads it) and, beside it,
 ``<stem>.confusion.csv``: the confusion matrix as plain integers, row = true class, column = predicted class.
 The clustering is spectral (normalised affinity, top-E eigenvectors, k-means) in numpy only.
 """
@@ -27,8 +27,8 @@ import torch
 from timm.models import get_pretrained_cfg_value, load_state_dict
 from tqdm import tqdm
 
-from .. import models  # noqa: F401  registers the zoo's models
-from .maps import SuperclassMap
+from timm_mlit.data.superclasses import SuperclassMap
+from timm_mlit.models import family_filter_fn  # importing the zoo's models registers them
 
 _logger = logging.getLogger(__name__)
 # timm's create_dataset: split names it maps to these folders (timm.data.dataset_factory)
@@ -247,7 +247,7 @@ def load_classifier(model_name: str, checkpoint, num_classes: Optional[int] = No
     model = timm.create_model(model_name, pretrained=False, num_classes=outputs)
     # the model family's own filter (timm's convention: checkpoint_filter_fn beside the model class) checks the
     # architecture and adapts positions; a timm-format checkpoint otherwise passes through unchanged
-    filter_fn = getattr(sys.modules.get(type(model).__module__), 'checkpoint_filter_fn', None)
+    filter_fn = family_filter_fn(model)
     if filter_fn is not None:
         state = filter_fn(state, model)
     model.load_state_dict(state, strict=True)

@@ -3,11 +3,14 @@
 ``timm.create_model(name, pretrained=True)`` ends in huggingface_hub, safetensors or torch errors that name a
 URL or a byte offset. :func:`explain_load_error` turns those into one :class:`PretrainedWeightsError` that names the
 model, the repo (or file) and the fix: weights not published yet, repo or file missing, offline without a cached
-copy, a corrupt file, or weights of another architecture.
+copy, a corrupt file, or weights of another architecture. The zoo's shared builder
+(:func:`~timm_mlit.models._dummy_patch_vit.build_dummy_patch_vit`) applies it, so every family gets it.
 """
 import pickle
 from pathlib import Path
 from typing import Any, Dict, Optional
+
+from . import _pretrained_tags as tags
 
 __all__ = ['PretrainedWeightsError', 'CheckpointMismatchError', 'explain_load_error', 'unpublished_on_public_hub']
 
@@ -45,13 +48,12 @@ def _cached_weights(cfg: Dict[str, Any]) -> Optional[str]:
 
 
 def _not_published(full_name: str, variant, where: str, local: str) -> PretrainedWeightsError:
-    from .variants import STAGE_DIR, STAGED
-    cmds = variant.commands(full_name.split('.')[0])
-    if full_name in STAGED:
+    cmds, stage_dir = variant.commands(full_name.split('.')[0]), tags.STAGE_DIR
+    if full_name in tags.STAGED:
         return PretrainedWeightsError(
-            f'{full_name} is staged in the timm-mlit repository ({STAGE_DIR}/{full_name}/) but not published yet '
+            f'{full_name} is staged in the timm-mlit repository ({stage_dir}/{full_name}/) but not published yet '
             f'({where}). From a clone, load the staged folder: '
-            f"timm.create_model('local-dir:{STAGE_DIR}/{full_name}', pretrained=True) after import timm_mlit; or "
+            f"timm.create_model('local-dir:{stage_dir}/{full_name}', pretrained=True) after import timm_mlit; or "
             f'publish it with\n  {cmds["publish"]}')
     return PretrainedWeightsError(
         f'No weights are published yet for {full_name} ({where}). Produce them with\n  {cmds["produce"]}\n'
@@ -60,16 +62,15 @@ def _not_published(full_name: str, variant, where: str, local: str) -> Pretraine
 
 
 def unpublished_on_public_hub(model_name: str, cfg: Dict[str, Any]) -> Optional[PretrainedWeightsError]:
-    """The error for a tag of ours that is not in PUBLISHED, when the weights would come from the public Hub:
+    """The error for a tag of ours that is not in ``PUBLISHED``, when the weights would come from the public Hub:
     raised before any download, so nobody waits for retries. With HF_ENDPOINT set to a mirror or a local server,
     the download is tried (weights may have been pushed there)."""
     from huggingface_hub import constants
-    from .variants import PUBLISHED, find_variant, hub_repo_id
     tag = cfg.get('tag') or ''
     full_name = f"{cfg.get('architecture') or model_name}.{tag}"
-    variant = find_variant(full_name)
-    if (variant is None or full_name in PUBLISHED or cfg.get('file') or cfg.get('url')
-            or cfg.get('hf_hub_id') != hub_repo_id(*full_name.split('.', 1))
+    variant = tags.find_variant(full_name)
+    if (variant is None or full_name in tags.PUBLISHED or cfg.get('file') or cfg.get('url')
+            or cfg.get('hf_hub_id') != tags.hub_repo_id(*full_name.split('.', 1))
             or constants.ENDPOINT.rstrip('/') != getattr(constants, '_HF_DEFAULT_ENDPOINT', 'https://huggingface.co')):
         return None
     local = f"timm.create_model('{full_name}', pretrained=True, pretrained_cfg_overlay=dict(file='PATH'))"
@@ -81,14 +82,13 @@ def explain_load_error(model_name: str, cfg: Dict[str, Any], error: BaseExceptio
     when the error is not about the weights (it should then propagate unchanged)."""
     from huggingface_hub import errors as hf_errors
     from safetensors import SafetensorError
-    from .variants import PUBLISHED, find_variant, hub_repo_id
 
     tag = cfg.get('tag') or ''
     full_name = f"{cfg.get('architecture') or model_name}.{tag}" if tag else model_name
     where = _source(cfg)
     local = f"timm.create_model('{full_name}', pretrained=True, pretrained_cfg_overlay=dict(file='PATH'))"
-    variant = find_variant(full_name)
-    is_ours = variant is not None and cfg.get('hf_hub_id') == hub_repo_id(*full_name.split('.', 1))
+    variant = tags.find_variant(full_name)
+    is_ours = variant is not None and cfg.get('hf_hub_id') == tags.hub_repo_id(*full_name.split('.', 1))
     missing = isinstance(error, (hf_errors.RepositoryNotFoundError, hf_errors.EntryNotFoundError,
                                  hf_errors.RevisionNotFoundError, hf_errors.OfflineModeIsEnabled))
 
@@ -98,7 +98,7 @@ def explain_load_error(model_name: str, cfg: Dict[str, Any], error: BaseExceptio
         return PretrainedWeightsError(
             f'The weights of {full_name} ({where}) are not in the local cache and the Hub cannot be reached '
             f'(HF_HUB_OFFLINE set, or no network). Download them once online, or load a local file: {local}')
-    if is_ours and full_name not in PUBLISHED and missing:
+    if is_ours and full_name not in tags.PUBLISHED and missing:
         return _not_published(full_name, variant, where, local)
     if isinstance(error, hf_errors.RepositoryNotFoundError):
         return PretrainedWeightsError(
