@@ -33,8 +33,7 @@ import torch
 from huggingface_hub import HfApi
 from timm.models import get_arch_pretrained_cfgs, load_checkpoint, save_for_hf
 
-import timm_mlit  # noqa: F401  registers the models
-from timm_mlit.models import CheckpointMismatchError, family_filter_fn
+from timm_mlit.models import CheckpointMismatchError, family_filter_fn  # importing the models registers them
 from timm_mlit.profiling import count_macs
 from .card import render_card
 from .records import RunInfo, RunRecordError, check_against_tag, read_run
