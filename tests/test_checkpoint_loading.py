@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 import timm_mlit  # noqa: F401  registers the models
-from timm_mlit.hub import PretrainedWeightsError
+from timm_mlit.models import PretrainedWeightsError
 from helpers import Exploit
 
 
@@ -103,6 +103,31 @@ def test_a_pickle_carrying_code_is_refused_and_the_code_never_runs(tmp_path, mon
     with pytest.raises(PretrainedWeightsError, match='unpickling them could run code'):
         _load('mlit_xxs', path)
     assert not mark.exists()
+
+
+@pytest.fixture(scope='module')
+def mlit_file(tmp_path_factory):
+    return _save(tmp_path_factory.mktemp('mlit') / 'mlit_xxs.safetensors', timm.create_model('mlit_xxs').state_dict())
+
+
+@pytest.mark.parametrize('name, family', [('maevit_c100', 'a dense Mae-ViT'),
+                                          ('mobile_vmoe_6x64_patch3_36', 'a Mobile V-MoE')])
+def test_every_family_explains_a_corrupt_missing_or_foreign_file(tmp_path, mlit_file, name, family):
+    """The explained load errors live in the families' shared builder, not in one family."""
+    junk = tmp_path / 'junk.safetensors'
+    junk.write_bytes(b'\x10\x00\x00\x00\x00\x00\x00\x00{"a": 1}')
+    with pytest.raises(PretrainedWeightsError, match=re.escape(
+            f'The weights file of {name}, file {junk}, is corrupt or truncated (SafetensorError')) as e:
+        _load(name, junk)
+    assert 're-save the weights' in str(e.value)
+    missing = tmp_path / 'missing.safetensors'
+    with pytest.raises(PretrainedWeightsError, match=re.escape(
+            f'file {missing} does not exist: pass the path of a checkpoint file.')):
+        _load(name, missing)
+    with pytest.raises(PretrainedWeightsError, match=re.escape(
+            f'file {mlit_file} does not hold {name} weights: This checkpoint is not {family} encoder')) as e:
+        _load(name, mlit_file)
+    assert f'Load it into the model it was trained for, or pass {family} checkpoint.' in str(e.value)
 
 
 @pytest.mark.parametrize('dtype, needle', [

@@ -208,6 +208,8 @@ def test_wheel_metadata_is_releasable(installed):
     assert 'License-Expression: Apache-2.0' in meta and any(n.endswith('licenses/LICENSE') for n in names)
     assert 'timm_mlit/py.typed' in names
     assert {f'timm_mlit/configs/{n}.yaml' for n in recipes.list_recipes()} <= set(names)
+    packages = {p.relative_to(ROOT).as_posix() for p in (ROOT / 'timm_mlit').rglob('__init__.py')}
+    assert {'timm_mlit/testing/__init__.py', 'timm_mlit/scripts/__init__.py'} <= packages <= set(names)  # every one
     assert meta.count('Classifier:') >= 5 and 'Project-URL:' in meta and 'Requires-Python: >=3.9' in meta
     def dists(core: bool):
         return {re.split(r'[<>=!~;\[ ]', line.split(': ', 1)[1])[0].lower().replace('_', '-')
