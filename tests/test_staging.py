@@ -264,6 +264,20 @@ def test_the_registry_lists_what_is_staged_and_published():
 # --- the push command: the checkpoint must fit the tag, the card comes from the run ----------------------------
 
 
+def test_push_loads_any_family_through_timm_with_its_own_filter(tmp_path):
+    """load_for_push reads through timm's load_checkpoint with the model family's checkpoint_filter_fn (not mLiT's):
+    a Mae-ViT train.py checkpoint loads exactly, an mLiT one is refused as not a dense Mae-ViT."""
+    from timm_mlit.hub.push import load_for_push
+    src = timm.create_model('maevit_c100', num_classes=10)
+    torch.save({'epoch': 1, 'state_dict': src.state_dict(), 'args': argparse.Namespace(model='maevit_c100')},
+               tmp_path / 'last.pth.tar')
+    model = load_for_push('maevit_c100', tmp_path / 'last.pth.tar')
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in src.state_dict().items())
+    torch.save({'state_dict': timm.create_model('mlit_xxs', num_classes=10).state_dict()}, tmp_path / 'mlit.pth.tar')
+    with pytest.raises(PushError, match=r'mlit\.pth\.tar does not hold maevit_c100 weights: .*not a dense Mae-ViT'):
+        load_for_push('maevit_c100', tmp_path / 'mlit.pth.tar')
+
+
 def test_push_refuses_a_headless_encoder_under_a_classifier_tag(tmp_path):
     encoder = timm.create_model('mlit_xxs', num_classes=0)
     from safetensors.torch import save_file
