@@ -12,7 +12,10 @@ command line wins). Left unset, each size gets Table 3:
 AdamW, weight decay 0.05, base LR 3e-4 scaled linearly (lr = base × global batch / 256), warm-up 5% of the
 epochs, cosine decay, epochs 4000 (S) / 6000 (XS) / 8000 (XXS), batch 840 (S) / 1280 (XS, XXS), horizontal flip,
 random-resized-crop [0.6, 1], mean = std = 0.5. Choices the paper leaves open: AdamW betas (0.9, 0.95) and LR floor
-0 as MAE's pre-training, a per-step schedule, bicubic resize.
+0 as MAE's pre-training, a per-step schedule, bicubic resize. The cosine is not shifted past the warm-up: timm's
+cosine counts from update 0 over all the epochs and the linear warm-up (from 0) overlays its first 5%, so at the end
+of the warm-up the cosine takes over at 0.5 x (1 + cos(0.05 pi)) = 99.4% of the peak LR (MAE's code instead fits
+its cosine into the epochs after the warm-up).
 
 The output folder gets: ``log.csv`` and ``log.jsonl`` (per epoch: losses, LR, speed; the JSON adds the expert
 load), ``steps.csv`` (every update's loss), ``loss_curve.png`` (log-log, Figure 6) and ``expert_load.png`` when matplotlib is installed,
@@ -23,6 +26,11 @@ taken from the checkpoint (the command line, then ``--config``, then the checkpo
 schedule is a function of the run's epochs, warm-up, LR and updates per epoch (global batch): resumed with a
 different batch size, process count, epoch count or LR, it is rebuilt for the new run and continued at the finished
 epochs (the log names what changed); unchanged, the checkpoint's schedule is restored exactly.
+
+The code follows MAE's main_pretrain.py / engine_pretrain.py split: :func:`main` parses the arguments, resumes,
+builds the data, model, optimiser and schedule and runs the epoch loop; :func:`train_one_epoch` is one epoch of
+updates and returns its metrics; :func:`write_epoch_outputs` writes an epoch's logs, plots, reconstructions and
+checkpoints (:func:`save_epoch_checkpoint`).
 """
 import argparse
 import csv
