@@ -11,9 +11,8 @@ The reconstruction (our reading of those numbers, docs/papers.md "Mae-ViT-C100")
 - Width 192 fits the parameter count.
 - Patches 3x3 by default (36x36 -> 144 patches + the dummy patch). The patch size is not in what we have, but the
   input size says it: the only reason to scale CIFAR's 32x32 up to 36x36 is a patch size that does not divide 32,
-  and 3 is that size (mLiT, by the same author on the same 36x36 inputs, states 3x3 patches for its own
-  encoder, Sec. 3). With 3x3 patches the model has
-  3,616,996 params with a 100-class head (3.617M, -0.6% of 3.64M).
+  and 3 is that size (mLiT, by the same author on the same 36x36 inputs, states 3x3 patches for its own encoder,
+  Sec. 3). With 3x3 patches the model has 3,616,996 params with a 100-class head (3.617M, -0.6% of 3.64M).
 - MACs: 0.611 G for one 36x36 image in all, of which 0.257 G outside the attention modules (patch stem 0.75M, the 12
   MLPs 256.6M, head 0.02M) and 0.353 G inside (q/k/v/output projections and the attention products). The paper's
   "< 0.27G" is read as a count that skips the attention module: thop-style counters count ``nn.Linear`` /
