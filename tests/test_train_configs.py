@@ -235,3 +235,78 @@ def test_mobile_vmoe_config_trains_through_train_pys_library_path(tmp_path, monk
     x, y = next(iter(loader))
     result = task(x, y)
     assert result['router_loss'] > 0 and 0 <= result['router_acc'] <= 1
+
+
+FLOWERS = [p for p in PAPER if p.stem.endswith('flowers102')]
+
+
+def _eval_transform_like_train_py(args, model):
+    """train.py's evaluation transform: create_loader(is_training=False, input_size, interpolation, mean, std,
+    crop_pct) from resolve_data_config; train.py passes no crop_mode, so timm's default 'center' applies."""
+    from timm.data import create_transform
+    data_config = resolve_data_config(vars(args), model=model)
+    return create_transform(
+        data_config['input_size'], is_training=False, interpolation=data_config['interpolation'],
+        mean=data_config['mean'], std=data_config['std'], crop_pct=data_config['crop_pct'])
+
+
+@pytest.mark.parametrize('path', FLOWERS, ids=lambda p: p.stem)
+def test_flowers102_images_are_resized_to_36x36_whole(path, tmp_path, monkeypatch):
+    """Table 8: every image resized to 36x36, Flowers102 included. A non-square photo prepared as the recipe says
+    (mlit-prepare-data flowers102 --size 36) reaches the model as the whole photo: its four differently coloured
+    corners survive train.py's evaluation transform; the raw photo would lose its left and right quarters."""
+    from PIL import Image
+    from scipy.io import savemat
+    import numpy as np
+    import torchvision.datasets.flowers102
+    from timm_mlit.data.prepare import prepare_flowers102
+    # torchvision checks the real files' MD5 sums, which synthetic files cannot match; only that is off
+    monkeypatch.setattr(torchvision.datasets.flowers102, 'check_integrity', lambda *args, **kwargs: True)
+    text = path.read_text()
+    assert 'mlit-prepare-data flowers102 --size 36' in text
+    args = _train_py_args(path)
+    assert args.crop_pct == 1.0 and args.scale == [0.8, 1.0]
+    raw = tmp_path / 'raw'
+    jpg = raw / 'flowers-102' / 'jpg'
+    jpg.mkdir(parents=True)
+    photo = np.zeros((500, 750, 3), np.uint8)  # 3:2 landscape, black, a 100-pixel square of colour in each corner
+    photo[:100, :100], photo[:100, -100:], photo[-100:, :100], photo[-100:, -100:] = (
+        (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255))
+    for i in range(1, 7):
+        Image.fromarray(photo).save(jpg / f'image_{i:05d}.jpg', format='PNG')  # lossless, under torchvision's name
+    savemat(raw / 'flowers-102' / 'imagelabels.mat', {'labels': np.array([[1, 2, 3, 1, 2, 3]])})
+    savemat(raw / 'flowers-102' / 'setid.mat', {
+        'trnid': np.array([[1, 2]]), 'valid': np.array([[3, 4]]), 'tstid': np.array([[5, 6]])})
+    out = prepare_flowers102(str(raw), str(tmp_path / 'flowers'), size=36)
+    prepared = sorted((out / 'validation').rglob('*.png'))[0]
+    model = timm.create_model(args.model, num_classes=args.num_classes, **args.model_kwargs)
+    transform = _eval_transform_like_train_py(args, model)
+    x = transform(Image.open(prepared).convert('RGB'))
+    assert x.shape == (3, 36, 36)
+    corners = {(0, 0): (1, -1, -1), (0, -1): (-1, 1, -1), (-1, 0): (-1, -1, 1), (-1, -1): (1, 1, 1)}
+    for (r, c), rgb in corners.items():  # normalised with mean = std = 0.5: 255 -> 1, 0 -> -1
+        assert torch.allclose(x[:, r, c], torch.tensor(rgb, dtype=x.dtype), atol=0.05), (r, c, x[:, r, c])
+    # the raw photo through the same transform: the 750-pixel side is center-cropped to 500, its corners are gone
+    cut = transform(Image.fromarray(photo))
+    assert cut.shape == (3, 36, 36) and torch.allclose(cut[:, 0, 0], torch.tensor((-1., -1., -1.)), atol=0.05)
+
+
+@pytest.mark.parametrize('path', ALL, ids=lambda p: p.stem)
+def test_cosine_is_not_shifted_past_the_warmup(path):
+    """warmup_prefix false: the run is `epochs` long, the warm-up climbs linearly from warmup_lr and the cosine takes
+    over at t = warmup/epochs (the value each recipe's comment states), not at its start."""
+    args = _train_py_args(path, lr=1.0)
+    assert args.warmup_prefix is False and 'not shifted past the warm-up' in path.read_text()
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    updates = 10
+    scheduler, num_epochs = create_scheduler_v2(
+        optimizer, **scheduler_kwargs(args, decreasing_metric=False), updates_per_epoch=updates)
+    assert num_epochs == args.epochs
+    warm, total = args.warmup_epochs, args.epochs
+    t = warm * updates if args.sched_on_updates else warm
+    lr = scheduler._get_lr(t)[0]
+    want = args.min_lr + 0.5 * (1 - args.min_lr) * (1 + math.cos(math.pi * warm / total))
+    assert lr == pytest.approx(want)
+    assert f'{100 * 0.5 * (1 + math.cos(math.pi * warm / total)):.1f}% of the peak' in path.read_text()
+    before = scheduler._get_lr(t - 1)[0]  # the warm-up's last value: (t-1)/t of the way to the peak
+    assert before == pytest.approx(args.warmup_lr + (t - 1) / t * (1 - args.warmup_lr))

@@ -3,7 +3,7 @@
     mlit-prepare-data cifar10 --npz-dir /data/cifar10_jpeg --out ~/data/cifar10_folder   # the JPEG copy (.npz)
     mlit-prepare-data cifar10 --root ~/data/cifar10 --out ~/data/cifar10_folder          # torchvision's download
     mlit-prepare-data svhn --root ~/data/svhn --out ~/data/svhn_folder
-    mlit-prepare-data flowers102 --root ~/data --out ~/data/flowers102_folder
+    mlit-prepare-data flowers102 --root ~/data --out ~/data/flowers102_folder --size 36      # the recipes' 36x36
 
 (from a clone: ``python train_scripts/prepare_data.py ...``). This writes ``OUT/train/<class>/…`` and
 ``OUT/validation/<class>/…`` (train.py's default split names), so ``train.py --data-dir OUT`` and
@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from .cifar10 import DataSourceError, ImageSplit, read_cifar10_npz, read_cifar10_torchvision
 
-__all__ = ['prepare_svhn', 'prepare_flowers102', 'prepare_cifar10', 'write_image_folder_tree', 'PREPARERS', 'main']
+__all__ = ['prepare_svhn', 'prepare_flowers102', 'squash', 'prepare_cifar10', 'write_image_folder_tree', 'PREPARERS', 'main']
 
 _WRITTEN = {'.png', '.jpg'}
 
@@ -175,10 +175,21 @@ def prepare_svhn(root: str, out: str, download: bool = False, overwrite: bool = 
     return _write_tree(out, overwrite, write, {'--root': Path(root)})
 
 
-def prepare_flowers102(root: str, out: str, download: bool = False, overwrite: bool = False) -> Path:
+def squash(path, size: int) -> Image.Image:
+    """The whole image resized to ``size`` x ``size`` (bicubic), its aspect ratio not kept: nothing is cut."""
+    with Image.open(path) as img:
+        return img.convert('RGB').resize((size, size), Image.BICUBIC)
+
+
+def prepare_flowers102(root: str, out: str, download: bool = False, overwrite: bool = False,
+                       size: Optional[int] = None) -> Path:
     """Flowers102 (``flowers-102/jpg``, ``imagelabels.mat``, ``setid.mat`` under ``root``) -> ImageFolder tree;
-    the JPEG files are copied as they are."""
+    the JPEG files are copied as they are, or with ``size`` each whole photo is resized to ``size`` x ``size``
+    (:func:`squash`, lossless PNG): mLiT's Table 8 runs resize every image to 36x36, Flowers102 included, which is
+    what its recipes expect (``--size 36``)."""
     from torchvision.datasets import Flowers102
+    if size is not None and size < 1:
+        raise ValueError(f'--size {size}: expected a positive side in pixels (the recipes: 36).')
     root = str(_check_root(root)) if not download else root
 
     def load(split):
@@ -192,7 +203,8 @@ def prepare_flowers102(root: str, out: str, download: bool = False, overwrite: b
         for splits, target in ((('train', 'val'), 'train'), (('test',), 'validation')):
             datasets = [load(s) for s in splits]
             items = (
-                (int(label), lambda path, src=src: shutil.copyfile(src, path.with_suffix('.jpg')))
+                (int(label), lambda path, src=src: shutil.copyfile(src, path.with_suffix('.jpg')) if size is None
+                 else squash(src, size).save(path.with_suffix('.png')))
                 for ds in datasets for src, label in zip(ds._image_files, ds._labels)
             )
             _write_split(items, partial / target, 3, sum(len(d) for d in datasets), f'flowers102 {"+".join(splits)}')
@@ -215,6 +227,10 @@ def build_parser() -> argparse.ArgumentParser:
     for name in sorted(PREPARERS):
         p = sub.add_parser(name, help=f'{name} from torchvision\'s files under --root')
         p.add_argument('--root', required=True, help="torchvision's root folder for the dataset")
+        if name == 'flowers102':
+            p.add_argument('--size', type=int, default=None,
+                           help='resize each whole photo to SIZE x SIZE (the recipes: 36, as the paper); default: '
+                                'copy the JPEGs as they are')
     for p in sub.choices.values():
         p.add_argument('--out', required=True, help='where to write the ImageFolder tree')
         p.add_argument('--download', action='store_true', help='let torchvision download the files first (--root)')
@@ -237,7 +253,9 @@ def main(argv: Optional[List[str]] = None) -> Path:
             out = prepare_cifar10(args.out, npz_dir=args.npz_dir, root=args.root, download=args.download,
                                   overwrite=args.overwrite, verify=not args.no_verify)
         else:
-            out = PREPARERS[args.dataset](args.root, args.out, download=args.download, overwrite=args.overwrite)
+            sized = {'size': args.size} if getattr(args, 'size', None) is not None else {}
+            out = PREPARERS[args.dataset](args.root, args.out, download=args.download, overwrite=args.overwrite,
+                                          **sized)
     except (DataSourceError, FileExistsError, ValueError) as e:
         sys.exit(f'mlit-prepare-data {args.dataset}: error: {e}')
     except OSError as e:  # --out not writable, disk full, ...

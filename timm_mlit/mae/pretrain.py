@@ -12,7 +12,10 @@ command line wins). Left unset, each size gets Table 3:
 AdamW, weight decay 0.05, base LR 3e-4 scaled linearly (lr = base × global batch / 256), warm-up 5% of the
 epochs, cosine decay, epochs 4000 (S) / 6000 (XS) / 8000 (XXS), batch 840 (S) / 1280 (XS, XXS), horizontal flip,
 random-resized-crop [0.6, 1], mean = std = 0.5. Choices the paper leaves open: AdamW betas (0.9, 0.95) and LR floor
-0 as MAE's pre-training, a per-step schedule, bicubic resize.
+0 as MAE's pre-training, a per-step schedule, bicubic resize. The cosine is not shifted past the warm-up: timm's
+cosine counts from update 0 over all the epochs and the linear warm-up (from 0) overlays its first 5%, so at the end
+of the warm-up the cosine takes over at 0.5 x (1 + cos(0.05 pi)) = 99.4% of the peak LR (MAE's code instead fits
+its cosine into the epochs after the warm-up).
 
 The output folder gets: ``log.csv`` and ``log.jsonl`` (per epoch: losses, LR, speed; the JSON adds the expert
 load), ``steps.csv`` (every update's loss), ``loss_curve.png`` (log-log, Figure 6) and ``expert_load.png`` when matplotlib is installed,
@@ -23,6 +26,11 @@ taken from the checkpoint (the command line, then ``--config``, then the checkpo
 schedule is a function of the run's epochs, warm-up, LR and updates per epoch (global batch): resumed with a
 different batch size, process count, epoch count or LR, it is rebuilt for the new run and continued at the finished
 epochs (the log names what changed); unchanged, the checkpoint's schedule is restored exactly.
+
+The code follows MAE's main_pretrain.py / engine_pretrain.py split: :func:`main` parses the arguments, resumes,
+builds the data, model, optimiser and schedule and runs the epoch loop; :func:`train_one_epoch` is one epoch of
+updates and returns its metrics; :func:`write_epoch_outputs` writes an epoch's logs, plots, reconstructions and
+checkpoints (:func:`save_epoch_checkpoint`).
 """
 import argparse
 import csv
@@ -31,9 +39,9 @@ import logging
 import math
 import signal
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import timm
 import torch
@@ -54,7 +62,7 @@ from .checkpoint import (
 from .model import create_mae
 from .visualize import have_matplotlib, plot_expert_load, plot_loss_curve, save_reconstructions
 
-__all__ = ['TABLE3', 'build_parser', 'parse_args', 'main', 'UsageError']
+__all__ = ['TABLE3', 'build_parser', 'parse_args', 'main', 'train_one_epoch', 'write_epoch_outputs', 'UsageError']
 
 _logger = logging.getLogger('timm_mlit.pretrain')
 
@@ -373,42 +381,101 @@ def _schedule_changes(state: dict, args, updates_per_epoch: int) -> List[str]:
     return changes
 
 
-def _raise_on_sigterm(signum, frame):  # torchrun and schedulers stop with SIGTERM: unwind so temporaries go
-    raise SystemExit(128 + signum)
+@contextmanager
+def _sigterm_unwinds():
+    """torchrun and schedulers stop with SIGTERM: turn it into ``SystemExit`` so that ``finally`` blocks (and the
+    checkpoint writer's temporaries) unwind; the previous handler comes back on exit."""
+    def raise_on_sigterm(signum, frame):
+        raise SystemExit(128 + signum)
 
-
-def main(argv: Optional[List[str]] = None) -> Path:
-    logging.basicConfig(level=logging.INFO, format='%(message)s')
     try:
-        previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
+        previous = signal.signal(signal.SIGTERM, raise_on_sigterm)
     except ValueError:  # not the main thread
         previous = None
     try:
-        return _run(argv)
+        yield
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 
 
-def _run(argv: Optional[List[str]] = None) -> Path:
-    args, state = _parse(argv)
-    run_args = plain_args(args)  # as given (before the Table 3 defaults): what a resume takes over
-    if state is not None:
-        saved = state.get('args') or {}
-        if saved.get('model') not in (None, args.model):
-            raise CheckpointError(
-                f'--resume {args.resume} pre-trains {saved["model"]}, not {args.model}: pass --model '
-                f'{saved["model"]} (or leave --model out; a resume takes it from the checkpoint).')
-    if not timm.is_model(args.model):
-        raise UsageError(f'--model {args.model}: not a registered model; expected an mLiT encoder '
-                         f'({", ".join(timm.list_models("mlit_*"))}) or maevit_c100.')
-    _check_data(args)
-    device = init_distributed_device(args)
-    primary = args.rank == 0
-    _fill_defaults(args)
-    random_seed(args.seed, args.rank)
+class Step(NamedTuple):
+    """What one update needs besides the model and the batch: mixed precision and the optimiser's state."""
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    autocast: Callable[[], Any]
+    scaler: Optional[NativeScaler]
 
-    if state is not None:
+
+def main(argv: Optional[List[str]] = None) -> Path:
+    """The pre-training run: arguments and resume, data, model, optimiser and schedule, then the epochs, each one
+    :func:`train_one_epoch` followed by :func:`write_epoch_outputs`. Returns the run's output folder."""
+    logging.basicConfig(level=logging.INFO, format='%(message)s')
+    with _sigterm_unwinds():
+        args, state = _parse(argv)
+        run_args = plain_args(args)  # as given (before the Table 3 defaults): what a resume takes over
+        _check_resumed_model(args, state)
+        if not timm.is_model(args.model):
+            raise UsageError(f'--model {args.model}: not a registered model; expected an mLiT encoder '
+                             f'({", ".join(timm.list_models("mlit_*"))}) or maevit_c100.')
+        _check_data(args)
+        device = init_distributed_device(args)
+        primary = args.rank == 0
+        _fill_defaults(args)
+        random_seed(args.seed, args.rank)
+        out = _output_folder(args, resumed=state is not None)
+
+        model = _create_model(args, device)
+        if primary:
+            n_enc = sum(p.numel() for p in model.encoder.parameters())
+            _logger.info(
+                f'MAE pre-training {args.model}: encoder {n_enc:,} params, decoder {model.decoder_param_count():,} '
+                f'{"(Table 2: 0.34M)" if args.model.startswith("mlit_") else "(our choice)"}; {args.epochs} epochs, '
+                f'batch {args.batch_size} x {args.world_size}, lr {args.lr:.3g}, warm-up {args.warmup_epochs} epochs; '
+                f'output {out}')
+        dataset = _create_train_dataset(args, model)
+        updates_per_epoch = len(build_loader(args, 0, dataset))
+        if updates_per_epoch == 0:
+            raise UsageError(
+                f'--data-dir {args.data_dir}: {len(dataset)} images give no full batch of --batch-size '
+                f'{args.batch_size} x {args.world_size} processes: lower --batch-size.')
+        step = _create_step(args, model, device, updates_per_epoch)
+        start_epoch = 0 if state is None else _resume(args, state, model, step, updates_per_epoch)
+
+        if primary:  # only now, so that a run that fails to start leaves no folder behind
+            out.mkdir(parents=True, exist_ok=True)
+            for path in remove_stale_temporaries(out):
+                _logger.info(f'removed {path}, left by a run killed while saving')
+        log = RunLog(out, start_epoch) if primary else None
+        train_model = _wrap_for_training(args, model, device)
+        recon_imgs = _reconstruction_batch(args, model, device) if primary else None
+
+        for epoch in range(start_epoch, args.epochs):
+            row, step_losses = train_one_epoch(
+                train_model, model, build_loader(args, epoch, dataset), step, device, epoch, args)
+            done = epoch + 1
+            checkpoint_now = done % args.checkpoint_interval == 0 or done == args.epochs
+            rngs = _gather_rng_states(args) if checkpoint_now else [rng_state()]
+            if primary:
+                write_epoch_outputs(
+                    out, log, row, step_losses, model, step, args, run_args, rngs, updates_per_epoch, recon_imgs,
+                    checkpoint_now, device)
+        if args.distributed:
+            torch.distributed.destroy_process_group()
+        return out
+
+
+def _check_resumed_model(args, state: Optional[dict]) -> None:
+    saved = (state or {}).get('args') or {}
+    if saved.get('model') not in (None, args.model):
+        raise CheckpointError(
+            f'--resume {args.resume} pre-trains {saved["model"]}, not {args.model}: pass --model '
+            f'{saved["model"]} (or leave --model out; a resume takes it from the checkpoint).')
+
+
+def _output_folder(args, resumed: bool) -> Path:
+    """The resumed checkpoint's folder, else OUTPUT/EXPERIMENT (default <model>-<time>); not created yet."""
+    if resumed:
         out = Path(args.resume).parent
     else:
         out = Path(args.output) / (args.experiment or f'{args.model}-{time.strftime("%Y%m%d-%H%M%S")}')
@@ -416,7 +483,11 @@ def _run(argv: Optional[List[str]] = None) -> Path:
         if folder.exists() and not folder.is_dir():
             raise UsageError(f'--output {args.output}: {folder} is a file; expected a folder for the run\'s logs '
                              f'and checkpoints: pass another --output.')
+    return out
 
+
+def _create_model(args, device: torch.device) -> nn.Module:
+    """The masked autoencoder around ``--model``; refuses a mask ratio that leaves no visible or no hidden patch."""
     try:
         model = create_mae(
             args.model, decoder_pos=args.decoder_pos, encoder_pos_to=args.encoder_pos_to, mask_ratio=args.mask_ratio,
@@ -431,24 +502,20 @@ def _run(argv: Optional[List[str]] = None) -> Path:
             f'--mask-ratio {args.mask_ratio} keeps {kept} of the {num_patches} patches of {args.model}: expected at '
             f'least one visible and one hidden patch; pass a ratio between {1.5 / num_patches:.3f} and '
             f'{1 - 1.5 / num_patches:.3f} (MAE: 0.75).')
-    if primary:
-        n_enc = sum(p.numel() for p in model.encoder.parameters())
-        _logger.info(
-            f'MAE pre-training {args.model}: encoder {n_enc:,} params, decoder {model.decoder_param_count():,} '
-            f'{"(Table 2: 0.34M)" if args.model.startswith("mlit_") else "(our choice)"}; {args.epochs} epochs, batch {args.batch_size} x {args.world_size}, lr {args.lr:.3g}, '
-            f'warm-up {args.warmup_epochs} epochs; output {out}')
+    return model
 
+
+def _create_train_dataset(args, model: nn.Module):
+    """The training images with Table 3's augmentation (random-resized-crop, flip, mean = std = 0.5)."""
     transform = create_transform(
         model.encoder.pretrained_cfg['input_size'][-2:], is_training=True, scale=tuple(args.scale),
         ratio=tuple(args.ratio), hflip=args.hflip, vflip=0., color_jitter=None, auto_augment=None,
         interpolation=args.train_interpolation, mean=tuple(args.mean), std=tuple(args.std), re_prob=0.)
-    dataset = _create_dataset(args, is_training=True, batch_size=args.batch_size, transform=transform)
-    updates_per_epoch = len(build_loader(args, 0, dataset))
-    if updates_per_epoch == 0:
-        raise UsageError(
-            f'--data-dir {args.data_dir}: {len(dataset)} images give no full batch of --batch-size {args.batch_size} '
-            f'x {args.world_size} processes: lower --batch-size.')
+    return _create_dataset(args, is_training=True, batch_size=args.batch_size, transform=transform)
 
+
+def _create_step(args, model: nn.Module, device: torch.device, updates_per_epoch: int) -> Step:
+    """AdamW, the per-update cosine schedule with its linear warm-up from 0, and mixed precision."""
     optimizer = create_optimizer_v2(
         model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay, betas=tuple(args.opt_betas))
     scheduler, _ = create_scheduler_v2(
@@ -457,139 +524,172 @@ def _run(argv: Optional[List[str]] = None) -> Path:
     amp_dtype = torch.bfloat16 if args.amp_dtype == 'bfloat16' else torch.float16
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if args.amp else nullcontext
     scaler = NativeScaler(device=device.type) if args.amp and amp_dtype == torch.float16 else None
+    return Step(optimizer, scheduler, autocast, scaler)
 
-    start_epoch = 0
-    if state is not None:
-        try:
-            model.load_state_dict(state['model'])
-            # this run's hyper-parameters (weight decay, betas, ...) over the checkpoint's; the LR is the scheduler's
-            groups = [{k: v for k, v in g.items() if k != 'params'} for g in optimizer.param_groups]
-            optimizer.load_state_dict(state['optimizer'])
-        except (RuntimeError, ValueError, KeyError) as e:
-            raise CheckpointError(
-                f'--resume {args.resume} does not fit {args.model} with --model-kwargs {args.model_kwargs} '
-                f'({str(e).splitlines()[0]}); resume with the model arguments the run was started with.') from e
-        for group, own in zip(optimizer.param_groups, groups):
-            group.update(own)
-        start_epoch = state['epoch']
-        changes = _schedule_changes(state, args, updates_per_epoch)
-        if changes:  # the schedule of this run, continued at the finished epochs
-            scheduler.step_update(num_updates=start_epoch * updates_per_epoch)
-            if primary:
-                _logger.warning(
-                    f'Resuming with {", ".join(changes)}: the LR schedule is rebuilt for this run ({args.epochs} '
-                    f'epochs, {updates_per_epoch} updates per epoch, peak LR {args.lr:.3g}) and continues at epoch '
-                    f'{start_epoch} with LR {optimizer.param_groups[0]["lr"]:.3g}.')
-        else:
-            scheduler.load_state_dict(state['scheduler'])
-            scheduler.step_update(num_updates=start_epoch * updates_per_epoch)
-        if scaler is not None and state.get('scaler') is not None:
-            scaler.load_state_dict(state['scaler'])
-        rngs = state['rng']
-        if len(rngs) != args.world_size and primary:
-            _logger.warning(f'{args.resume} was saved by {len(rngs)} processes, this run has {args.world_size}: '
-                            'the data order is restored, the random streams are not.')
-        set_rng_state(rngs[args.rank] if args.rank < len(rngs) else rngs[0])
+
+def _resume(args, state: dict, model: nn.Module, step: Step, updates_per_epoch: int) -> int:
+    """Load the checkpoint's model, optimiser, schedule, scaler and RNG states; returns the finished epochs."""
+    optimizer, scheduler = step.optimizer, step.scheduler
+    primary = args.rank == 0
+    try:
+        model.load_state_dict(state['model'])
+        # this run's hyper-parameters (weight decay, betas, ...) over the checkpoint's; the LR is the scheduler's
+        groups = [{k: v for k, v in g.items() if k != 'params'} for g in optimizer.param_groups]
+        optimizer.load_state_dict(state['optimizer'])
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise CheckpointError(
+            f'--resume {args.resume} does not fit {args.model} with --model-kwargs {args.model_kwargs} '
+            f'({str(e).splitlines()[0]}); resume with the model arguments the run was started with.') from e
+    for group, own in zip(optimizer.param_groups, groups):
+        group.update(own)
+    start_epoch = state['epoch']
+    changes = _schedule_changes(state, args, updates_per_epoch)
+    if changes:  # the schedule of this run, continued at the finished epochs
+        scheduler.step_update(num_updates=start_epoch * updates_per_epoch)
         if primary:
-            _logger.info(f'Resumed from {args.resume}: {start_epoch} epochs done.')
-            if start_epoch >= args.epochs:
-                _logger.warning(f'{args.resume} has finished {start_epoch} of {args.epochs} epochs: nothing to do. '
-                                f'To train longer pass --epochs N with N > {start_epoch}.')
-    if primary:  # only now, so that a run that fails to start leaves no folder behind
-        out.mkdir(parents=True, exist_ok=True)
-        for path in remove_stale_temporaries(out):
-            _logger.info(f'removed {path}, left by a run killed while saving')
-    log = RunLog(out, start_epoch) if primary else None
+            _logger.warning(
+                f'Resuming with {", ".join(changes)}: the LR schedule is rebuilt for this run ({args.epochs} '
+                f'epochs, {updates_per_epoch} updates per epoch, peak LR {args.lr:.3g}) and continues at epoch '
+                f'{start_epoch} with LR {optimizer.param_groups[0]["lr"]:.3g}.')
+    else:
+        scheduler.load_state_dict(state['scheduler'])
+        scheduler.step_update(num_updates=start_epoch * updates_per_epoch)
+    if step.scaler is not None and state.get('scaler') is not None:
+        step.scaler.load_state_dict(state['scaler'])
+    rngs = state['rng']
+    if len(rngs) != args.world_size and primary:
+        _logger.warning(f'{args.resume} was saved by {len(rngs)} processes, this run has {args.world_size}: '
+                        'the data order is restored, the random streams are not.')
+    set_rng_state(rngs[args.rank] if args.rank < len(rngs) else rngs[0])
+    if primary:
+        _logger.info(f'Resumed from {args.resume}: {start_epoch} epochs done.')
+        if start_epoch >= args.epochs:
+            _logger.warning(f'{args.resume} has finished {start_epoch} of {args.epochs} epochs: nothing to do. '
+                            f'To train longer pass --epochs N with N > {start_epoch}.')
+    return start_epoch
 
+
+def _wrap_for_training(args, model: nn.Module, device: torch.device) -> nn.Module:
+    """DDP across processes and ``--torchcompile``; the plain model stays what is saved and plotted."""
     train_model = model
     if args.distributed:
         train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == 'cuda' else None)
     if args.torchcompile:
         train_model = torch.compile(train_model, backend=args.torchcompile)
+    return train_model
 
-    recon_imgs = None
-    if primary:  # a fixed batch, resized without augmentation, for the reconstruction grids
-        plain = _create_dataset(
-            args, is_training=False, transform=create_transform(
-                model.encoder.pretrained_cfg['input_size'][-2:], is_training=False, crop_pct=1.0,
-                interpolation=args.train_interpolation, mean=tuple(args.mean), std=tuple(args.std)))
-        picks = torch.linspace(0, len(plain) - 1, min(8, len(plain))).long().tolist()  # spread over the classes
-        recon_imgs = torch.stack([plain[i][0] for i in picks]).to(device)
 
-    num_updates = start_epoch * updates_per_epoch
-    for epoch in range(start_epoch, args.epochs):
-        loader = build_loader(args, epoch, dataset)
-        train_model.train()
-        sums = {k: torch.zeros((), device=device) for k in ('loss', 'mse_masked', 'mse_unmasked', 'moe_loss')}
-        load_sums: Dict[str, torch.Tensor] = {}
-        step_losses = []
-        start = time.time()
-        bar = tqdm(loader, desc=f'epoch {epoch + 1}/{args.epochs}', disable=not primary or args.no_progress,
-                   leave=False, unit='batch')
-        for step, (imgs, _) in enumerate(bar):
-            imgs = imgs.to(device, non_blocking=True)
-            with autocast():
-                output = train_model(imgs)
-            if scaler is not None:
-                scaler(output.loss, optimizer)
-            else:
-                output.loss.backward()
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            num_updates += 1
-            scheduler.step_update(num_updates=num_updates)
-            # statistics stay on the device; the host reads them once per epoch (and for the progress bar)
-            loss = output.loss.detach()
-            step_losses.append(loss)
-            sums['loss'] += loss
-            for k, v in output.parts.items():
-                sums[k] += v
-            for name, share in expert_load(model).items():
-                load_sums[name] = load_sums.get(name, 0) + share
-            if step % 20 == 0 and primary and not args.no_progress:
-                bar.set_postfix(loss=f'{loss.item():.4f}', lr=f'{optimizer.param_groups[0]["lr"]:.2e}')
-        scheduler.step(epoch + 1)
-        seconds = time.time() - start
-        n = len(step_losses)
-        step_losses = torch.stack(step_losses).tolist()
-        if not all(math.isfinite(x) for x in step_losses):
-            raise FloatingPointError(f'non-finite loss in epoch {epoch + 1}: stopping (last checkpoint is intact).')
-        row = {'epoch': epoch, **{k: v.item() / n for k, v in sums.items()}}
-        row.update(
-            lr=optimizer.param_groups[0]['lr'], epoch_time_s=seconds,
-            images_per_s=n * args.batch_size * args.world_size / max(seconds, 1e-9),
-            expert_load={name: (v / n).tolist() for name, v in load_sums.items()})
-        done = epoch + 1
-        checkpoint_now = done % args.checkpoint_interval == 0 or done == args.epochs
-        rngs = [rng_state()]
-        if checkpoint_now and args.distributed:  # every rank's RNG, so that each resumes its own stream
-            rngs = [None] * args.world_size
-            torch.distributed.all_gather_object(rngs, rng_state())
-        if not primary:
-            continue
-        log.append(row, step_losses)
-        _logger.info(
-            f'epoch {done}/{args.epochs}  loss {row["loss"]:.5f}  masked {row["mse_masked"]:.5f}  '
-            f'unmasked {row["mse_unmasked"]:.5f}  moe {row["moe_loss"]:.4f}  {row["images_per_s"]:.0f} img/s')
-        if done % args.plot_interval == 0 or done == args.epochs:
-            log.plot(args.model)
-        if done % args.recon_interval == 0 or done == args.epochs:
-            with torch.random.fork_rng(devices=[device] if device.type == 'cuda' else []):
-                torch.manual_seed(0)  # the same mask every time, and the training RNG untouched
-                save_reconstructions(model, recon_imgs, args.mean, args.std, out / f'recon_epoch{done:05d}.png')
-        if checkpoint_now:
-            meta = {'architecture': args.model, 'mae_epochs': done, 'source': 'timm_mlit mmLiT pre-training'}
-            export_encoder(model.encoder, out / 'encoder.safetensors', meta)
-            if args.keep_every and done % args.keep_every == 0:
-                export_encoder(model.encoder, out / f'encoder-epoch{done:05d}.safetensors', meta)
-            save_checkpoint(out / 'last.pth', {
-                'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
-                'scheduler': scheduler.state_dict(), 'scaler': scaler.state_dict() if scaler else None,
-                'epoch': done, 'rng': rngs, 'args': plain_args(args), 'run_args': run_args,
-                'updates_per_epoch': updates_per_epoch})
-    if args.distributed:
-        torch.distributed.destroy_process_group()
-    return out
+def _reconstruction_batch(args, model: nn.Module, device: torch.device) -> torch.Tensor:
+    """A fixed batch of 8 images spread over the classes, resized without augmentation, for the reconstruction
+    grids."""
+    plain = _create_dataset(
+        args, is_training=False, transform=create_transform(
+            model.encoder.pretrained_cfg['input_size'][-2:], is_training=False, crop_pct=1.0,
+            interpolation=args.train_interpolation, mean=tuple(args.mean), std=tuple(args.std)))
+    picks = torch.linspace(0, len(plain) - 1, min(8, len(plain))).long().tolist()  # spread over the classes
+    return torch.stack([plain[i][0] for i in picks]).to(device)
+
+
+def train_one_epoch(
+        train_model: nn.Module, model: nn.Module, loader: DataLoader, step: Step, device: torch.device, epoch: int,
+        args) -> Tuple[dict, List[float]]:
+    """One epoch of updates, the LR set per update by the schedule (warm-up, then cosine). Returns the epoch's
+    ``log.csv`` row (mean losses, LR, speed, expert load) and every update's loss.
+
+    ``model`` is ``train_model`` unwrapped (DDP, torch.compile), read for the expert load. Statistics stay on the
+    device; the host reads them once per epoch (and every 20 steps for the progress bar). A non-finite loss stops
+    the run with ``FloatingPointError`` before anything of the epoch is written."""
+    optimizer, scheduler, scaler = step.optimizer, step.scheduler, step.scaler
+    primary = args.rank == 0
+    train_model.train()
+    num_updates = epoch * len(loader)
+    sums = {k: torch.zeros((), device=device) for k in ('loss', 'mse_masked', 'mse_unmasked', 'moe_loss')}
+    load_sums: Dict[str, torch.Tensor] = {}
+    step_losses = []
+    start = time.time()
+    bar = tqdm(loader, desc=f'epoch {epoch + 1}/{args.epochs}', disable=not primary or args.no_progress,
+               leave=False, unit='batch')
+    for i, (imgs, _) in enumerate(bar):
+        imgs = imgs.to(device, non_blocking=True)
+        with step.autocast():
+            output = train_model(imgs)
+        if scaler is not None:
+            scaler(output.loss, optimizer)
+        else:
+            output.loss.backward()
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        num_updates += 1
+        scheduler.step_update(num_updates=num_updates)
+        loss = output.loss.detach()
+        step_losses.append(loss)
+        sums['loss'] += loss
+        for k, v in output.parts.items():
+            sums[k] += v
+        for name, share in expert_load(model).items():
+            load_sums[name] = load_sums.get(name, 0) + share
+        if i % 20 == 0 and primary and not args.no_progress:
+            bar.set_postfix(loss=f'{loss.item():.4f}', lr=f'{optimizer.param_groups[0]["lr"]:.2e}')
+    scheduler.step(epoch + 1)
+    seconds = time.time() - start
+    n = len(step_losses)
+    step_losses = torch.stack(step_losses).tolist()
+    if not all(math.isfinite(x) for x in step_losses):
+        raise FloatingPointError(f'non-finite loss in epoch {epoch + 1}: stopping (last checkpoint is intact).')
+    row = {'epoch': epoch, **{k: v.item() / n for k, v in sums.items()}}
+    row.update(
+        lr=optimizer.param_groups[0]['lr'], epoch_time_s=seconds,
+        images_per_s=n * args.batch_size * args.world_size / max(seconds, 1e-9),
+        expert_load={name: (v / n).tolist() for name, v in load_sums.items()})
+    return row, step_losses
+
+
+def _gather_rng_states(args) -> List[dict]:
+    """Every process's RNG state (collective: all ranks call it), so that each resumes its own stream."""
+    if not args.distributed:
+        return [rng_state()]
+    rngs = [None] * args.world_size
+    torch.distributed.all_gather_object(rngs, rng_state())
+    return rngs
+
+
+def write_epoch_outputs(
+        out: Path, log: RunLog, row: dict, step_losses: List[float], model: nn.Module, step: Step, args,
+        run_args: dict, rngs: List[dict], updates_per_epoch: int, recon_imgs: torch.Tensor, checkpoint_now: bool,
+        device: torch.device) -> None:
+    """The primary process's outputs of a finished epoch: the log rows and line, the plots every
+    ``--plot-interval``, a reconstruction grid every ``--recon-interval``, and (when ``checkpoint_now``)
+    ``encoder.safetensors`` and the resumable ``last.pth``; the last epoch gets all of them."""
+    done = row['epoch'] + 1
+    last = done == args.epochs
+    log.append(row, step_losses)
+    _logger.info(
+        f'epoch {done}/{args.epochs}  loss {row["loss"]:.5f}  masked {row["mse_masked"]:.5f}  '
+        f'unmasked {row["mse_unmasked"]:.5f}  moe {row["moe_loss"]:.4f}  {row["images_per_s"]:.0f} img/s')
+    if done % args.plot_interval == 0 or last:
+        log.plot(args.model)
+    if done % args.recon_interval == 0 or last:
+        with torch.random.fork_rng(devices=[device] if device.type == 'cuda' else []):
+            torch.manual_seed(0)  # the same mask every time, and the training RNG untouched
+            save_reconstructions(model, recon_imgs, args.mean, args.std, out / f'recon_epoch{done:05d}.png')
+    if checkpoint_now:
+        save_epoch_checkpoint(out, model, step, args, run_args, rngs, updates_per_epoch, done)
+
+
+def save_epoch_checkpoint(
+        out: Path, model: nn.Module, step: Step, args, run_args: dict, rngs: List[dict], updates_per_epoch: int,
+        done: int) -> None:
+    """``encoder.safetensors`` (and ``encoder-epochNNNNN.safetensors`` every ``--keep-every``) for timm, then
+    ``last.pth``, everything needed to continue exactly after ``done`` epochs."""
+    meta = {'architecture': args.model, 'mae_epochs': done, 'source': 'timm_mlit mmLiT pre-training'}
+    export_encoder(model.encoder, out / 'encoder.safetensors', meta)
+    if args.keep_every and done % args.keep_every == 0:
+        export_encoder(model.encoder, out / f'encoder-epoch{done:05d}.safetensors', meta)
+    save_checkpoint(out / 'last.pth', {
+        'model': model.state_dict(), 'optimizer': step.optimizer.state_dict(),
+        'scheduler': step.scheduler.state_dict(), 'scaler': step.scaler.state_dict() if step.scaler else None,
+        'epoch': done, 'rng': rngs, 'args': plain_args(args), 'run_args': run_args,
+        'updates_per_epoch': updates_per_epoch})
 
 
 if __name__ == '__main__':
