@@ -76,8 +76,8 @@ def test_loss_is_eq16():
     hidden = out.mask.bool()
     mse_masked = err[hidden].mean()
     mse_unmasked = err[~hidden].mean()
-    l_moe = sum(m.stash.aux_loss for m in mae.modules() if hasattr(m, 'stash'))  # encoder + decoder layers
-    assert len([m for m in mae.modules() if hasattr(m, 'stash')]) == 9 + 4
+    l_moe = sum(m.aux_record.loss for m in mae.modules() if hasattr(m, 'aux_record'))  # encoder + decoder layers
+    assert len([m for m in mae.modules() if hasattr(m, 'aux_record')]) == 9 + 4
     expected = mse_masked + 0.1 * mse_unmasked + 0.5 * l_moe
     assert torch.allclose(out.loss, expected, rtol=1e-5)
     assert torch.allclose(out.parts['moe_loss'], l_moe.detach())

@@ -114,7 +114,7 @@ def test_moe_loss_on_the_model():
     model = timm.create_model('mlit_xxs').train()
     model(_x())
     loss = model.moe_loss()
-    per_layer = [blk.mlp.stash.aux_loss for blk in model.blocks]
+    per_layer = [blk.mlp.aux_record.loss for blk in model.blocks]
     assert loss.requires_grad and torch.allclose(loss, torch.stack(per_layer).sum())
     assert torch.equal(timm_mlit.moe_loss(model), loss)
     assert len(model.expert_load()) == len(model.blocks)
@@ -179,7 +179,7 @@ def test_deepcopy_and_save_after_a_training_forward():
     model(_x())
     ema = copy.deepcopy(model)  # timm's ModelEmaV3 deep-copies the live model
     assert ema.moe_loss().item() == 0.0
-    again = pickle.loads(pickle.dumps(model))  # what torch.save(model) does: the stash pickles empty
+    again = pickle.loads(pickle.dumps(model))  # what torch.save(model) does: the record pickles empty
     assert torch.equal(again.pos_embed, model.pos_embed)
 
 
