@@ -136,3 +136,35 @@ def test_meta_forward_records_no_loss_values_but_runs():
     moe = _layer(device='meta').train()
     y = moe(torch.empty(2, 5, 32, device='meta'))
     assert y.is_meta and y.shape == (2, 5, 32)
+
+
+def test_one_record_type_and_one_reader_for_both_auxiliary_losses():
+    """The MoE layer and Mobile V-MoE's router keep the same record; aux_losses reads both by name."""
+    from timm_mlit.layers import AuxRecord, PerImageRouter, aux_modules
+    moe = _layer().train()
+    router = PerImageRouter(32, 4, superclass_of=torch.tensor([0, 1, 2, 3, 0, 1])).train()
+    net = nn.Module()
+    net.moe, net.router = moe, router
+    assert aux_losses(net) == {}  # no forward yet
+    x = torch.randn(3, 5, 32)
+    moe(x)
+    router(x)
+    assert aux_modules(net) == [moe, router]
+    assert isinstance(moe.aux_record, AuxRecord) and isinstance(router.aux_record, AuxRecord)
+    target = torch.tensor([0, 4, 5])
+    losses = aux_losses(net, target)
+    assert list(losses) == ['moe_loss', 'router_loss']
+    assert torch.equal(losses['moe_loss'], moe.aux_record.loss)  # computed by the gate, mLiT Eq. 12
+    assert torch.equal(losses['router_loss'], router.aux_loss(target))
+    assert 'router_loss' not in aux_losses(net)  # the guided router's loss needs the targets
+    for twin in (copy.deepcopy(net), pickle.loads(pickle.dumps(net))):  # EMA copy, torch.save(model)
+        assert aux_losses(twin, target) == {}
+        assert twin.moe.aux_record.counts is None and twin.router.aux_record.logits is None
+
+
+def test_factories_set_the_options_once():
+    moe = MoEFeedForward(
+        16, 8, 3, gate_layer=partial(NoisyTopKGate, top_k=1, noise_eps=0.5, cv_squared=True),
+        experts_layer=partial(SharedSwiGLUExperts, drop=0.2, drop_mode='combined'))
+    assert (moe.gate.top_k, moe.gate.noise_eps, moe.gate.cv_squared) == (1, 0.5, True)
+    assert (moe.experts.drop.p, moe.experts.drop_mode, moe.experts.hidden_dim) == (0.2, 'combined', 8)
