@@ -7,8 +7,8 @@ Two layers have a loss besides the task's:
   computed by its gate (:class:`~timm_mlit.layers.mlit_gate.NoisyTopKGate`) in the forward;
 * Mobile V-MoE's per-image router (:class:`~timm_mlit.layers.vmoe_router.PerImageRouter`): λ times the
   cross-entropy toward super-classes, or the end-to-end importance loss ("Mobile V-MoEs: Scaling Down Vision
-  Transformers via Sparse Mixture-of-Experts", arXiv:2309.04354, Sec. 2.2), computed by the router from the logits
-  its forward recorded and the targets, which only the training loop has.
+  Transformers via Sparse Mixture-of-Experts", arXiv:2309.04354, Mobile V-MoE Sec. 2.2), computed by the router
+  from the logits its forward recorded and the targets, which only the training loop has.
 
 Each such module keeps an :class:`AuxRecord` as ``aux_record``, names its loss in ``aux_loss_name`` and computes it
 in ``aux_loss(target)``. :func:`aux_losses` is the one reader: it returns a model's losses of the last forward by

@@ -1,7 +1,7 @@
 """mLiT's noisy top-k gate and its balancing loss, mLiT Eqs. 2-12.
 
-Paper: "How Lightweight Can A Vision Transformer Be", arXiv:2407.17783 (Sec. 2.1.2, Eqs. 2-12), which writes out
-the gate of "Outrageously Large Neural Networks: The Sparsely-Gated Mixture-of-Experts Layer" (Shazeer et al.
+Paper: "How Lightweight Can A Vision Transformer Be", arXiv:2407.17783 (mLiT Sec. 2.1.2, mLiT Eqs. 2-12), which
+writes out the gate of "Outrageously Large Neural Networks: The Sparsely-Gated Mixture-of-Experts Layer" (Shazeer et al.
 2017, arXiv:1701.06538). Implemented here: Softmax_k (mLiT Eqs. 2, 4), the noisy logits H (mLiT Eq. 3), the
 probability P of staying in the top k (mLiT Eq. 5), the threshold Ψ (mLiT Eqs. 6-9), the load and importance losses
 (mLiT Eqs. 10-11) and their sum L (mLiT Eq. 12), the layer's auxiliary loss (read by

@@ -1,6 +1,6 @@
 """The MoE feed-forward of an mLiT encoder layer: y = Σ_i G(x)_i FFN_i(x), mLiT Eq. 1.
 
-Paper: "How Lightweight Can A Vision Transformer Be", arXiv:2407.17783, Sec. 2.1.2. The gate G is
+Paper: "How Lightweight Can A Vision Transformer Be", arXiv:2407.17783, mLiT Sec. 2.1.2. The gate G is
 :class:`~timm_mlit.layers.mlit_gate.NoisyTopKGate` (mLiT Eqs. 2-12), the experts
 :class:`~timm_mlit.layers.mlit_experts.SharedSwiGLUExperts` (mLiT Eq. 13). Both come in as factories, as timm's
 ``Block`` takes ``attn_layer`` / ``mlp_layer``: the MoE options (k, gate noise, loss weights, expert dropout) are

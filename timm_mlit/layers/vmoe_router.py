@@ -1,8 +1,8 @@
 """Mobile V-MoE's per-image router (Mobile V-MoE Eq. 2) and its training loss.
 
 Paper: "Mobile V-MoEs: Scaling Down Vision Transformers via Sparse Mixture-of-Experts" (Daxberger et al. 2023),
-arXiv:2309.04354: the router of Mobile V-MoE Sec. 2.2 and Mobile V-MoE Fig. 2c, its gate of Mobile V-MoE Eq. 2 (the weights that
-Mobile V-MoE Eq. 1 sums with) and its super-class loss (Mobile V-MoE Sec. 2.2).
+arXiv:2309.04354: the router of Mobile V-MoE Sec. 2.2 and Mobile V-MoE Fig. 2c, its gate of Mobile V-MoE Eq. 2
+(the weights that Mobile V-MoE Eq. 1 sums with) and its super-class loss (Mobile V-MoE Sec. 2.2).
 
 One router per model reads each image's pooled representation after the dense layers and picks k of E experts,
 which every MoE-ViT layer after it then uses for that image:

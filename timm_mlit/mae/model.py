@@ -1,7 +1,7 @@
 """mmLiT: the masked autoencoder around an mLiT encoder (mLiT Sec. 2.2, mLiT Figure 5, mLiT Table 2, mLiT Eq. 16).
 
-Papers: "How Lightweight Can A Vision Transformer Be", arXiv:2407.17783 (mmLiT: mLiT Sec. 2.2, mLiT Figure 5, mLiT Table 2
-and the loss of mLiT Eq. 16), after "Masked Autoencoders Are Scalable Vision Learners" (He et al. 2021,
+Papers: "How Lightweight Can A Vision Transformer Be", arXiv:2407.17783 (mmLiT: mLiT Sec. 2.2, mLiT Figure 5,
+mLiT Table 2 and the loss of mLiT Eq. 16), after "Masked Autoencoders Are Scalable Vision Learners" (He et al. 2021,
 arXiv:2111.06377; MAE's random masking and decoder).
 
 Read top to bottom, as facebookresearch/mae's ``models_mae.py``:
@@ -185,7 +185,8 @@ class MaskedAutoencoder(nn.Module):
         return self.decoder_pred(x)[:, n_prefix:]  # the dummy patch is no target
 
     def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor):
-        """mLiT Eq. 16 without the MoE term: mean squared error over the hidden patches plus α times over the seen ones."""
+        """mLiT Eq. 16 without the MoE term: mean squared error over the hidden patches plus α times over the seen
+        ones."""
         target = patchify(imgs, self.patch_size)
         per_patch = (pred.float() - target.float()).pow(2).mean(dim=-1)
         mse_masked = (per_patch * mask).sum() / mask.sum()
