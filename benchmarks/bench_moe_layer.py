@@ -14,7 +14,7 @@ import argparse
 import torch
 
 from timm_mlit.layers import NoisyTopKGate, SharedSwiGLUExperts
-from timm_mlit.layers.dispatch_reference import DispatchSwiGLUExperts
+from timm_mlit.testing.dispatch_reference import DispatchSwiGLUExperts
 from timm_mlit.profiling import autocast_for, interleaved_ms
 
 # (label, m, t, d_h): the point where the first implementation was measured, then each size's first and last layer

@@ -4,7 +4,7 @@ import torch
 import torch.nn as nn
 
 from timm_mlit.layers import NoisyTopKGate, SharedSwiGLUExperts
-from timm_mlit.layers.dispatch_reference import DispatchSwiGLUExperts
+from timm_mlit.testing.dispatch_reference import DispatchSwiGLUExperts
 
 
 class FixedMask(nn.Module):

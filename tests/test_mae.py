@@ -76,8 +76,8 @@ def test_loss_is_eq16():
     hidden = out.mask.bool()
     mse_masked = err[hidden].mean()
     mse_unmasked = err[~hidden].mean()
-    l_moe = sum(m.stash.aux_loss for m in mae.modules() if hasattr(m, 'stash'))  # encoder + decoder layers
-    assert len([m for m in mae.modules() if hasattr(m, 'stash')]) == 9 + 4
+    l_moe = sum(m.aux_record.loss for m in mae.modules() if hasattr(m, 'aux_record'))  # encoder + decoder layers
+    assert len([m for m in mae.modules() if hasattr(m, 'aux_record')]) == 9 + 4
     expected = mse_masked + 0.1 * mse_unmasked + 0.5 * l_moe
     assert torch.allclose(out.loss, expected, rtol=1e-5)
     assert torch.allclose(out.parts['moe_loss'], l_moe.detach())
@@ -102,3 +102,13 @@ def test_decoder_size_against_table2():
 def test_only_models_with_an_mlit_encoder_api_are_accepted():
     with pytest.raises(ValueError, match='cannot be an MAE encoder'):
         create_mae('test_resnet')
+
+
+def test_decoder_moe_layers_reuse_the_encoders_moe_settings():
+    """The decoder's MoE blocks are built from the encoder's MoE factory (k, noise, loss weights, expert dropout);
+    only width, heads, d_h and expert count are the decoder's (mLiT Table 2)."""
+    mae = create_mae('mlit_xxs', top_k=1, gate_noise_eps=0.05, expert_drop_mode='combined', moe_cv_squared=True)
+    for blk in mae.decoder_blocks:
+        gate, experts = blk.mlp.gate, blk.mlp.experts
+        assert (gate.top_k, gate.noise_eps, gate.cv_squared, experts.drop_mode) == (1, 0.05, True, 'combined')
+        assert (gate.num_experts, experts.hidden_dim, blk.attn.num_heads, blk.attn.num_kv_heads) == (3, 72, 6, 3)

@@ -114,7 +114,7 @@ def test_moe_loss_on_the_model():
     model = timm.create_model('mlit_xxs').train()
     model(_x())
     loss = model.moe_loss()
-    per_layer = [blk.mlp.stash.aux_loss for blk in model.blocks]
+    per_layer = [blk.mlp.aux_record.loss for blk in model.blocks]
     assert loss.requires_grad and torch.allclose(loss, torch.stack(per_layer).sum())
     assert torch.equal(timm_mlit.moe_loss(model), loss)
     assert len(model.expert_load()) == len(model.blocks)
@@ -179,7 +179,7 @@ def test_deepcopy_and_save_after_a_training_forward():
     model(_x())
     ema = copy.deepcopy(model)  # timm's ModelEmaV3 deep-copies the live model
     assert ema.moe_loss().item() == 0.0
-    again = pickle.loads(pickle.dumps(model))  # what torch.save(model) does: the stash pickles empty
+    again = pickle.loads(pickle.dumps(model))  # what torch.save(model) does: the record pickles empty
     assert torch.equal(again.pos_embed, model.pos_embed)
 
 
@@ -311,3 +311,21 @@ def test_headless_encoder_loads_with_a_new_head_through_the_default_cfg(tmp_path
     path = _save(encoder, tmp_path / 'encoder.safetensors')
     model = timm.create_model('mlit_xxs', pretrained=True, pretrained_cfg_overlay=dict(file=path), num_classes=100)
     assert torch.equal(model.pos_embed, encoder.pos_embed) and model.head.out_features == 100
+
+
+def test_blocks_take_timm_style_factories_built_once():
+    """The model builds one MoE feed-forward factory (its MoE options) and one attention factory; every block gets
+    them as mlp_layer / attn_layer, with only its own d_h and expert count."""
+    from functools import partial
+    from timm_mlit.layers import GroupedQueryAttention, MoEBlock, NoisyTopKGate
+    model = timm.create_model('mlit_xxs', top_k=1, gate_noise_eps=0.05, expert_drop_mode='combined')
+    assert isinstance(model.moe_layer, partial) and model.moe_layer.func is MoEFeedForward
+    for blk, d_h, t in zip(model.blocks, model.hidden_dims, model.num_experts):
+        assert blk.mlp.experts.hidden_dim == d_h and blk.mlp.gate.num_experts == t
+        assert blk.mlp.gate.noise_eps == 0.05 and blk.mlp.experts.drop_mode == 'combined'
+        assert blk.attn.num_kv_heads == 3
+    blk = MoEBlock(
+        16, 4, 8, 3, attn_layer=partial(GroupedQueryAttention, num_kv_heads=2),
+        mlp_layer=partial(MoEFeedForward, gate_layer=partial(NoisyTopKGate, top_k=1)))
+    assert blk.attn.num_kv_heads == 2 and blk.mlp.gate.top_k == 1 and blk.mlp.experts.num_experts == 3
+    assert blk(torch.randn(2, 5, 16)).shape == (2, 5, 16)

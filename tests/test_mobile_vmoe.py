@@ -185,7 +185,7 @@ def test_router_loss_is_lambda_times_cross_entropy_toward_super_classes_also_for
     model = timm.create_model('mobile_vmoe_6x64_patch3_36', num_classes=8, patch_size=6, superclass_map=SUPER).train()
     x, y = _grouped_images(4, torch.Generator().manual_seed(1))
     model(x)
-    logits = model.router.stash.logits
+    logits = model.router.aux_record.logits
     want = 0.3 * F.cross_entropy(logits, torch.tensor(SUPER)[y])
     assert torch.allclose(model.router_loss(y), want)
     soft = F.one_hot(y, 8).float()  # mixup-style soft targets reduce to the hard ones
@@ -244,6 +244,6 @@ def test_router_runs_in_float32_under_autocast(train):
     x = torch.randn(4, 3, 36, 36)
     with torch.autocast('cpu', dtype=torch.bfloat16):
         out = model(x)
-    assert out.dtype == torch.bfloat16 and model.router.stash.logits.dtype == torch.float32
+    assert out.dtype == torch.bfloat16 and model.router.aux_record.logits.dtype == torch.float32
     if not train:  # the grouped eval path under autocast agrees with float32
         assert torch.allclose(out.float(), model(x), atol=0.05)

@@ -1,18 +1,21 @@
 """The MoE feed-forward as a unit: its loss leaves the layer for the training loop; static shapes, float32 gate."""
 import copy
 import pickle
+from functools import partial
 
 import pytest
 import torch
 import torch.nn as nn
 from timm.layers import get_notrace_modules
 
-from timm_mlit.layers import MoEFeedForward, expert_load, moe_loss
+from timm_mlit.layers import MoEFeedForward, NoisyTopKGate, SharedSwiGLUExperts, aux_losses, expert_load, moe_loss
 
 
-def _layer(**kwargs):
+def _layer(drop_mode='expert', device=None):
     torch.manual_seed(0)
-    return MoEFeedForward(32, 24, 4, top_k=2, **kwargs)
+    return MoEFeedForward(
+        32, 24, 4, gate_layer=partial(NoisyTopKGate, top_k=2),
+        experts_layer=partial(SharedSwiGLUExperts, drop_mode=drop_mode), device=device)
 
 
 def test_training_forward_leaves_the_loss_and_eval_clears_it():
@@ -23,7 +26,7 @@ def test_training_forward_leaves_the_loss_and_eval_clears_it():
     assert y.shape == x.shape
     loss = moe_loss(moe)
     assert loss.requires_grad and loss.item() > 0
-    assert torch.equal(loss, moe.stash.aux_loss)
+    assert torch.equal(loss, moe.aux_record.loss)
     moe.eval()
     moe(x)
     assert moe_loss(moe).item() == 0.0
@@ -32,7 +35,7 @@ def test_training_forward_leaves_the_loss_and_eval_clears_it():
 def test_loss_sums_over_layers_and_follows_wrappers():
     net = nn.Sequential(_layer(), _layer()).train()
     net(torch.randn(4, 7, 32))
-    expected = net[0].stash.aux_loss + net[1].stash.aux_loss
+    expected = net[0].aux_record.loss + net[1].aux_record.loss
     assert torch.allclose(moe_loss(net), expected)
     holder = nn.Module()
     holder.module = net  # a DDP-style wrapper
@@ -47,7 +50,7 @@ def test_expert_load_reports_shares_of_routed_slots():
     share = load['']
     assert share.shape == (4,)
     assert torch.allclose(share.sum(), torch.tensor(1.0))
-    counts = moe.stash.tokens_per_expert
+    counts = moe.aux_record.counts
     assert counts.sum().item() == 150 * 2  # every token picks k = 2 experts
 
 
@@ -55,9 +58,9 @@ def test_deepcopy_and_pickle_after_a_training_forward():
     moe = _layer().train()
     moe(torch.randn(2, 5, 32))
     twin = copy.deepcopy(moe)  # what ModelEmaV3 does
-    assert twin.stash.aux_loss is None
+    assert twin.aux_record.loss is None
     again = pickle.loads(pickle.dumps(moe))
-    assert again.stash.aux_loss is None
+    assert again.aux_record.loss is None
     assert torch.equal(again.experts.w.weight, moe.experts.w.weight)
 
 
@@ -91,7 +94,7 @@ def test_bfloat16_autocast_keeps_gate_in_float32():
     with torch.autocast('cpu', dtype=torch.bfloat16):
         y = moe(torch.randn(2, 8, 32))
     assert y.dtype == torch.bfloat16
-    assert moe.stash.aux_loss.dtype == torch.float32
+    assert moe.aux_record.loss.dtype == torch.float32
 
 
 @pytest.mark.parametrize('mode', ['expert', 'combined'])
@@ -133,3 +136,35 @@ def test_meta_forward_records_no_loss_values_but_runs():
     moe = _layer(device='meta').train()
     y = moe(torch.empty(2, 5, 32, device='meta'))
     assert y.is_meta and y.shape == (2, 5, 32)
+
+
+def test_one_record_type_and_one_reader_for_both_auxiliary_losses():
+    """The MoE layer and Mobile V-MoE's router keep the same record; aux_losses reads both by name."""
+    from timm_mlit.layers import AuxRecord, PerImageRouter, aux_modules
+    moe = _layer().train()
+    router = PerImageRouter(32, 4, superclass_of=torch.tensor([0, 1, 2, 3, 0, 1])).train()
+    net = nn.Module()
+    net.moe, net.router = moe, router
+    assert aux_losses(net) == {}  # no forward yet
+    x = torch.randn(3, 5, 32)
+    moe(x)
+    router(x)
+    assert aux_modules(net) == [moe, router]
+    assert isinstance(moe.aux_record, AuxRecord) and isinstance(router.aux_record, AuxRecord)
+    target = torch.tensor([0, 4, 5])
+    losses = aux_losses(net, target)
+    assert list(losses) == ['moe_loss', 'router_loss']
+    assert torch.equal(losses['moe_loss'], moe.aux_record.loss)  # computed by the gate, mLiT Eq. 12
+    assert torch.equal(losses['router_loss'], router.aux_loss(target))
+    assert 'router_loss' not in aux_losses(net)  # the guided router's loss needs the targets
+    for twin in (copy.deepcopy(net), pickle.loads(pickle.dumps(net))):  # EMA copy, torch.save(model)
+        assert aux_losses(twin, target) == {}
+        assert twin.moe.aux_record.counts is None and twin.router.aux_record.logits is None
+
+
+def test_factories_set_the_options_once():
+    moe = MoEFeedForward(
+        16, 8, 3, gate_layer=partial(NoisyTopKGate, top_k=1, noise_eps=0.5, cv_squared=True),
+        experts_layer=partial(SharedSwiGLUExperts, drop=0.2, drop_mode='combined'))
+    assert (moe.gate.top_k, moe.gate.noise_eps, moe.gate.cv_squared) == (1, 0.5, True)
+    assert (moe.experts.drop.p, moe.experts.drop_mode, moe.experts.hidden_dim) == (0.2, 'combined', 8)

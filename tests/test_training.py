@@ -193,3 +193,38 @@ def test_reentrant_env_variable_with_train_py_style_task_fails_clearly():
     result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env)
     assert result.returncode != 0 and 'DetachedAuxLossError' in result.stderr
     assert 'unset TIMM_REENTRANT_CKPT' in result.stderr
+
+
+def test_aux_loss_task_gives_what_the_patched_train_py_task_gives_and_adds_the_losses_once():
+    """AuxLossTask (for hand-written loops) and train.py's patched ClassificationTask run the same function."""
+    from timm_mlit.layers import aux_losses
+    x, y = _batches(1)[0]
+    results = []
+    for make_task in (lambda m: ClassificationTask(m, nn.CrossEntropyLoss(), verbose=False),
+                      lambda m: training.AuxLossTask(m, nn.CrossEntropyLoss(), verbose=False)):
+        model = _model().train()
+        torch.manual_seed(7)
+        result = make_task(model)(x, y)
+        ce = nn.functional.cross_entropy(result['output'], y)
+        assert torch.equal(result['loss'], ce + aux_losses(model)['moe_loss'])  # added once, not twice
+        results.append(result)
+    assert set(results[0]) == set(results[1]) == {'loss', 'output', 'moe_loss'}
+    assert torch.equal(results[0]['loss'], results[1]['loss'])
+    training.uninstall()
+    try:  # the task subclass works without the import-time patch too
+        model = _model().train()
+        torch.manual_seed(7)
+        assert torch.equal(training.AuxLossTask(model, nn.CrossEntropyLoss(), verbose=False)(x, y)['loss'],
+                           results[1]['loss'])
+    finally:
+        training.install()
+
+
+def test_aux_loss_task_adds_the_router_loss_and_accuracy():
+    torch.manual_seed(0)
+    model = timm.create_model('mobile_vmoe_6x64_patch3_36', num_classes=100, superclass_map='cifar100').train()
+    task = training.AuxLossTask(model, nn.CrossEntropyLoss(), verbose=False)
+    x, y = _batches(1)[0]
+    result = task(x, y)
+    assert set(result) == {'loss', 'output', 'router_loss', 'router_acc'}
+    assert torch.allclose(result['loss'], nn.functional.cross_entropy(result['output'], y) + model.router_loss(y))

@@ -1,4 +1,8 @@
-"""Whether a forward is being captured into a graph that cannot carry Python side effects."""
+"""Whether a forward is being captured into a graph that cannot carry Python side effects.
+
+Shared by mLiT's MoE layer and Mobile V-MoE's router and experts: their forwards record what the auxiliary losses
+need (:mod:`timm_mlit.layers.aux_loss`) only outside graph capture. No paper equation lives here.
+"""
 import torch
 
 __all__ = ['is_graph_capture']

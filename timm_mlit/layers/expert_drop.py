@@ -1,5 +1,8 @@
 """Dropout masks for mLiT's per-expert dropout, drawn cheaply and exactly.
 
+Paper: "How Lightweight Can A Vision Transformer Be", arXiv:2407.17783, mLiT Sec. 2.1.2 (dropout 0.1 on each expert's
+output, mLiT Eq. 13's FFN_i); used by :class:`~timm_mlit.layers.mlit_experts.SharedSwiGLUExperts`.
+
 Per-expert dropout (mLiT Sec. 2.1.2, rate p = 0.1) multiplies each chosen expert's output, an m-vector per
 (token, chosen expert), by an independent mask: 0 with probability p, 1/(1−p) otherwise, as ``nn.Dropout``. That
 is N·k·m Bernoulli draws per layer, which on a CPU cost about as much as the whole dense MLP of the layer.

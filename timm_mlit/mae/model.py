@@ -1,4 +1,8 @@
-"""mmLiT: the masked autoencoder around an mLiT encoder (Sec. 2.2, Figure 5, Table 2, Eq. 16).
+"""mmLiT: the masked autoencoder around an mLiT encoder (mLiT Sec. 2.2, mLiT Figure 5, mLiT Table 2, mLiT Eq. 16).
+
+Papers: "How Lightweight Can A Vision Transformer Be", arXiv:2407.17783 (mmLiT: mLiT Sec. 2.2, mLiT Figure 5,
+mLiT Table 2 and the loss of mLiT Eq. 16), after "Masked Autoencoders Are Scalable Vision Learners" (He et al. 2021,
+arXiv:2111.06377; MAE's random masking and decoder).
 
 Read top to bottom, as facebookresearch/mae's ``models_mae.py``:
 
@@ -7,9 +11,12 @@ Read top to bottom, as facebookresearch/mae's ``models_mae.py``:
   3. the encoder sees the dummy patch (always visible) and the kept patches;
   4. mask tokens take the masked places, the sequence is restored to image order (every position exactly once),
      positions are added and it is projected to the decoder's width;
-  5. the decoder (Table 2: 4 MoE layers, width 108, d_h 72, 6 heads / 3 groups, 3 experts, k 2, dropout 0.1)
-     predicts the 27 pixel values of every patch; the dummy patch is no target;
-  6. ``Loss = MSE_masked + α·MSE_unmasked + β·L_MoE`` (Eq. 16), α = 0.1, β = 0.5, L_MoE over encoder and decoder.
+  5. the decoder (mLiT Table 2: 4 MoE layers, width 108, d_h 72, 6 heads / 3 groups, 3 experts, k 2, dropout 0.1)
+     predicts the 27 pixel values of every patch; the dummy patch is no target. Its MoE layers are built with the
+     encoder's MoE settings (the encoder's ``moe_layer`` factory: k, gate noise, loss weights, expert dropout), so
+     the decoder's layers differ from the encoder's only in width, heads, d_h and expert count;
+  6. ``Loss = MSE_masked + α·MSE_unmasked + β·L_MoE`` (mLiT Eq. 16), α = 0.1, β = 0.5, L_MoE (mLiT Eq. 12, read
+     through ``timm_mlit.layers.aux_losses``) over encoder and decoder.
 
 Decoder positions: the paper's text says the decoder has no separate positional table of its own, unlike
 Mae-ViT-C100 (its printed 0.34M decoder size fits one 145×108 table on top of ~0.32M). Default, the text:
@@ -18,8 +25,9 @@ Mae-ViT-C100 (its printed 0.34M decoder size fits one 145×108 table on top of ~
 ``decoder_pos='separate'`` projects first and adds a learned 145×108 decoder table to all tokens (Mae-ViT-C100's way).
 
 Targets are the normalised pixels themselves (mean = std = 0.5), not per-patch normalised: the paper's final
-losses of ~0.02 fit that. Linear projections outside the encoder/decoder layers have no bias (Sec. 3).
+losses of ~0.02 fit that. Linear projections outside the encoder/decoder layers have no bias (mLiT Sec. 3).
 """
+from functools import partial
 from typing import Dict, NamedTuple, Optional
 
 import torch
@@ -28,7 +36,7 @@ import timm
 from timm.layers import trunc_normal_
 from timm.models.vision_transformer import Block
 
-from timm_mlit.layers import MoEBlock, moe_loss
+from timm_mlit.layers import GroupedQueryAttention, MoEBlock, MoEFeedForward, aux_losses
 
 __all__ = ['MaskedAutoencoder', 'MAEOutput', 'create_mae', 'patchify', 'unpatchify', 'random_masking']
 
@@ -36,7 +44,7 @@ DECODER_POS = ('encoder', 'separate')
 
 
 class MAEOutput(NamedTuple):
-    loss: torch.Tensor  # Eq. 16
+    loss: torch.Tensor  # mLiT Eq. 16
     pred: torch.Tensor  # (B, L, p·p·C) predicted pixels of every patch (normalised)
     mask: torch.Tensor  # (B, L) 1 where the patch was hidden from the encoder
     parts: Dict[str, torch.Tensor]  # mse_masked, mse_unmasked, moe_loss (detached, for logging)
@@ -90,8 +98,6 @@ class MaskedAutoencoder(nn.Module):
             decoder_num_heads: int = 6,
             decoder_num_kv_heads: int = 3,
             decoder_num_experts: int = 3,
-            decoder_top_k: int = 2,
-            decoder_expert_drop_rate: float = 0.1,
             decoder_pos: str = 'encoder',
             encoder_pos_to: str = 'mask',
             mask_ratio: float = 0.75,
@@ -120,14 +126,17 @@ class MaskedAutoencoder(nn.Module):
         self.decoder_pos_embed = (
             nn.Parameter(torch.zeros(1, num_positions, decoder_dim)) if decoder_pos == 'separate' else None)
         if decoder_num_experts > 0:
+            # the encoder's MoE settings (mLiT builds them once as its moe_layer); MoEFeedForward's own defaults
+            # (the paper's) around an encoder without MoE layers
+            moe_layer = getattr(encoder, 'moe_layer', MoEFeedForward)
+            attn_layer = partial(GroupedQueryAttention, num_kv_heads=decoder_num_kv_heads)
             make_block = lambda: MoEBlock(
                 dim=decoder_dim,
                 num_heads=decoder_num_heads,
-                num_kv_heads=decoder_num_kv_heads,
                 hidden_dim=decoder_hidden_dim,
                 num_experts=decoder_num_experts,
-                top_k=decoder_top_k,
-                expert_drop=decoder_expert_drop_rate,
+                attn_layer=attn_layer,
+                mlp_layer=moe_layer,
             )
         else:  # a dense decoder (for dense encoders such as maevit_c100): timm's ViT block, MLP of decoder_hidden_dim
             make_block = lambda: Block(
@@ -145,7 +154,7 @@ class MaskedAutoencoder(nn.Module):
         return {'encoder.' + k for k in self.encoder.no_weight_decay()} | {'mask_token', 'decoder_pos_embed'}
 
     def decoder_param_count(self) -> int:
-        """Everything that is not the encoder: Table 2 states 0.34M."""
+        """Everything that is not the encoder: mLiT Table 2 states 0.34M."""
         return sum(p.numel() for n, p in self.named_parameters() if not n.startswith('encoder.'))
 
     def forward_encoder(self, imgs: torch.Tensor, mask_ratio: float):
@@ -176,7 +185,8 @@ class MaskedAutoencoder(nn.Module):
         return self.decoder_pred(x)[:, n_prefix:]  # the dummy patch is no target
 
     def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor):
-        """Eq. 16 without the MoE term: mean squared error over the hidden patches plus α times over the seen ones."""
+        """mLiT Eq. 16 without the MoE term: mean squared error over the hidden patches plus α times over the seen
+        ones."""
         target = patchify(imgs, self.patch_size)
         per_patch = (pred.float() - target.float()).pow(2).mean(dim=-1)
         mse_masked = (per_patch * mask).sum() / mask.sum()
@@ -188,8 +198,9 @@ class MaskedAutoencoder(nn.Module):
         latent, mask, ids_restore = self.forward_encoder(imgs, mask_ratio)
         pred = self.forward_decoder(latent, ids_restore, mask)
         mse_masked, mse_unmasked = self.forward_loss(imgs, pred, mask)
-        l_moe = moe_loss(self).to(mse_masked.device)  # encoder and decoder layers, this forward (0 in eval)
-        loss = mse_masked + self.alpha * mse_unmasked + self.beta * l_moe
+        l_moe = aux_losses(self).get('moe_loss')  # mLiT Eq. 12 of encoder and decoder layers, this forward
+        l_moe = l_moe.to(mse_masked.device) if l_moe is not None else mse_masked.new_zeros(())  # none in eval
+        loss = mse_masked + self.alpha * mse_unmasked + self.beta * l_moe  # mLiT Eq. 16
         parts = {'mse_masked': mse_masked.detach(), 'mse_unmasked': mse_unmasked.detach(), 'moe_loss': l_moe.detach()}
         return MAEOutput(loss, pred, mask, parts)
 

@@ -4,25 +4,31 @@ Paper: `How Lightweight Can A Vision Transformer Be` - https://arxiv.org/abs/240
 No author code is public; this is built from the paper alone, with the choices where it is silent listed below
 and in the README ("Where the paper is silent").
 
-The encoder (Table 1):
+The encoder (mLiT Table 1):
   * 36x36 RGB input cut into 3x3 patches (144 patches), each projected by a bias-free linear map (a stride-3
     Conv2d, the same map on flattened patches) and given a learned position embedding (145 positions);
   * a dummy patch, all zeros, joins every image; with no bias in the projection its embedding is exactly its
     position embedding. It sits first (timm's prefix-token place; with learned positions the place does not
     matter) and its output token is what the classifier reads (``global_pool='token'``);
   * L MoE encoder layers (:class:`~timm_mlit.layers.MoEBlock`): grouped-query attention, then a noisy top-k gate
-    over SwiGLU experts that share V and W2; hidden size d_h shrinks with depth (Eq. 15) and the experts per
-    layer grow 3 -> 4 -> 5 in three equal stages (Figure 4); dropout 0.1 on expert outputs;
+    over SwiGLU experts that share V and W2; hidden size d_h shrinks with depth (mLiT Eq. 15) and the experts
+    per layer grow 3 -> 4 -> 5 in three equal stages (mLiT Figure 4); dropout 0.1 on expert outputs;
   * a final LayerNorm and a linear classifier.
 
 Choices where the paper is silent (also in the README): pre-norm layers; the position table starts as
 trunc-normal(std 0.02) like timm's ViT (every other layer keeps PyTorch's default init as the paper says, gates
 at zero); the classifier head has a bias (the paper removes biases from embedding projections only).
 
-A training forward leaves the MoE balancing loss of Eq. 12 on the model: add ``model.moe_loss()`` (or
-``timm_mlit.moe_loss(model)`` for wrapped models) to the classification loss.
+The MoE layers are built the timm way: the MoE feed-forward's options (k, gate noise, loss weights, expert dropout)
+are set once in a ``functools.partial`` (``MLiT.moe_layer``, which the MAE decoder reuses) and every
+:class:`~timm_mlit.layers.MoEBlock` gets it as ``mlp_layer``, with grouped-query attention as ``attn_layer``.
+
+A training forward leaves the MoE balancing loss of mLiT Eq. 12 in the MoE layers: add ``model.moe_loss()`` (or
+``timm_mlit.moe_loss(model)`` / ``timm_mlit.layers.aux_losses(model)['moe_loss']`` for wrapped models) to the
+classification loss; timm's train.py does it by itself once timm_mlit is imported (``timm_mlit.training``).
 """
 import logging
+from functools import partial
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -30,6 +36,7 @@ import torch.nn as nn
 from timm.layers import LayerType, calculate_drop_path_rates, get_norm_layer
 from timm.models import generate_default_cfgs, register_model
 
+from timm_mlit.layers import GroupedQueryAttention, MoEFeedForward, NoisyTopKGate, SharedSwiGLUExperts
 from timm_mlit.layers import EXPERT_DROP_MODES, MoEBlock, expert_load, moe_loss
 from ._dummy_patch_vit import DummyPatchViT, block_count, build_dummy_patch_vit, zoo_cfg, filter_checkpoint
 from ._pretrained_tags import Variant, hub_repo_id, register_tags
@@ -39,14 +46,14 @@ __all__ = ['MLiT', 'hidden_sizes', 'experts_per_layer', 'MODELS', 'VARIANTS', 'D
 _logger = logging.getLogger(__name__)
 
 def hidden_sizes(depth: int, first: int, last: int) -> List[int]:
-    """Eq. 15: d_h of layer i = floor(((L-1) - i) / (L-1) * (first - last)) + last."""
+    """mLiT Eq. 15: d_h of layer i = floor(((L-1) - i) / (L-1) * (first - last)) + last."""
     if depth == 1:
         return [first]
     return [((depth - 1 - i) * (first - last)) // (depth - 1) + last for i in range(depth)]
 
 
 def experts_per_layer(depth: int, stages: Sequence[int]) -> List[int]:
-    """Experts added in equal stages (Figure 4): stages (3, 4, 5) over 9 layers -> 3,3,3,4,4,4,5,5,5."""
+    """Experts added in equal stages (mLiT Figure 4): stages (3, 4, 5) over 9 layers -> 3,3,3,4,4,4,5,5,5."""
     return [stages[i * len(stages) // depth] for i in range(depth)]
 
 
@@ -98,7 +105,7 @@ class MLiT(DummyPatchViT):
             depth: Number of encoder layers L.
             num_heads: Query heads H.
             num_kv_heads: Key/value heads (attention groups) G.
-            hidden_dims: (d_h of the first layer, d_h of the last layer), interpolated by Eq. 15.
+            hidden_dims: (d_h of the first layer, d_h of the last layer), interpolated by mLiT Eq. 15.
             expert_stages: Experts per layer in each of the equal stages.
             top_k: Experts chosen per token, k.
             expert_drop_rate: Dropout on expert outputs (0.1 in the paper). Separate from ``drop_rate``, which
@@ -106,8 +113,8 @@ class MLiT(DummyPatchViT):
             expert_drop_mode: 'expert' drops each chosen expert's output (the paper); 'combined' drops the
                 gate-weighted sum once (cheaper, same expectation).
             gate_noise_eps: Added to the gate noise std (the reference code's 1e-2).
-            moe_importance_weight: w_importance (Eq. 11).
-            moe_load_weight: w_load (Eq. 10).
+            moe_importance_weight: w_importance (mLiT Eq. 11).
+            moe_load_weight: w_load (mLiT Eq. 10).
             moe_cv_squared: Use CV² (Shazeer, reference code) instead of the paper's CV in the MoE loss.
             qkv_bias: Bias in the attention q/k/v projections.
             proj_bias: Bias in the attention output projection.
@@ -127,25 +134,34 @@ class MLiT(DummyPatchViT):
         hidden = hidden_sizes(depth, *hidden_dims)
         experts = experts_per_layer(depth, expert_stages)
         dpr = calculate_drop_path_rates(drop_path_rate, depth)
+        # the options of the MoE feed-forward (mLiT Sec. 2.1.2) and of the attention, set once: every layer's
+        # block gets the same factories and only its own d_h (mLiT Eq. 15) and expert count (mLiT Figure 4)
+        mlp_layer = partial(
+            MoEFeedForward,
+            gate_layer=partial(
+                NoisyTopKGate,
+                top_k=top_k,
+                noise_eps=gate_noise_eps,
+                importance_weight=moe_importance_weight,
+                load_weight=moe_load_weight,
+                cv_squared=moe_cv_squared,
+            ),
+            experts_layer=partial(SharedSwiGLUExperts, drop=expert_drop_rate, drop_mode=expert_drop_mode),
+        )
+        attn_layer = partial(GroupedQueryAttention, num_kv_heads=num_kv_heads)
         block_fn = lambda i: MoEBlock(
             dim=embed_dim,
             num_heads=num_heads,
-            num_kv_heads=num_kv_heads,
             hidden_dim=hidden[i],
             num_experts=experts[i],
-            top_k=top_k,
-            expert_drop=expert_drop_rate,
-            expert_drop_mode=expert_drop_mode,
-            gate_noise_eps=gate_noise_eps,
-            importance_weight=moe_importance_weight,
-            load_weight=moe_load_weight,
-            cv_squared=moe_cv_squared,
             qkv_bias=qkv_bias,
             proj_bias=proj_bias,
             attn_drop=attn_drop_rate,
             proj_drop=proj_drop_rate,
             drop_path=dpr[i],
             norm_layer=norm_layer,
+            attn_layer=attn_layer,
+            mlp_layer=mlp_layer,
             **dd,
         )
         super().__init__(
@@ -167,11 +183,13 @@ class MLiT(DummyPatchViT):
         )
         self.hidden_dims = hidden
         self.num_experts = experts
+        self.moe_layer = mlp_layer  # the MoE settings, for modules built around the encoder (the MAE decoder)
         self.init_weights(needs_reset=False)
 
     @torch.jit.ignore
     def moe_loss(self) -> torch.Tensor:
-        """L of Eq. 12 summed over the layers, from the last training forward; 0 after an eval forward."""
+        """L of mLiT Eq. 12 summed over the layers, from the last training forward (``aux_losses(self)
+        ['moe_loss']``, :func:`timm_mlit.layers.aux_losses`); 0 after an eval forward."""
         return moe_loss(self)
 
     @torch.jit.ignore
@@ -263,7 +281,7 @@ default_cfgs = generate_default_cfgs({
 
 @register_model
 def mlit_s(pretrained: bool = False, **kwargs) -> MLiT:
-    """mLiT-S (Table 1): m 144, 15 layers, d_h 144->72, 8 heads / 4 groups, experts 3-5, k 2; 2.36M params."""
+    """mLiT-S (mLiT Table 1): m 144, 15 layers, d_h 144->72, 8 heads / 4 groups, experts 3-5, k 2; 2.36M params."""
     model_args = dict(
         embed_dim=144, depth=15, num_heads=8, num_kv_heads=4, hidden_dims=(144, 72), expert_stages=(3, 4, 5), top_k=2)
     return _create_mlit('mlit_s', pretrained=pretrained, **dict(model_args, **kwargs))
@@ -271,7 +289,7 @@ def mlit_s(pretrained: bool = False, **kwargs) -> MLiT:
 
 @register_model
 def mlit_xs(pretrained: bool = False, **kwargs) -> MLiT:
-    """mLiT-XS (Table 1): m 128, 12 layers, d_h 96->32, 8 heads / 4 groups, experts 3-5, k 2; 1.21M params."""
+    """mLiT-XS (mLiT Table 1): m 128, 12 layers, d_h 96->32, 8 heads / 4 groups, experts 3-5, k 2; 1.21M params."""
     model_args = dict(
         embed_dim=128, depth=12, num_heads=8, num_kv_heads=4, hidden_dims=(96, 32), expert_stages=(3, 4, 5), top_k=2)
     return _create_mlit('mlit_xs', pretrained=pretrained, **dict(model_args, **kwargs))
@@ -279,7 +297,7 @@ def mlit_xs(pretrained: bool = False, **kwargs) -> MLiT:
 
 @register_model
 def mlit_xxs(pretrained: bool = False, **kwargs) -> MLiT:
-    """mLiT-XXS (Table 1): m 108, 9 layers, d_h 81->27, 6 heads / 3 groups, experts 3-5, k 2; 0.66M params."""
+    """mLiT-XXS (mLiT Table 1): m 108, 9 layers, d_h 81->27, 6 heads / 3 groups, experts 3-5, k 2; 0.66M params."""
     model_args = dict(
         embed_dim=108, depth=9, num_heads=6, num_kv_heads=3, hidden_dims=(81, 27), expert_stages=(3, 4, 5), top_k=2)
     return _create_mlit('mlit_xxs', pretrained=pretrained, **dict(model_args, **kwargs))

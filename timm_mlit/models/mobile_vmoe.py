@@ -3,10 +3,12 @@
 Paper: `Mobile V-MoEs: Scaling Down Vision Transformers via Sparse Mixture-of-Experts`
 - https://arxiv.org/abs/2309.04354 (Daxberger et al., Apple, 2023). No author code is public.
 
-A ViT whose first ``depth - L`` layers are dense and whose last L are MoE-ViT layers (Fig. 2c): after the dense
-layers one router reads each image's pooled representation and picks k of E experts (Eq. 2); every MoE-ViT layer
-then runs that image through those experts' MLPs (Eq. 1), all other parts shared. Paper sizes (Sec. 3.1, Fig. 3a):
-12/9/6 layers x width 384/192/96/64, heads 6/3/3/2, MLP 4x, patch 32 at 224, E 10, L 2, k 1.
+A ViT whose first ``depth - L`` layers are dense and whose last L are MoE-ViT layers (Mobile V-MoE Fig. 2c): after
+the dense layers one router reads each image's pooled representation and picks k of E experts (Mobile V-MoE Eq. 2,
+``timm_mlit.layers.vmoe_router``); every MoE-ViT layer then runs that image through those experts' MLPs
+(Mobile V-MoE Eq. 1, ``timm_mlit.layers.vmoe_block``), all other parts shared. Paper sizes
+(Mobile V-MoE Sec. 3.1, Mobile V-MoE Fig. 3a): 12/9/6 layers x width 384/192/96/64, heads 6/3/3/2, MLP 4x,
+patch 32 at 224, E 10, L 2, k 1.
 
 The router is trained either toward super-class labels (``superclass_map``: 'cifar100' built in, or a file, see
 ``timm_mlit.data.superclasses``; λ = 0.3; E = the number of super-classes) or end-to-end (no map). Its loss needs the
@@ -19,7 +21,8 @@ std = 0.5) for CIFAR comparisons with mLiT. ``num_moe_layers=0`` gives any size'
 Choices where the paper is silent: the stem is the zoo's dummy-patch stem (its prefix token is timm's class token
 merged with its position: one D-vector fewer than timm's VisionTransformer); the router pools the patch tokens
 ('avg'; 'token' reads the prefix token), has no bias and is trunc-normal(0.02); gate weights are the top-k softmax
-probabilities, not renormalised (Eq. 1-2); linear layers trunc-normal(0.02) with zero bias as timm's ViT.
+probabilities, not renormalised (Mobile V-MoE Eqs. 1-2); linear layers trunc-normal(0.02) with zero bias as timm's
+ViT.
 """
 from functools import partial
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -31,20 +34,21 @@ from timm.layers import LayerType, calculate_drop_path_rates, get_act_layer, get
 from timm.models import checkpoint, generate_default_cfgs, register_model
 from timm.models.vision_transformer import Block
 
+from timm_mlit.layers import PerImageExperts
 from timm_mlit.layers import EXPERT_DISPATCH, MoEViTBlock, PerImageRouter, router_loss, router_stats
 from timm_mlit.data.superclasses import SuperclassMap, load_superclass_map
 from ._dummy_patch_vit import DummyPatchViT, block_count, build_dummy_patch_vit, zoo_cfg, filter_checkpoint
 
 __all__ = ['MobileVMoE']
 
-PAPER_SIZES = {  # (depth, width) -> heads (Sec. 3.1)
+PAPER_SIZES = {  # (depth, width) -> heads (Mobile V-MoE Sec. 3.1)
     (12, 384): 6, (9, 384): 6, (6, 384): 6, (12, 192): 3, (9, 192): 3, (6, 192): 3,
     (12, 96): 3, (9, 96): 3, (6, 96): 3, (12, 64): 2, (9, 64): 2, (6, 64): 2,
 }
 
 
 class MobileVMoE(DummyPatchViT):
-    """Dense ViT layers, one per-image router, then L MoE-ViT layers (Fig. 2c), in timm's model API."""
+    """Dense ViT layers, one per-image router, then L MoE-ViT layers (Mobile V-MoE Fig. 2c), in timm's model API."""
 
     def __init__(
             self,
@@ -160,8 +164,9 @@ class MobileVMoE(DummyPatchViT):
             embed_dim, num_experts, top_k=top_k, pool=router_pool, num_prefix_tokens=self.num_prefix_tokens,
             superclass_of=smap.as_tensor() if smap is not None else None, loss_weight=router_loss_weight,
             balance_weight=router_balance_weight, **dd) if num_moe_layers > 0 else None
+        mlp_layer = partial(PerImageExperts, dispatch=expert_dispatch)  # the experts' options, set once
         self.moe_blocks = nn.ModuleList([
-            MoEViTBlock(num_experts=num_experts, drop_path=dpr[num_dense + j], dispatch=expert_dispatch, **common)
+            MoEViTBlock(num_experts=num_experts, drop_path=dpr[num_dense + j], mlp_layer=mlp_layer, **common)
             for j in range(num_moe_layers)])
         reduction = self.patch_embed.feat_ratio()
         self.feature_info += [
@@ -200,7 +205,7 @@ class MobileVMoE(DummyPatchViT):
             self.router = None
 
     def route(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Tokens after the dense layers -> (gate weights (B, k), expert indices (B, k)); Eq. 2."""
+        """Tokens after the dense layers -> (gate weights (B, k), expert indices (B, k)); Mobile V-MoE Eq. 2."""
         assert self.router is not None
         return self.router(x)
 
@@ -234,7 +239,8 @@ class MobileVMoE(DummyPatchViT):
 
     @torch.jit.ignore
     def router_loss(self, target: torch.Tensor) -> torch.Tensor:
-        """The router's loss (super-class CE x λ, or the end-to-end importance loss) for the last forward's images:
+        """The router's loss (super-class CE x λ, Mobile V-MoE Sec. 2.2, or the end-to-end importance loss) for the
+        last forward's images, ``aux_losses(self, target)['router_loss']`` (:func:`timm_mlit.layers.aux_losses`):
         add it to the classification loss. 0 when there is none."""
         loss = router_loss(self, target)
         return loss if loss is not None else torch.zeros((), device=target.device)
@@ -321,73 +327,73 @@ def _small_image(depth: int, width: int, pretrained: bool, **kwargs) -> MobileVM
 
 @register_model
 def mobile_vmoe_12x384_patch32_224(pretrained: bool = False, **kwargs) -> MobileVMoE:
-    """Mobile V-MoE 12x384 (Fig. 3a): 6 heads, patch 32, E 10, L 2, k 1."""
+    """Mobile V-MoE 12x384 (Mobile V-MoE Fig. 3a): 6 heads, patch 32, E 10, L 2, k 1."""
     return _paper_size(12, 384, pretrained, **kwargs)
 
 
 @register_model
 def mobile_vmoe_9x384_patch32_224(pretrained: bool = False, **kwargs) -> MobileVMoE:
-    """Mobile V-MoE 9x384 (Fig. 3a): 6 heads, patch 32, E 10, L 2, k 1."""
+    """Mobile V-MoE 9x384 (Mobile V-MoE Fig. 3a): 6 heads, patch 32, E 10, L 2, k 1."""
     return _paper_size(9, 384, pretrained, **kwargs)
 
 
 @register_model
 def mobile_vmoe_6x384_patch32_224(pretrained: bool = False, **kwargs) -> MobileVMoE:
-    """Mobile V-MoE 6x384 (Fig. 3a): 6 heads, patch 32, E 10, L 2, k 1."""
+    """Mobile V-MoE 6x384 (Mobile V-MoE Fig. 3a): 6 heads, patch 32, E 10, L 2, k 1."""
     return _paper_size(6, 384, pretrained, **kwargs)
 
 
 @register_model
 def mobile_vmoe_12x192_patch32_224(pretrained: bool = False, **kwargs) -> MobileVMoE:
-    """Mobile V-MoE 12x192 (Fig. 3a; ViT-Tiny at patch 32): 3 heads, E 10, L 2, k 1."""
+    """Mobile V-MoE 12x192 (Mobile V-MoE Fig. 3a; ViT-Tiny at patch 32): 3 heads, E 10, L 2, k 1."""
     return _paper_size(12, 192, pretrained, **kwargs)
 
 
 @register_model
 def mobile_vmoe_9x192_patch32_224(pretrained: bool = False, **kwargs) -> MobileVMoE:
-    """Mobile V-MoE 9x192 (Fig. 3a): 3 heads, patch 32, E 10, L 2, k 1."""
+    """Mobile V-MoE 9x192 (Mobile V-MoE Fig. 3a): 3 heads, patch 32, E 10, L 2, k 1."""
     return _paper_size(9, 192, pretrained, **kwargs)
 
 
 @register_model
 def mobile_vmoe_6x192_patch32_224(pretrained: bool = False, **kwargs) -> MobileVMoE:
-    """Mobile V-MoE 6x192 (Fig. 3a): 3 heads, patch 32, E 10, L 2, k 1."""
+    """Mobile V-MoE 6x192 (Mobile V-MoE Fig. 3a): 3 heads, patch 32, E 10, L 2, k 1."""
     return _paper_size(6, 192, pretrained, **kwargs)
 
 
 @register_model
 def mobile_vmoe_12x96_patch32_224(pretrained: bool = False, **kwargs) -> MobileVMoE:
-    """Mobile V-MoE 12x96 (Fig. 3a): 3 heads, patch 32, E 10, L 2, k 1."""
+    """Mobile V-MoE 12x96 (Mobile V-MoE Fig. 3a): 3 heads, patch 32, E 10, L 2, k 1."""
     return _paper_size(12, 96, pretrained, **kwargs)
 
 
 @register_model
 def mobile_vmoe_9x96_patch32_224(pretrained: bool = False, **kwargs) -> MobileVMoE:
-    """Mobile V-MoE 9x96 (Fig. 3a): 3 heads, patch 32, E 10, L 2, k 1."""
+    """Mobile V-MoE 9x96 (Mobile V-MoE Fig. 3a): 3 heads, patch 32, E 10, L 2, k 1."""
     return _paper_size(9, 96, pretrained, **kwargs)
 
 
 @register_model
 def mobile_vmoe_6x96_patch32_224(pretrained: bool = False, **kwargs) -> MobileVMoE:
-    """Mobile V-MoE 6x96 (Fig. 3a): 3 heads, patch 32, E 10, L 2, k 1."""
+    """Mobile V-MoE 6x96 (Mobile V-MoE Fig. 3a): 3 heads, patch 32, E 10, L 2, k 1."""
     return _paper_size(6, 96, pretrained, **kwargs)
 
 
 @register_model
 def mobile_vmoe_12x64_patch32_224(pretrained: bool = False, **kwargs) -> MobileVMoE:
-    """Mobile V-MoE 12x64 (Fig. 3a): 2 heads, patch 32, E 10, L 2, k 1."""
+    """Mobile V-MoE 12x64 (Mobile V-MoE Fig. 3a): 2 heads, patch 32, E 10, L 2, k 1."""
     return _paper_size(12, 64, pretrained, **kwargs)
 
 
 @register_model
 def mobile_vmoe_9x64_patch32_224(pretrained: bool = False, **kwargs) -> MobileVMoE:
-    """Mobile V-MoE 9x64 (Fig. 3a): 2 heads, patch 32, E 10, L 2, k 1."""
+    """Mobile V-MoE 9x64 (Mobile V-MoE Fig. 3a): 2 heads, patch 32, E 10, L 2, k 1."""
     return _paper_size(9, 64, pretrained, **kwargs)
 
 
 @register_model
 def mobile_vmoe_6x64_patch32_224(pretrained: bool = False, **kwargs) -> MobileVMoE:
-    """Mobile V-MoE 6x64 (Fig. 3a; 54M FLOPs dense): 2 heads, patch 32, E 10, L 2, k 1."""
+    """Mobile V-MoE 6x64 (Mobile V-MoE Fig. 3a; 54M FLOPs dense): 2 heads, patch 32, E 10, L 2, k 1."""
     return _paper_size(6, 64, pretrained, **kwargs)
 
 

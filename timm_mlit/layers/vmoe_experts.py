@@ -1,5 +1,8 @@
-"""The experts of Mobile V-MoE's MoE-ViT layers (arXiv 2309.04354, Fig. 2d): E standard ViT MLPs
-(fc1 -> GELU -> fc2, 4x width), of which each image uses the k its router chose (Eq. 1 with Eq. 2's weights).
+"""The experts of Mobile V-MoE's MoE-ViT layers (Mobile V-MoE Fig. 2d, Mobile V-MoE Eq. 1).
+
+Paper: "Mobile V-MoEs: Scaling Down Vision Transformers via Sparse Mixture-of-Experts", arXiv:2309.04354. E
+standard ViT MLPs (fc1 -> GELU -> fc2, 4x width), of which each image uses the k its router chose:
+Mobile V-MoE Eq. 1 with the weights of Mobile V-MoE Eq. 2 (:mod:`timm_mlit.layers.vmoe_router`).
 
 Two ways to compute, same result:
 

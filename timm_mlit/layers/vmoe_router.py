@@ -1,21 +1,27 @@
-"""Mobile V-MoE's per-image router (arXiv 2309.04354, Sec. 2.2, Fig. 2c) and its training losses.
+"""Mobile V-MoE's per-image router (Mobile V-MoE Eq. 2) and its training loss.
+
+Paper: "Mobile V-MoEs: Scaling Down Vision Transformers via Sparse Mixture-of-Experts" (Daxberger et al. 2023),
+arXiv:2309.04354: the router of Mobile V-MoE Sec. 2.2 and Mobile V-MoE Fig. 2c, its gate of Mobile V-MoE Eq. 2
+(the weights that Mobile V-MoE Eq. 1 sums with) and its super-class loss (Mobile V-MoE Sec. 2.2).
 
 One router per model reads each image's pooled representation after the dense layers and picks k of E experts,
 which every MoE-ViT layer after it then uses for that image:
 
-    g(x) = TOP_k(softmax(W x))                                    (Eq. 2)
+    g(x) = TOP_k(softmax(W x))                                    (Mobile V-MoE Eq. 2)
 
-W has no bias (Eq. 2), runs in float32 with autocast off (as mLiT's gate), and is initialised trunc-normal(0.02)
-like timm's ViT linears. The chosen experts' outputs are weighted by their softmax probabilities as in Eq. 1
-(not renormalised), which is also how an end-to-end router gets its gradient.
+W has no bias (Mobile V-MoE Eq. 2), runs in float32 with autocast off (as mLiT's gate), and is initialised
+trunc-normal(0.02) like timm's ViT linears. The chosen experts' outputs are weighted by their softmax probabilities
+as in Mobile V-MoE Eq. 1 (not renormalised), which is also how an end-to-end router gets its gradient.
 
-Router losses (:func:`router_loss`, added to the task loss by ``timm_mlit.training`` where the targets are):
+The router's loss (its ``'router_loss'``, computed here by :meth:`PerImageRouter.aux_loss` from the logits the
+forward recorded in its :class:`~timm_mlit.layers.aux_loss.AuxRecord` and the targets; read through
+:func:`~timm_mlit.layers.aux_loss.aux_losses`, which ``timm_mlit.training`` adds to the task loss):
 
 * super-class guided (the paper): ``λ · CE(W x, super-class of the target)`` with λ = 0.3. Soft targets (mixup,
   cutmix) become soft super-class targets by summing the class probabilities of each super-class;
 * end-to-end (no map): the router learns through the gate weights alone; an importance loss
-  ``w · CV(Σ_batch softmax(W x))²`` (V-MoE / Shazeer et al.; w = 0.01, our choice) keeps it from collapsing onto
-  one expert.
+  ``w · CV(Σ_batch softmax(W x))²`` ("Scaling Vision with Sparse Mixture of Experts", Riquelme et al. 2021,
+  arXiv:2106.05974, after Shazeer et al.; w = 0.01, our choice) keeps it from collapsing onto one expert.
 """
 from typing import Dict, Optional, Tuple
 
@@ -25,32 +31,19 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_module, trunc_normal_
 
 from ._tracing import is_graph_capture
-from .gate import first_max_top_k, linear_fp32
+from .aux_loss import AuxRecord, aux_losses, aux_modules
+from .mlit_gate import first_max_top_k, linear_fp32
 
-__all__ = ['PerImageRouter', 'RouterStash', 'router_loss', 'router_stats', 'ROUTER_POOLS']
+__all__ = ['PerImageRouter', 'router_loss', 'router_stats', 'ROUTER_POOLS']
 
 ROUTER_POOLS = ('avg', 'token')
 
 
-class RouterStash:
-    """The last forward's router logits (B, E), float32, kept for the loss; never copied with the weights."""
-
-    def __init__(self):
-        self.logits: Optional[torch.Tensor] = None
-
-    def __deepcopy__(self, memo):
-        return RouterStash()
-
-    def __reduce__(self):
-        return RouterStash, ()
-
-    def clear(self) -> None:
-        self.logits = None
-
-
 @register_notrace_module  # an FX leaf: its float32 autocast-off region survives tracing
 class PerImageRouter(nn.Module):
-    """g(x) = TOP_k(softmax(W pool(x))) per image (Eq. 2); returns (weights (B, k) float32, indices (B, k))."""
+    """g(x) = TOP_k(softmax(W pool(x))) per image (Mobile V-MoE Eq. 2); returns (weights (B, k) float32,
+    indices (B, k))."""
+    aux_loss_name = 'router_loss'
 
     def __init__(
             self,
@@ -96,7 +89,7 @@ class PerImageRouter(nn.Module):
             superclass_of = superclass_of.to(device=device, dtype=torch.long)
         # not persistent: the map is configuration, checkpoints stay loadable with or without one
         self.register_buffer('superclass_of', superclass_of, persistent=False)
-        self.stash = RouterStash()
+        self.aux_record = AuxRecord()
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -134,11 +127,14 @@ class PerImageRouter(nn.Module):
 
     @torch.jit.unused
     def _record(self, logits: torch.Tensor) -> None:
-        self.stash.logits = logits
+        self.aux_record.logits = logits
 
-    def loss(self, target: torch.Tensor) -> Optional[torch.Tensor]:
-        """The router's loss for the last forward's images and their class targets (hard (B,) or soft (B, C))."""
-        logits = self.stash.logits
+    @torch.jit.unused
+    def aux_loss(self, target: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+        """The router's loss for the last forward's images and their class targets (hard (B,) or soft (B, C)):
+        λ · CE toward the super-classes (Mobile V-MoE Sec. 2.2; None without targets), or the end-to-end
+        importance loss."""
+        logits = self.aux_record.logits
         if logits is None:
             return None
         if self.superclass_of is None:
@@ -147,12 +143,20 @@ class PerImageRouter(nn.Module):
             importance = logits.softmax(dim=-1).sum(dim=0)
             cv_sq = importance.var(unbiased=False) / importance.mean().pow(2).clamp_min(1e-10)
             return self.balance_weight * cv_sq
+        if target is None:
+            return None
         return self.loss_weight * F.cross_entropy(logits, self.superclass_target(target, logits.shape[-1]))
+
+    @torch.jit.unused
+    def aux_metrics(self, target: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+        """The guided router's super-class accuracy ('router_acc') with hard targets; no per-step histogram."""
+        acc = self.accuracy(target) if target is not None else None
+        return {'router_acc': acc} if acc is not None else {}
 
     @torch.no_grad()
     def accuracy(self, target: torch.Tensor) -> Optional[torch.Tensor]:
         """Share of the last forward's images routed to their super-class (guided router, hard targets)."""
-        logits = self.stash.logits
+        logits = self.aux_record.logits
         if logits is None or self.superclass_of is None or target.dtype.is_floating_point:
             return None
         return (logits.argmax(dim=-1) == self.superclass_of[target]).float().mean()
@@ -166,14 +170,10 @@ class PerImageRouter(nn.Module):
         return self.superclass_of[target]
 
 
-def _routers(model: nn.Module):
-    return [m for m in model.modules() if isinstance(m, PerImageRouter)]
-
-
 def router_loss(model: nn.Module, target: torch.Tensor) -> Optional[torch.Tensor]:
-    """Σ over the model's per-image routers of their loss for the last forward (None if there is none)."""
-    losses = [loss for loss in (r.loss(target) for r in _routers(model)) if loss is not None]
-    return torch.stack(losses).sum() if losses else None
+    """``aux_losses(model, target)['router_loss']``: Σ over the model's per-image routers of their loss for the last
+    forward (None if there is none)."""
+    return aux_losses(model, target).get('router_loss')
 
 
 @torch.no_grad()
@@ -181,12 +181,10 @@ def router_stats(model: nn.Module, target: Optional[torch.Tensor] = None) -> Dic
     """The last forward's share of images per expert ('expert_share', (E,)) and, for a guided router with
     hard targets, the router's super-class accuracy ('router_acc')."""
     out = {}
-    for r in _routers(model):
-        if r.stash.logits is None:
+    for r in aux_modules(model):
+        if not isinstance(r, PerImageRouter) or r.aux_record.logits is None:
             continue
-        choice = r.stash.logits.argmax(dim=-1)
+        choice = r.aux_record.logits.argmax(dim=-1)
         out['expert_share'] = torch.bincount(choice, minlength=r.num_experts).float() / choice.numel()
-        acc = r.accuracy(target) if target is not None else None
-        if acc is not None:
-            out['router_acc'] = acc
+        out.update(r.aux_metrics(target))
     return out

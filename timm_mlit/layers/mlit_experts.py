@@ -1,8 +1,12 @@
-"""mLiT's SwiGLU experts with V and W2 shared across the layer, computed without per-expert dispatch.
+"""mLiT's SwiGLU experts with V and W2 shared across the layer (mLiT Eq. 13), computed without per-expert dispatch.
 
-Expert i (Eq. 13 with biases, Sec. 2.1.2): ``FFN_i(x) = (silu(x W_i + b_i) ⊙ (x V + b_V)) W2 + b_2``. Only
+Paper: "How Lightweight Can A Vision Transformer Be", arXiv:2407.17783, Sec. 2.1.2 (mLiT Eqs. 1 and 13; the
+per-expert dispatch form of mLiT Figure 3 is ``timm_mlit.testing.dispatch_reference``, the baseline this is tested
+against). The expert dropout masks come from ``timm_mlit.layers.expert_drop``.
+
+Expert i (mLiT Eq. 13 with biases): ``FFN_i(x) = (silu(x W_i + b_i) ⊙ (x V + b_V)) W2 + b_2``. Only
 ``W_i, b_i`` belong to the expert; ``V, b_V, W2, b_2`` are shared by the t experts of the layer. The MoE output is
-``y = Σ_i G_i FFN_i(x)`` (Eq. 1).
+``y = Σ_i G_i FFN_i(x)`` (mLiT Eq. 1).
 
 Because V and W2 are shared and the k non-zero gates of a token sum to 1, without dropout
 
@@ -23,8 +27,7 @@ noise, one W2 matmul over N rows.
 
 Outside per-expert dropout the layer runs the form above on the k chosen experts only: their rows of ``x W + b``
 are selected (``index_select``, whole rows; no scatter, no einsum; silu on k of the t rows), weighted by their
-gates and summed. Adding the
-t − k zero-gated terms of Eq. 1 changes nothing, so this is the same function.
+gates and summed. Adding the t − k zero-gated terms of mLiT Eq. 1 changes nothing, so this is the same function.
 """
 from typing import Final, Optional
 
@@ -33,7 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import expert_drop  # noqa: F401  registers torch.ops.timm_mlit.expert_drop_mask
-from .gate import GateOutput
+from .mlit_gate import GateOutput
 
 __all__ = ['SharedSwiGLUExperts', 'EXPERT_DROP_MODES']
 
@@ -41,7 +44,7 @@ EXPERT_DROP_MODES = ('expert', 'combined')
 
 
 class SharedSwiGLUExperts(nn.Module):
-    """t SwiGLU experts of hidden size d_h sharing V and W2 (mLiT, Sec. 2.1.2), in the fused form."""
+    """t SwiGLU experts of hidden size d_h sharing V and W2 (mLiT Sec. 2.1.2), in the fused form."""
     per_expert_drop: Final[bool]
 
     def __init__(

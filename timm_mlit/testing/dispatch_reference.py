@@ -1,6 +1,8 @@
-"""The per-expert dispatch form of the MoE layer (the paper's Figure 3, as in davidmrau/mixture-of-experts).
+"""The per-expert dispatch form of mLiT's MoE layer (mLiT Figure 3, as in davidmrau/mixture-of-experts).
 
-Kept only as the baseline that the fused :class:`~timm_mlit.layers.experts.SharedSwiGLUExperts` is tested and
+Paper: "How Lightweight Can A Vision Transformer Be", arXiv:2407.17783, Sec. 2.1.2 (mLiT Eqs. 1 and 13).
+
+Kept only as the baseline that the fused :class:`~timm_mlit.layers.mlit_experts.SharedSwiGLUExperts` is tested and
 benchmarked against: it loops over the experts, gathers the tokens routed to each, runs that expert's SwiGLU on
 them, weights by the gate and scatters the results back. It has the fused layer's parameter names and shapes, so
 either can load the other's state dict. It syncs the host (data-dependent token counts) and is not used by models.
@@ -11,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .gate import GateOutput
+from timm_mlit.layers.mlit_gate import GateOutput
 
 __all__ = ['DispatchSwiGLUExperts']
 

@@ -1,13 +1,20 @@
-"""Noisy top-k gating (Shazeer et al. 2017) as the mLiT paper writes it, Eqs. 2-12.
+"""mLiT's noisy top-k gate and its balancing loss, mLiT Eqs. 2-12.
+
+Paper: "How Lightweight Can A Vision Transformer Be", arXiv:2407.17783 (mLiT Sec. 2.1.2, mLiT Eqs. 2-12), which
+writes out the gate of "Outrageously Large Neural Networks: The Sparsely-Gated Mixture-of-Experts Layer" (Shazeer et al.
+2017, arXiv:1701.06538). Implemented here: Softmax_k (mLiT Eqs. 2, 4), the noisy logits H (mLiT Eq. 3), the
+probability P of staying in the top k (mLiT Eq. 5), the threshold Ψ (mLiT Eqs. 6-9), the load and importance losses
+(mLiT Eqs. 10-11) and their sum L (mLiT Eq. 12), the layer's auxiliary loss (read by
+:func:`timm_mlit.layers.aux_loss.aux_losses`).
 
 Symbols follow the paper: ``x`` is the (b·n, m) token matrix, ``W_g`` and ``W_noise`` are (m, t) gate weights,
-``H`` the noisy logits (Eq. 3), ``G = Softmax_k(H)`` the gates (Eq. 2), ``Ψ`` the top-k threshold (Eq. 6),
-``P`` the probability of staying in the top k under fresh noise (Eq. 5).
+``H`` the noisy logits (mLiT Eq. 3), ``G = Softmax_k(H)`` the gates (mLiT Eq. 2), ``Ψ`` the top-k threshold
+(mLiT Eq. 6), ``P`` the probability of staying in the top k under fresh noise (mLiT Eq. 5).
 
 Choices where the paper is silent or inconsistent:
-  * ``noise_eps``: the reference code adds 1e-2 to the noise std, ``softplus(x W_noise) + 1e-2``; Eqs. 3 and 5 omit it.
-    We take it (it keeps Eq. 5's division finite) and use the same std in Eq. 3 and Eq. 5.
-  * Eq. 11 as printed has no CV; Shazeer's importance loss has it, and so does ours.
+  * ``noise_eps``: the reference code adds 1e-2 to the noise std, ``softplus(x W_noise) + 1e-2``; mLiT Eqs. 3
+    and 5 omit it. We take it (it keeps mLiT Eq. 5's division finite) and use the same std in mLiT Eqs. 3 and 5.
+  * mLiT Eq. 11 as printed has no CV; Shazeer's importance loss has it, and so does ours.
   * CV = std / mean with the unbiased std (the paper's wording); ``cv_squared=True`` gives Shazeer's CV².
   * Logits -> top-k -> softmax (the reference code's 2024 softmax-before-top-k change is a bug).
   * Everything here runs in float32, also under autocast: fp16 load sums overflow and bf16 ties the k-th and
@@ -33,14 +40,14 @@ __all__ = [
 
 class GateOutput(NamedTuple):
     """What the gate hands to the experts (and the loss to the training loop)."""
-    combine: torch.Tensor  # G(x), (N, t): k non-zeros per row that sum to 1 (Eq. 2)
+    combine: torch.Tensor  # G(x), (N, t): k non-zeros per row that sum to 1 (mLiT Eq. 2)
     top_idx: torch.Tensor  # (N, k) indices of the chosen experts, best first
     top_gates: torch.Tensor  # (N, k) their gate values, G gathered at top_idx
-    aux_loss: Optional[torch.Tensor]  # L = L_importance + L_load (Eq. 12), a scalar; None outside training
+    aux_loss: Optional[torch.Tensor]  # L = L_importance + L_load (mLiT Eq. 12), a scalar; None outside training
 
 
 def top_k_softmax(h: torch.Tensor, k: int, top_vals: Optional[torch.Tensor] = None, top_idx: Optional[torch.Tensor] = None):
-    """Softmax_k of Eq. 2: softmax over the k largest entries of each row, zeros elsewhere.
+    """Softmax_k of mLiT Eq. 2: softmax over the k largest entries of each row, zeros elsewhere.
 
     Returns ``(G, top_idx, top_gates)``. ``top_vals``/``top_idx`` may be passed when the caller already has
     ``h.topk(>= k)`` (only their first k columns are used).
@@ -86,14 +93,14 @@ def linear_fp32(linear: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def softmax_k(h: torch.Tensor, k: int) -> torch.Tensor:
-    """Softmax_k(H) of Eq. 2 as a dense matrix (Eq. 4 is its worked example)."""
+    """Softmax_k(H) of mLiT Eq. 2 as a dense matrix (mLiT Eq. 4 is its worked example)."""
     return top_k_softmax(h, k)[0]
 
 
 def psi(h: torch.Tensor, k: int, top_vals: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Ψ(H) of Eq. 6: for entries in the row's top k, the (k+1)-th largest value of the row, else the k-th.
+    """Ψ(H) of mLiT Eq. 6: for entries in the row's top k, the (k+1)-th largest value of the row, else the k-th.
 
-    ``top_vals`` may carry the row's sorted top-(k+1) values if they are at hand. Eq. 9 is the worked example.
+    ``top_vals`` may carry the row's sorted top-(k+1) values if they are at hand. mLiT Eq. 9 is the worked example.
     """
     if top_vals is None:
         top_vals = h.topk(k + 1, dim=-1).values
@@ -109,7 +116,7 @@ def prob_in_top_k(
         k: int,
         top_vals: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """P(x) of Eq. 5: Φ((x W_g − Ψ(H)) / noise std), the chance that each entry stays in the top k."""
+    """P(x) of mLiT Eq. 5: Φ((x W_g − Ψ(H)) / noise std), the chance that each entry stays in the top k."""
     return torch.special.ndtr((clean - psi(h, k, top_vals)) / noise_std)
 
 
@@ -129,7 +136,7 @@ def coefficient_of_variation(x: torch.Tensor, squared: bool = False, eps: float 
 
 @register_notrace_module  # an FX leaf: traced graphs call it whole, so its float32 autocast-off region survives
 class NoisyTopKGate(nn.Module):
-    """The gating network G of Eqs. 2-3 with the balancing losses of Eqs. 5-12.
+    """The gating network G of mLiT Eqs. 2-3 with the balancing losses of mLiT Eqs. 5-12.
 
     ``W_g`` and ``W_noise`` are bias-free (m, t) maps that start at zero, as in Shazeer et al. and the reference
     code. Noise is drawn only in training; in eval the gate is ``Softmax_k(x W_g)`` and no loss is computed.
@@ -154,8 +161,8 @@ class NoisyTopKGate(nn.Module):
         self.num_experts = num_experts
         self.top_k = top_k
         self.noise_eps = noise_eps
-        self.importance_weight = importance_weight  # w_importance, Eq. 11
-        self.load_weight = load_weight  # w_load, Eq. 10
+        self.importance_weight = importance_weight  # w_importance, mLiT Eq. 11
+        self.load_weight = load_weight  # w_load, mLiT Eq. 10
         self.cv_squared = cv_squared
         self.w_gate = nn.Linear(dim, num_experts, bias=False, **dd)  # W_g
         self.w_noise = nn.Linear(dim, num_experts, bias=False, **dd)  # W_noise
@@ -192,27 +199,27 @@ class NoisyTopKGate(nn.Module):
     def _gate(self, x: torch.Tensor) -> GateOutput:
         k, t = self.top_k, self.num_experts
         clean = self._logits(x)  # x W_g
-        if not self.training:  # G = Softmax_k(x W_g), Eq. 2 without noise; ties to the lowest expert index
+        if not self.training:  # G = Softmax_k(x W_g), mLiT Eq. 2 without noise; ties to the lowest expert index
             top_vals, top_idx = first_max_top_k(clean, k)
             top_gates = top_vals.softmax(dim=-1)
             return GateOutput(one_hot_combine(top_idx, top_gates, t), top_idx, top_gates, None)
 
         noise_std = F.softplus(self._logits(x, noise=True)) + self.noise_eps
-        h = clean + torch.randn_like(clean) * noise_std  # H(x), Eq. 3
+        h = clean + torch.randn_like(clean) * noise_std  # H(x), mLiT Eq. 3
         # one top-(k+1) serves Softmax_k (first k columns) and Ψ (columns k-1 and k)
         top_vals, top_idx = h.topk(min(k + 1, t), dim=-1)
-        gates, top_idx, top_gates = top_k_softmax(h, k, top_vals, top_idx)  # G(x), Eq. 2
+        gates, top_idx, top_gates = top_k_softmax(h, k, top_vals, top_idx)  # G(x), mLiT Eq. 2
 
-        importance = gates.sum(0)  # sum_0 G(x), Eq. 11
+        importance = gates.sum(0)  # sum_0 G(x), mLiT Eq. 11
         if k < t:
-            load = prob_in_top_k(clean, h, noise_std, k, top_vals).sum(0)  # sum_0 P(x), Eq. 10
+            load = prob_in_top_k(clean, h, noise_std, k, top_vals).sum(0)  # sum_0 P(x), mLiT Eq. 10
         else:
             load = (gates > 0).sum(0).float()  # every expert always chosen: P is 1, use counts
         if t > 1:
             aux_loss = (
                 self.importance_weight * coefficient_of_variation(importance, self.cv_squared)
                 + self.load_weight * coefficient_of_variation(load, self.cv_squared)
-            )  # L, Eq. 12
+            )  # L, mLiT Eq. 12
         else:
             aux_loss = clean.new_zeros(())
         return GateOutput(gates, top_idx, top_gates, aux_loss)

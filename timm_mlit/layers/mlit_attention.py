@@ -1,8 +1,12 @@
-"""Grouped-query attention (Ainslie et al. 2023; mLiT Sec. 2.1.1).
+"""Grouped-query attention of mLiT's encoder layers (mLiT Sec. 2.1.1, mLiT Table 1's heads and groups).
+
+Papers: "How Lightweight Can A Vision Transformer Be", arXiv:2407.17783, mLiT Sec. 2.1.1; the attention itself is
+"GQA: Training Generalized Multi-Query Transformer Models from Multi-Head Checkpoints" (Ainslie et al. 2023,
+arXiv:2305.13245).
 
 H query heads share G key/value heads: query heads ``g·H/G … (g+1)·H/G − 1`` read key/value head g. G = H is
-multi-head attention, G = 1 multi-query attention. mLiT uses H = 8, G = 4 (S, XS) and H = 6, G = 3 (XXS), head
-dim m/H; every projection has a bias (all linear layers inside an encoder layer do).
+multi-head attention, G = 1 multi-query attention. mLiT uses (mLiT Table 1) H = 8, G = 4 (S, XS) and H = 6,
+G = 3 (XXS), head dim m/H; every projection has a bias (all linear layers inside an encoder layer do).
 
 ``qkv`` stacks the projections as ``[W_q (H·d), W_k (G·d), W_v (G·d)]`` so one matmul makes q, k and v; with
 G = H the layout is timm's ``Attention.qkv``.

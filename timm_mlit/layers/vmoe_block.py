@@ -1,17 +1,23 @@
-"""Mobile V-MoE's MoE-ViT layer (arXiv 2309.04354, Fig. 2d): a ViT layer whose MLP is one of E experts per image,
-chosen by the model's single per-image router; everything else is shared and identical to timm's ViT ``Block``
-(so a MoE-ViT layer has exactly the parameters of its dense twin plus E-1 MLPs).
+"""Mobile V-MoE's MoE-ViT layer (Mobile V-MoE Fig. 2d, Mobile V-MoE Eq. 1).
+
+Paper: "Mobile V-MoEs: Scaling Down Vision Transformers via Sparse Mixture-of-Experts", arXiv:2309.04354. A ViT
+layer whose MLP is one of E experts per image, chosen by the model's single per-image router
+(:mod:`timm_mlit.layers.vmoe_router`); everything else is shared and identical to timm's ViT ``Block`` (so a
+MoE-ViT layer has exactly the parameters of its dense twin plus E-1 MLPs).
 
     x = x + attn(LN(x))
-    x = x + Σ_j g_j(image) · MLP_{e_j(image)}(LN(x))
+    x = x + Σ_j g_j(image) · MLP_{e_j(image)}(LN(x))          (Mobile V-MoE Eq. 1)
+
+As timm's ``Block``, the attention and the experts come in as factories (``attn_layer``, ``mlp_layer``); the model
+sets the experts' options (e.g. ``dispatch``) once with ``functools.partial(PerImageExperts, ...)``.
 """
-from typing import Type
+from typing import Callable, Type
 
 import torch
 import torch.nn as nn
 from timm.layers import Attention, DropPath
 
-from .image_experts import PerImageExperts
+from .vmoe_experts import PerImageExperts
 
 __all__ = ['MoEViTBlock']
 
@@ -31,19 +37,24 @@ class MoEViTBlock(nn.Module):
             drop_path: float = 0.,
             act_layer: Type[nn.Module] = nn.GELU,
             norm_layer: Type[nn.Module] = nn.LayerNorm,
-            dispatch: str = 'auto',
+            attn_layer: Callable[..., nn.Module] = Attention,
+            mlp_layer: Callable[..., nn.Module] = PerImageExperts,
             device=None,
             dtype=None,
     ):
+        """
+        Args:
+            attn_layer: Called as ``attn_layer(dim, num_heads=..., qkv_bias=..., attn_drop=..., proj_drop=...)``.
+            mlp_layer: Called as ``mlp_layer(dim, int(dim * mlp_ratio), num_experts, act_layer=..., drop=...)``.
+        """
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
         self.norm1 = norm_layer(dim, **dd)
-        self.attn = Attention(
+        self.attn = attn_layer(
             dim, num_heads=num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop, **dd)
         self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
         self.norm2 = norm_layer(dim, **dd)
-        self.mlp = PerImageExperts(
-            dim, int(dim * mlp_ratio), num_experts, act_layer=act_layer, drop=proj_drop, dispatch=dispatch, **dd)
+        self.mlp = mlp_layer(dim, int(dim * mlp_ratio), num_experts, act_layer=act_layer, drop=proj_drop, **dd)
         self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,103 @@
+"""The MoE feed-forward of an mLiT encoder layer: y = Σ_i G(x)_i FFN_i(x), mLiT Eq. 1.
+
+Paper: "How Lightweight Can A Vision Transformer Be", arXiv:2407.17783, mLiT Sec. 2.1.2. The gate G is
+:class:`~timm_mlit.layers.mlit_gate.NoisyTopKGate` (mLiT Eqs. 2-12), the experts
+:class:`~timm_mlit.layers.mlit_experts.SharedSwiGLUExperts` (mLiT Eq. 13). Both come in as factories, as timm's
+``Block`` takes ``attn_layer`` / ``mlp_layer``: the MoE options (k, gate noise, loss weights, expert dropout) are
+declared by the gate and the experts alone, and a model sets them once with ``functools.partial``::
+
+    moe_layer = partial(MoEFeedForward,
+                        gate_layer=partial(NoisyTopKGate, top_k=2, noise_eps=1e-2),
+                        experts_layer=partial(SharedSwiGLUExperts, drop=0.1))
+    moe_layer(dim, hidden_dim, num_experts)
+
+A training forward leaves the gate's balancing loss L (mLiT Eq. 12) in the layer's
+:class:`~timm_mlit.layers.aux_loss.AuxRecord` as the layer's ``'moe_loss'``, read by
+:func:`~timm_mlit.layers.aux_loss.aux_losses`; :func:`moe_loss` is its ``'moe_loss'`` entry (zero when there is
+none). An eval forward clears it (the loss is absent in eval), a later training forward replaces it: it is always the
+last forward pass's. :func:`expert_load` reports which share of the routed token slots each expert received.
+"""
+from typing import Callable, Dict, Optional
+
+import torch
+import torch.nn as nn
+
+from ._tracing import is_graph_capture
+from .aux_loss import AuxRecord, aux_losses
+from .mlit_experts import SharedSwiGLUExperts
+from .mlit_gate import GateOutput, NoisyTopKGate
+
+__all__ = ['MoEFeedForward', 'moe_loss', 'expert_load']
+
+
+class MoEFeedForward(nn.Module):
+    """y = Σ_i G(x)_i FFN_i(x) (mLiT Eq. 1) over the tokens of a (..., m) tensor, gate in float32."""
+    aux_loss_name = 'moe_loss'
+
+    def __init__(
+            self,
+            dim: int,
+            hidden_dim: int,
+            num_experts: int,
+            gate_layer: Callable[..., nn.Module] = NoisyTopKGate,
+            experts_layer: Callable[..., nn.Module] = SharedSwiGLUExperts,
+            device=None,
+            dtype=None,
+    ):
+        """
+        Args:
+            dim: Token width m.
+            hidden_dim: Expert hidden size d_h.
+            num_experts: Experts t.
+            gate_layer: Called as ``gate_layer(dim, num_experts)``; carries k, the noise eps and the loss weights.
+            experts_layer: Called as ``experts_layer(dim, hidden_dim, num_experts)``; carries the expert dropout.
+        """
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        self.gate = gate_layer(dim, num_experts, **dd)
+        self.experts = experts_layer(dim, hidden_dim, num_experts, **dd)
+        self.aux_record = AuxRecord()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])
+        gate = self.gate(x)
+        y = self.experts(x, gate)
+        if not torch.jit.is_scripting():
+            if not is_graph_capture():
+                self._record(gate)
+        return y.reshape(shape)
+
+    @torch.jit.unused
+    def _record(self, gate: GateOutput) -> None:
+        self.aux_record.loss = gate.aux_loss
+        self.aux_record.counts = (gate.combine > 0).sum(0).detach()
+
+    @torch.jit.unused
+    def aux_loss(self, target: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+        """The gate's L (mLiT Eq. 12) of the last training forward; it needs no targets."""
+        return self.aux_record.loss
+
+    @torch.jit.unused
+    def aux_metrics(self, target: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+        return {}
+
+
+def moe_loss(model: nn.Module) -> torch.Tensor:
+    """Σ over the model's MoE layers of L (mLiT Eq. 12) from the last forward pass: ``aux_losses(model)['moe_loss']``,
+    a zero scalar if there is none (eval forward, no forward yet, or a model without MoE layers)."""
+    loss = aux_losses(model).get('moe_loss')
+    return loss if loss is not None else torch.zeros(())
+
+
+def expert_load(model: nn.Module) -> Dict[str, torch.Tensor]:
+    """Per MoE layer (by module name): the share of the last forward's routed token slots that each expert got.
+
+    Each token picks k experts, so a layer's shares sum to 1; a perfectly balanced layer has 1/t everywhere.
+    """
+    out = {}
+    for name, m in model.named_modules():
+        counts = m.aux_record.counts if isinstance(m, MoEFeedForward) else None
+        if counts is not None:
+            out[name] = counts.float() / counts.sum().clamp_min(1)
+    return out
