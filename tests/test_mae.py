@@ -1,4 +1,4 @@
-"""The mmLiT masked autoencoder: masking, the decoder's input, Eq. 16, the decoder's size (Table 2)."""
+"""The mmLiT masked autoencoder: masking, the decoder's input, mLiT Eq. 16, the decoder's size (Table 2)."""
 import pytest
 import torch
 

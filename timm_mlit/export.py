@@ -7,7 +7,7 @@ written to a temporary name and renamed, so a failed export leaves no half-writt
 
 int8 is *dynamic* quantisation (weights int8, activations quantised per batch at run time; no calibration data):
 every ``nn.Linear`` (PyTorch) or MatMul / Gemm (onnxruntime) is quantised **except the routing**: mLiT's gates
-``x W_g`` (Eq. 2-3) and Mobile V-MoE's per-image router ``W x`` (its Eq. 2) stay float32. They are tiny ((m, t)
+``x W_g`` (mLiT Eqs. 2-3) and Mobile V-MoE's per-image router ``W x`` (Mobile V-MoE Eq. 2) stay float32. They are tiny ((m, t)
 matrices) and they make discrete choices: int8 logits tie or swap the top-k experts of a token, which changes the
 output far more than the rounding of a weight does. This follows the rule the layers already keep under autocast
 (the gate runs in float32).

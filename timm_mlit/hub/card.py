@@ -129,7 +129,7 @@ def render_card(model_name: str, model: torch.nn.Module, repo_id: str, run: RunI
         if paper is not None:
             lines += ['', f'The paper reports {paper}% top-1 for this setting ({PAPER_SOURCE[variant.tag]}).']
     else:
-        lines.append(f'Final pre-training loss (Eq. 16) {run.metrics["mae_loss"]}, of which masked-patch MSE '
+        lines.append(f'Final pre-training loss (mLiT Eq. 16) {run.metrics["mae_loss"]}, of which masked-patch MSE '
                      f'{run.metrics["mse_masked"]}.')
     head = 'num_classes=NUM_CLASSES' if run.kind == 'mae' else ''
     lines += [

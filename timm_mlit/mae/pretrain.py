@@ -106,8 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     m = p.add_argument_group('model')
     m.add_argument('--model', default='mlit_xxs', help='encoder: any registered mLiT, or maevit_c100')
     m.add_argument('--mask-ratio', type=float, default=0.75)
-    m.add_argument('--alpha', type=float, default=0.1, help='weight of the loss on visible patches (Eq. 16)')
-    m.add_argument('--beta', type=float, default=0.5, help='weight of the MoE loss (Eq. 16)')
+    m.add_argument('--alpha', type=float, default=0.1, help='weight of the loss on visible patches (mLiT Eq. 16)')
+    m.add_argument('--beta', type=float, default=0.5, help='weight of the MoE loss (mLiT Eq. 16)')
     m.add_argument('--decoder-pos', default='encoder', choices=['encoder', 'separate'],
                    help="'encoder': the text's reading (no decoder table); 'separate': a 145x108 decoder table")
     m.add_argument('--encoder-pos-to', default='mask', choices=['mask', 'all'],

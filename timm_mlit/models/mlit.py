@@ -36,8 +36,8 @@ import torch.nn as nn
 from timm.layers import LayerType, calculate_drop_path_rates, get_norm_layer
 from timm.models import generate_default_cfgs, register_model
 
-from timm_mlit.layers import GroupedQueryAttention, MoEFeedForward, NoisyTopKGate, SharedSwiGLUExperts
-from timm_mlit.layers import EXPERT_DROP_MODES, MoEBlock, expert_load, moe_loss
+from timm_mlit.layers import EXPERT_DROP_MODES, GroupedQueryAttention, MoEBlock, MoEFeedForward, NoisyTopKGate, \
+    SharedSwiGLUExperts, expert_load, moe_loss
 from ._dummy_patch_vit import DummyPatchViT, block_count, build_dummy_patch_vit, zoo_cfg, filter_checkpoint
 from ._pretrained_tags import Variant, hub_repo_id, register_tags
 

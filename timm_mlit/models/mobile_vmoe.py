@@ -34,8 +34,7 @@ from timm.layers import LayerType, calculate_drop_path_rates, get_act_layer, get
 from timm.models import checkpoint, generate_default_cfgs, register_model
 from timm.models.vision_transformer import Block
 
-from timm_mlit.layers import PerImageExperts
-from timm_mlit.layers import EXPERT_DISPATCH, MoEViTBlock, PerImageRouter, router_loss, router_stats
+from timm_mlit.layers import EXPERT_DISPATCH, MoEViTBlock, PerImageExperts, PerImageRouter, router_loss, router_stats
 from timm_mlit.data.superclasses import SuperclassMap, load_superclass_map
 from ._dummy_patch_vit import DummyPatchViT, block_count, build_dummy_patch_vit, zoo_cfg, filter_checkpoint
 
