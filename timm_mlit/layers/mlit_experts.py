@@ -36,11 +36,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import expert_drop  # noqa: F401  registers torch.ops.timm_mlit.expert_drop_mask
+from ._tracing import is_graph_capture
+from .grouped_expert_mm import grouped_expert_mm, grouped_mm_supported
 from .mlit_gate import GateOutput
 
-__all__ = ['SharedSwiGLUExperts', 'EXPERT_DROP_MODES']
+__all__ = ['SharedSwiGLUExperts', 'EXPERT_DROP_MODES', 'EXPERT_MATMULS']
 
 EXPERT_DROP_MODES = ('expert', 'combined')
+EXPERT_MATMULS = ('auto', 'grouped', 'dense')
 
 
 class SharedSwiGLUExperts(nn.Module):
@@ -54,25 +57,55 @@ class SharedSwiGLUExperts(nn.Module):
             num_experts: int,
             drop: float = 0.1,
             drop_mode: str = 'expert',
+            expert_matmul: str = 'auto',
             device=None,
             dtype=None,
     ):
         super().__init__()
         if drop_mode not in EXPERT_DROP_MODES:
             raise ValueError(f'drop_mode must be one of {EXPERT_DROP_MODES}, got {drop_mode!r}.')
+        if expert_matmul not in EXPERT_MATMULS:
+            raise ValueError(f'expert_matmul must be one of {EXPERT_MATMULS}, got {expert_matmul!r}.')
         dd = {'device': device, 'dtype': dtype}
         self.dim = dim
         self.hidden_dim = hidden_dim
         self.num_experts = num_experts
         self.drop_mode = drop_mode
         self.per_expert_drop = drop_mode == 'expert'
+        self.expert_matmul = expert_matmul
         self.w = nn.Linear(dim, num_experts * hidden_dim, **dd)  # [W_1 … W_t], [b_1 … b_t]
         self.v = nn.Linear(dim, hidden_dim, **dd)  # V, b_V (shared)
         self.w2 = nn.Linear(hidden_dim, dim, **dd)  # W2, b_2 (shared)
         self.drop = nn.Dropout(drop)
 
     def extra_repr(self) -> str:
-        return f'num_experts={self.num_experts}, hidden_dim={self.hidden_dim}, drop_mode={self.drop_mode!r}'
+        return (f'num_experts={self.num_experts}, hidden_dim={self.hidden_dim}, drop_mode={self.drop_mode!r}, '
+                f'expert_matmul={self.expert_matmul!r}')
+
+    @torch.jit.unused
+    def use_grouped(self, x: torch.Tensor) -> bool:
+        """Whether this forward takes the grouped GEMM for the expert matmul (see ``expert_matmul``)."""
+        if self.expert_matmul == 'dense' or is_graph_capture() or torch.onnx.is_in_onnx_export():
+            return False
+        if type(self.w) is not nn.Linear:  # e.g. a dynamically quantised Linear: its own matmul
+            return False
+        if self.expert_matmul == 'grouped':
+            return x.device.type != 'meta'
+        return grouped_mm_supported(x.device, self._compute_dtype(x))
+
+    @torch.jit.unused
+    def _compute_dtype(self, x: torch.Tensor) -> torch.dtype:
+        """The dtype ``self.w(x)`` would compute in: autocast's where it is on, else x's."""
+        if torch.is_autocast_enabled(x.device.type):
+            return torch.get_autocast_dtype(x.device.type)
+        return x.dtype
+
+    @torch.jit.unused
+    def _grouped_h(self, x: torch.Tensor, top_idx: torch.Tensor) -> torch.Tensor:
+        """x W_i + b_i for the k chosen experts i of each token, (N, k, d_h), by one grouped GEMM."""
+        dtype = self._compute_dtype(x)
+        w, b = self.w.weight.to(dtype), self.w.bias.to(dtype)
+        return grouped_expert_mm(x.to(dtype), w, b, top_idx, self.num_experts)
 
     def forward(self, x: torch.Tensor, gate: GateOutput, drop_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """x: (N, m) tokens, gate: the NoisyTopKGate output for them. Returns (N, m).
@@ -82,9 +115,15 @@ class SharedSwiGLUExperts(nn.Module):
         """
         n, t, d_h = x.shape[0], self.num_experts, self.hidden_dim
         k = gate.top_idx.shape[-1]
-        h = self.w(x).reshape(n * t, d_h)  # x W_i + b_i for every expert i, row n·t + i
-        rows = (torch.arange(n, device=x.device).unsqueeze(-1) * t + gate.top_idx).reshape(-1)
-        h_k = h.index_select(0, rows).reshape(n, k, d_h)  # the k chosen experts' rows (whole-row copies)
+        grouped = False
+        if not torch.jit.is_scripting():
+            grouped = self.use_grouped(x)
+        if grouped:
+            h_k = self._grouped_h(x, gate.top_idx)  # x W_i + b_i of the k chosen experts only
+        else:
+            h = self.w(x).reshape(n * t, d_h)  # x W_i + b_i for every expert i, row n·t + i
+            rows = (torch.arange(n, device=x.device).unsqueeze(-1) * t + gate.top_idx).reshape(-1)
+            h_k = h.index_select(0, rows).reshape(n, k, d_h)  # the k chosen experts' rows (whole-row copies)
         v = self.v(x)  # x V + b_V
         if self.per_expert_drop and self.training and self.drop.p > 0.:
             y = self.w2(F.silu(h_k) * v.unsqueeze(1))  # FFN_i(x) of the chosen i, (N, k, m)
@@ -93,6 +132,6 @@ class SharedSwiGLUExperts(nn.Module):
                 drop_mask = torch.ops.timm_mlit.expert_drop_mask(top_gates.detach(), y.shape[-1], float(self.drop.p))
             weights = (top_gates.unsqueeze(-1) * drop_mask).to(y.dtype)  # G_j mask_j, (N, k, m)
             return (y * weights).sum(1)  # Σ_j G_j mask_j ⊙ FFN_j(x)
-        top_gates = gate.top_gates.to(h.dtype)
+        top_gates = gate.top_gates.to(h_k.dtype)
         mixed = (F.silu(h_k) * top_gates.unsqueeze(-1)).sum(1)  # Σ_i G_i silu(x W_i + b_i)
         return self.drop(self.w2(mixed * v))
