@@ -1,5 +1,6 @@
 """torch.compile as a supported path: mLiT and the MAE model compile as one graph in training and eval (no graph
-break), the MoE loss is recorded, per-expert dropout's mask is one opaque op (its RNG outside the graph)."""
+break), the MoE loss is recorded, per-expert dropout's mask is one opaque op (its RNG outside the graph), and so is
+the grouped expert matmul (its data-dependent group sizes inside)."""
 import pytest
 import timm
 import torch
@@ -32,6 +33,7 @@ def test_mlit_compiles_as_one_graph_and_keeps_the_moe_loss(training):
     out, graphs, targets = _graph_ops(model, x)
     loss = moe_loss(model)
     assert len(graphs) == 1
+    assert any('grouped_expert_mm' in t for t in targets)  # CPU float32: 'auto' takes the grouped GEMM
     torch.manual_seed(1)
     ref = model(x)
     assert torch.allclose(out, ref, atol=1e-5)

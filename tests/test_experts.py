@@ -1,10 +1,15 @@
-"""The fused shared-V/W2 expert layer equals the per-expert dispatch reference (outputs and every gradient)."""
+"""The fused shared-V/W2 expert layer equals the per-expert dispatch reference (outputs and every gradient), with the
+expert matmul dense (all t experts) or grouped (the k chosen ones, ``timm_mlit::grouped_expert_mm``)."""
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-from timm_mlit.layers import NoisyTopKGate, SharedSwiGLUExperts
+from timm_mlit.layers import MoEFeedForward, NoisyTopKGate, SharedSwiGLUExperts
+from timm_mlit.layers.grouped_expert_mm import grouped_expert_mm, grouped_mm_supported
 from timm_mlit.testing.dispatch_reference import DispatchSwiGLUExperts
+
+MATMULS = ['dense', 'grouped']
 
 
 class FixedMask(nn.Module):
@@ -19,12 +24,12 @@ class FixedMask(nn.Module):
         return y * self.mask
 
 
-def _pair(dim, hidden, t, k, drop_mode='expert'):
+def _pair(dim, hidden, t, k, drop_mode='expert', expert_matmul='auto'):
     gate = NoisyTopKGate(dim, t, top_k=k).train()
     with torch.no_grad():  # a trained-looking gate, so routing is not decided by noise alone
         gate.w_gate.weight.normal_(std=0.5)
         gate.w_noise.weight.normal_(std=0.5)
-    fused = SharedSwiGLUExperts(dim, hidden, t, drop=0., drop_mode=drop_mode).train()
+    fused = SharedSwiGLUExperts(dim, hidden, t, drop=0., drop_mode=drop_mode, expert_matmul=expert_matmul).train()
     ref = DispatchSwiGLUExperts(dim, hidden, t).train()
     ref.load_state_dict(fused.state_dict())
     return gate, fused, ref
@@ -46,11 +51,12 @@ def _run(gate, experts, x, seed=7, **kwargs):
     return y.detach(), grads, g
 
 
+@pytest.mark.parametrize('expert_matmul', MATMULS)
 @pytest.mark.parametrize('t,k,hidden', [(3, 2, 81), (4, 2, 27), (5, 2, 33), (5, 1, 16), (4, 3, 8), (3, 3, 12)])
-def test_fused_equals_per_expert_reference(t, k, hidden):
+def test_fused_equals_per_expert_reference(t, k, hidden, expert_matmul):
     torch.manual_seed(0)
     dim = 24
-    gate, fused, ref = _pair(dim, hidden, t, k)
+    gate, fused, ref = _pair(dim, hidden, t, k, expert_matmul=expert_matmul)
     x = torch.randn(96, dim)
     y_fused, g_fused, _ = _run(gate, fused, x)
     y_ref, g_ref, _ = _run(gate, ref, x)
@@ -61,11 +67,12 @@ def test_fused_equals_per_expert_reference(t, k, hidden):
         assert torch.allclose(g_fused[name], g_ref[name], atol=1e-5, rtol=1e-5), name
 
 
+@pytest.mark.parametrize('expert_matmul', MATMULS)
 @pytest.mark.parametrize('t,k', [(3, 2), (5, 2), (4, 1)])
-def test_per_expert_dropout_equals_reference_with_same_masks(t, k):
+def test_per_expert_dropout_equals_reference_with_same_masks(t, k, expert_matmul):
     torch.manual_seed(0)
     dim, hidden, n, p = 16, 20, 64, 0.1
-    gate, fused, ref = _pair(dim, hidden, t, k, drop_mode='expert')
+    gate, fused, ref = _pair(dim, hidden, t, k, drop_mode='expert', expert_matmul=expert_matmul)
     masks = (torch.rand(n, t, dim) > p).float() / (1 - p)  # one mask per (token, expert)
     x = torch.randn(n, dim)
     torch.manual_seed(7)  # the noise draw _run makes, so these are the routes of the runs below
@@ -90,10 +97,11 @@ def test_combined_dropout_drops_the_mixed_output_once():
     assert torch.allclose(y_fused, y_ref * mask, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize('expert_matmul', MATMULS)
 @pytest.mark.parametrize('mode', ['expert', 'combined'])
-def test_dropout_modes_agree_in_eval(mode):
+def test_dropout_modes_agree_in_eval(mode, expert_matmul):
     torch.manual_seed(0)
-    gate, fused, ref = _pair(16, 12, 5, 2, drop_mode=mode)
+    gate, fused, ref = _pair(16, 12, 5, 2, drop_mode=mode, expert_matmul=expert_matmul)
     fused.drop.p = 0.1
     gate.eval(), fused.eval(), ref.eval()
     x = torch.randn(40, 16)
@@ -104,3 +112,108 @@ def test_dropout_modes_agree_in_eval(mode):
 def test_bad_drop_mode_is_refused():
     with pytest.raises(ValueError, match='drop_mode'):
         SharedSwiGLUExperts(8, 8, 3, drop_mode='token')
+    with pytest.raises(ValueError, match='expert_matmul'):
+        SharedSwiGLUExperts(8, 8, 3, expert_matmul='loop')
+
+
+def _starve_last_expert(gate, x):
+    """Gate weights and inputs such that the last expert is never chosen (an empty group for the grouped GEMM)."""
+    with torch.no_grad():
+        x[:, 0] = 4.
+        gate.w_gate.weight[-1] = 0.
+        gate.w_gate.weight[-1, 0] = -50.
+        gate.w_noise.weight[-1] = 0.
+    return x
+
+
+@pytest.mark.parametrize('training,per_expert_drop', [(True, False), (True, True), (False, False)])
+@pytest.mark.parametrize('t,k,dim,hidden', [(5, 2, 24, 27), (3, 2, 21, 81), (4, 1, 16, 10), (4, 3, 12, 33)])
+def test_grouped_matmul_equals_dense_and_reference_with_an_idle_expert(t, k, dim, hidden, training, per_expert_drop):
+    """Outputs and the gradients of x, W, b, V, W2 and the gate: grouped == dense == dispatch reference, in train
+    (with and without per-expert dropout, the same masks everywhere) and eval, while one expert gets no token; dims
+    that are not multiples of 4 (m = 21, d_h = 81, 27, 33) exercise the padded operands."""
+    torch.manual_seed(0)
+    n, p = 80, 0.1
+    gate, dense, ref = _pair(dim, hidden, t, k, expert_matmul='dense')
+    grouped = SharedSwiGLUExperts(dim, hidden, t, drop=0., expert_matmul='grouped')
+    grouped.load_state_dict(dense.state_dict())
+    x = _starve_last_expert(gate, torch.randn(n, dim))
+    for m in (gate, dense, grouped, ref):
+        m.train(training)
+    torch.manual_seed(7)
+    top_idx = gate(x).top_idx
+    assert not (top_idx == t - 1).any() and (top_idx == 0).any()
+    assert grouped.use_grouped(x) and not dense.use_grouped(x)
+    kwargs, ref_kwargs = {}, {}
+    if per_expert_drop:
+        masks = (torch.rand(n, t, dim) > p).float() / (1 - p)
+        dense.drop = nn.Dropout(p)
+        grouped.drop = nn.Dropout(p)
+        kwargs = {'drop_mask': masks.gather(1, top_idx.unsqueeze(-1).expand(n, k, dim))}
+        ref_kwargs = {'drop_masks': masks}
+    if training:
+        y_d, g_d, _ = _run(gate, dense, x, **kwargs)
+        y_g, g_g, _ = _run(gate, grouped, x, **kwargs)
+        y_r, g_r, _ = _run(gate, ref, x, **ref_kwargs)
+        assert set(g_g) == set(g_d) == set(g_r)
+        for name in g_g:
+            assert g_g[name] is not None, name
+            torch.testing.assert_close(g_g[name], g_d[name], atol=1e-5, rtol=1e-5, msg=name)
+            torch.testing.assert_close(g_g[name], g_r[name], atol=1e-5, rtol=1e-5, msg=name)
+        w_grad = g_g['experts.w.weight'].view(t, hidden, dim)
+        assert (w_grad[-1] == 0).all() and (g_g['experts.w.bias'].view(t, hidden)[-1] == 0).all()
+    else:
+        with torch.no_grad():
+            g = gate(x)
+            y_d, y_g, y_r = dense(x, g), grouped(x, g), ref(x, g)
+    torch.testing.assert_close(y_g, y_d, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(y_g, y_r, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize('n,m,t,d_h,k', [(50, 24, 5, 27, 2), (37, 21, 4, 81, 2), (40, 16, 4, 12, 3), (30, 8, 6, 5, 1),
+                                         (1, 8, 3, 4, 2)])
+def test_grouped_expert_mm_op(n, m, t, d_h, k):
+    """The op alone against ``(x W + b)`` gathered at the chosen experts: values and gradients; expert 1 idle."""
+    torch.manual_seed(0)
+    x = torch.randn(n, m, requires_grad=True)
+    w = torch.randn(t * d_h, m, requires_grad=True)
+    b = torch.randn(t * d_h, requires_grad=True)
+    choices = [i for i in range(t) if i != 1]
+    top_idx = torch.stack([torch.tensor(choices)[torch.randperm(len(choices))[:k]] for _ in range(n)])
+    h = grouped_expert_mm(x, w, b, top_idx, t)
+    ref = F.linear(x, w, b).view(n, t, d_h).gather(1, top_idx.unsqueeze(-1).expand(n, k, d_h))
+    torch.testing.assert_close(h, ref, atol=1e-5, rtol=1e-5)
+    probe = torch.randn_like(ref)
+    grads = torch.autograd.grad((h * probe).sum(), (x, w, b))
+    ref_grads = torch.autograd.grad((ref * probe).sum(), (x, w, b))
+    for name, a, r in zip('xwb', grads, ref_grads):
+        torch.testing.assert_close(a, r, atol=1e-4, rtol=1e-5, msg=name)
+    torch.library.opcheck(torch.ops.timm_mlit.grouped_expert_mm.default, (x, w, b, top_idx, t))
+
+
+@pytest.mark.filterwarnings('ignore:`torch.jit.trace')
+def test_expert_matmul_selection():
+    """'auto' takes the grouped GEMM on CPU float32 only in eager/compiled forwards: dense on meta, under graph
+    capture (FX, torch.export, the exporters) and for a quantised W; the state dict is the same either way."""
+    layer = SharedSwiGLUExperts(16, 8, 4)
+    assert layer.expert_matmul == 'auto'
+    assert grouped_mm_supported(torch.device('cpu'), torch.float32)
+    assert not grouped_mm_supported(torch.device('cpu'), torch.float64)
+    assert not grouped_mm_supported(torch.device('meta'), torch.float32)
+    assert layer.use_grouped(torch.randn(3, 16))
+    assert not layer.use_grouped(torch.randn(3, 16, dtype=torch.float64))
+    assert not layer.use_grouped(torch.empty(3, 16, device='meta'))
+    assert not SharedSwiGLUExperts(16, 8, 4, expert_matmul='dense').use_grouped(torch.randn(3, 16))
+    assert set(layer.state_dict()) == set(SharedSwiGLUExperts(16, 8, 4, expert_matmul='dense').state_dict())
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert not layer.use_grouped(torch.randn(3, 16))  # autocast computes W in bf16 on the CPU: dense
+
+    moe = MoEFeedForward(16, 8, 4).eval()
+    x = torch.randn(2, 5, 16)
+    program = torch.export.export(moe, (x,))
+    targets = {str(node.target) for node in program.graph.nodes if node.op == 'call_function'}
+    assert not any('grouped' in target for target in targets), targets
+    torch.testing.assert_close(program.module()(x), moe(x))
+    traced = torch.jit.trace(moe, (x,))  # the TorchScript ONNX exporter's capture
+    assert 'grouped_expert_mm' not in str(traced.inlined_graph)
+    torch.testing.assert_close(traced(x), moe(x))

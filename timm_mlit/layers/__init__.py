@@ -4,6 +4,7 @@ mLiT ("How Lightweight Can A Vision Transformer Be", arXiv:2407.17783):
     mlit_attention.py  grouped-query attention (mLiT Sec. 2.1.1)
     mlit_gate.py       noisy top-k gate, Ψ, P and the balancing loss L (mLiT Eqs. 2-12)
     mlit_experts.py    shared-V/W2 SwiGLU experts, fused (mLiT Eq. 13)
+    grouped_expert_mm.py  the chosen experts' x W_i + b_i as one grouped GEMM (mLiT Eq. 13), a custom op
     expert_drop.py     per-expert dropout masks (mLiT Sec. 2.1.2)
     mlit_moe.py        MoEFeedForward = gate + experts (mLiT Eq. 1); moe_loss, expert_load
     mlit_block.py      MoEBlock, the encoder layer (mLiT Figure 1)

@@ -28,6 +28,17 @@ noise, one W2 matmul over N rows.
 Outside per-expert dropout the layer runs the form above on the k chosen experts only: their rows of ``x W + b``
 are selected (``index_select``, whole rows; no scatter, no einsum; silu on k of the t rows), weighted by their
 gates and summed. Adding the t − k zero-gated terms of mLiT Eq. 1 changes nothing, so this is the same function.
+
+The expert matmul (``expert_matmul``) comes in two forms with the same parameters, state dict and results (up to
+float rounding). ``'dense'`` is the one matmul of width t·d_h above, then the k chosen rows. ``'grouped'`` computes
+only the k chosen ``x W_i + b_i`` of each token (mLiT Eq. 13's expert-owned term; the zero-gated terms of mLiT
+Eq. 1 are never formed): k·N·m·d_h multiply-adds instead of t·N·m·d_h, by one grouped GEMM over the (token, expert)
+pairs sorted by expert on the device, no per-expert Python loop and no host sync
+(:mod:`timm_mlit.layers.grouped_expert_mm`, a custom op that ``torch.compile`` keeps whole). ``'auto'`` (default)
+takes the grouped GEMM where :func:`~timm_mlit.layers.grouped_expert_mm.grouped_mm_supported` says it is native
+and fast (CPU float32; CUDA bf16, e.g. under autocast, on sm90/sm100) and the dense matmul elsewhere: on meta,
+under TorchScript scripting, FX tracing, torch.jit tracing, torch.export and ONNX export (so exported graphs keep
+their static ops), and when ``w`` is not a plain ``nn.Linear`` (a dynamically quantised one).
 """
 from typing import Final, Optional
 
@@ -87,10 +98,10 @@ class SharedSwiGLUExperts(nn.Module):
         """Whether this forward takes the grouped GEMM for the expert matmul (see ``expert_matmul``)."""
         if self.expert_matmul == 'dense' or is_graph_capture() or torch.onnx.is_in_onnx_export():
             return False
-        if type(self.w) is not nn.Linear:  # e.g. a dynamically quantised Linear: its own matmul
+        if type(self.w) is not nn.Linear or x.device.type not in ('cpu', 'cuda'):  # e.g. quantised Linear, meta
             return False
         if self.expert_matmul == 'grouped':
-            return x.device.type != 'meta'
+            return True
         return grouped_mm_supported(x.device, self._compute_dtype(x))
 
     @torch.jit.unused
