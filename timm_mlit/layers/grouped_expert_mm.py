@@ -22,7 +22,7 @@ data-dependent group sizes stay inside). ``grouped_mm`` is native on CUDA for bf
 loops with a host sync, and on the CPU it is ATen's loop of one ``mm`` per group (each group a plain GEMM, no copy).
 :func:`grouped_mm_supported` says where the layer uses it by default.
 """
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 import torch.nn.functional as F
@@ -42,14 +42,16 @@ def grouped_mm_supported(device: torch.device, dtype: torch.dtype) -> bool:
     if device.type == 'cpu':
         return dtype in _CPU_DTYPES
     if device.type == 'cuda' and dtype in _CUDA_DTYPES:
-        return _cuda_major(device.index) in (9, 10)
+        return _cuda_major(-1 if device.index is None else device.index) in (9, 10)
     return False
 
 
-def _cuda_major(index: Optional[int]) -> int:
+@torch.compiler.assume_constant_result  # a constant to torch.compile, not traced into
+def _cuda_major(index: int) -> int:
+    """Compute capability major of CUDA device ``index`` (-1: the current one); 0 without CUDA."""
     if not torch.cuda.is_available():
         return 0
-    return torch.cuda.get_device_capability(torch.cuda.current_device() if index is None else index)[0]
+    return torch.cuda.get_device_capability(torch.cuda.current_device() if index < 0 else index)[0]
 
 
 def _pad_to(n: int, a: int) -> int:
@@ -111,7 +113,8 @@ def _backward(
     m = x.shape[-1]
     align = 16 // grad.element_size()
     g = grad.reshape(n * k, d_h)
-    db = torch.zeros((t, d_h), dtype=grad.dtype, device=grad.device).index_add_(0, top_idx.reshape(-1), g)
+    # db_i: the sum of expert i's rows, accumulated in float32 (bf16 would round at every one of ~N·k/t additions)
+    db = torch.zeros((t, d_h), dtype=torch.float32, device=grad.device).index_add_(0, top_idx.reshape(-1), g.float())
     gs = g.index_select(0, order)  # rows sorted by expert
     dp = _pad_to(d_h, align)
     if dp != d_h:  # row stride a multiple of 16 bytes; the padding columns are never read
@@ -125,7 +128,7 @@ def _backward(
         dx = torch.zeros((n, m), dtype=grad.dtype, device=grad.device).index_add_(0, tok, dxs)
     else:
         dx = torch.zeros((n, m), dtype=grad.dtype, device=grad.device)
-    return dx, dw.reshape(t * d_h, m), db.reshape(t * d_h)
+    return dx, dw.reshape(t * d_h, m), db.to(grad.dtype).reshape(t * d_h)
 
 
 @_backward.register_fake

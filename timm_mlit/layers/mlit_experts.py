@@ -77,6 +77,8 @@ class SharedSwiGLUExperts(nn.Module):
             raise ValueError(f'drop_mode must be one of {EXPERT_DROP_MODES}, got {drop_mode!r}.')
         if expert_matmul not in EXPERT_MATMULS:
             raise ValueError(f'expert_matmul must be one of {EXPERT_MATMULS}, got {expert_matmul!r}.')
+        if expert_matmul == 'grouped' and not hasattr(F, 'grouped_mm'):
+            raise ValueError(f"expert_matmul='grouped' needs F.grouped_mm, missing in torch {torch.__version__}.")
         dd = {'device': device, 'dtype': dtype}
         self.dim = dim
         self.hidden_dim = hidden_dim
@@ -96,7 +98,9 @@ class SharedSwiGLUExperts(nn.Module):
     @torch.jit.unused
     def use_grouped(self, x: torch.Tensor) -> bool:
         """Whether this forward takes the grouped GEMM for the expert matmul (see ``expert_matmul``)."""
-        if self.expert_matmul == 'dense' or is_graph_capture() or torch.onnx.is_in_onnx_export():
+        if self.expert_matmul == 'dense' or not hasattr(F, 'grouped_mm'):
+            return False
+        if is_graph_capture() or torch.onnx.is_in_onnx_export():
             return False
         if type(self.w) is not nn.Linear or x.device.type not in ('cpu', 'cuda'):  # e.g. quantised Linear, meta
             return False
