@@ -6,7 +6,7 @@ import timm
 import torch
 
 import timm_mlit  # noqa: F401
-from timm_mlit.layers import moe_loss
+from timm_mlit.layers import SharedSwiGLUExperts, moe_loss
 from timm_mlit.mae import create_mae
 from timm_mlit.mae.pretrain import parse_args
 
@@ -24,16 +24,25 @@ def _graph_ops(model, *args):
     return out, graphs, targets
 
 
+def _expert_matmul(model, expert_matmul: str):
+    for m in model.modules():
+        if isinstance(m, SharedSwiGLUExperts):
+            m.expert_matmul = expert_matmul
+    return model
+
+
+@pytest.mark.parametrize('expert_matmul', ['auto', 'grouped'])
 @pytest.mark.parametrize('training', [True, False])
-def test_mlit_compiles_as_one_graph_and_keeps_the_moe_loss(training):
+def test_mlit_compiles_as_one_graph_and_keeps_the_moe_loss(training, expert_matmul):
     torch.manual_seed(0)
     model = timm.create_model('mlit_xxs', depth=3).train(training)  # one layer per expert stage
+    _expert_matmul(model, expert_matmul)  # XXS's layers: 'auto' is dense on a CPU
     x = torch.randn(2, 3, 36, 36)
     torch.manual_seed(1)
     out, graphs, targets = _graph_ops(model, x)
     loss = moe_loss(model)
     assert len(graphs) == 1
-    assert any('grouped_expert_mm' in t for t in targets)  # CPU float32: 'auto' takes the grouped GEMM
+    assert any('grouped_expert_mm' in t for t in targets) == (expert_matmul == 'grouped')
     torch.manual_seed(1)
     ref = model(x)
     assert torch.allclose(out, ref, atol=1e-5)
@@ -56,9 +65,10 @@ def test_mae_compiles_as_one_graph_in_training():
     assert torch.allclose(out.loss, mae(x).loss, atol=1e-5)
 
 
-def test_compiled_training_step_backpropagates_through_the_drop_mask_op():
+@pytest.mark.parametrize('expert_matmul', ['dense', 'grouped'])
+def test_compiled_training_step_backpropagates_through_the_custom_ops(expert_matmul):
     torch.manual_seed(0)
-    model = timm.create_model('mlit_xxs', depth=3).train()
+    model = _expert_matmul(timm.create_model('mlit_xxs', depth=3).train(), expert_matmul)
     compiled = torch.compile(model, backend='aot_eager', fullgraph=True)
     x = torch.randn(2, 3, 36, 36)
     torch.manual_seed(1)

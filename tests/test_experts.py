@@ -1,12 +1,14 @@
 """The fused shared-V/W2 expert layer equals the per-expert dispatch reference (outputs and every gradient), with the
 expert matmul dense (all t experts) or grouped (the k chosen ones, ``timm_mlit::grouped_expert_mm``)."""
+from functools import partial
+
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from timm_mlit.layers import MoEFeedForward, NoisyTopKGate, SharedSwiGLUExperts
-from timm_mlit.layers.grouped_expert_mm import grouped_expert_mm, grouped_mm_supported
+from timm_mlit.layers.grouped_expert_mm import grouped_expert_mm, grouped_mm_supported, grouped_pays_on_cpu
 from timm_mlit.testing.dispatch_reference import DispatchSwiGLUExperts
 
 MATMULS = ['dense', 'grouped']
@@ -143,7 +145,7 @@ def test_grouped_matmul_equals_dense_and_reference_with_an_idle_expert(t, k, dim
     torch.manual_seed(7)
     top_idx = gate(x).top_idx
     assert not (top_idx == t - 1).any() and (top_idx == 0).any()
-    assert grouped.use_grouped(x) and not dense.use_grouped(x)
+    assert grouped.use_grouped(x, k) and not dense.use_grouped(x, k)
     kwargs, ref_kwargs = {}, {}
     if per_expert_drop:
         masks = (torch.rand(n, t, dim) > p).float() / (1 - p)
@@ -193,23 +195,30 @@ def test_grouped_expert_mm_op(n, m, t, d_h, k):
 
 @pytest.mark.filterwarnings('ignore:`torch.jit.trace')
 def test_expert_matmul_selection():
-    """'auto' takes the grouped GEMM on CPU float32 only in eager/compiled forwards: dense on meta, under graph
-    capture (FX, torch.export, the exporters) and for a quantised W; the state dict is the same either way."""
-    layer = SharedSwiGLUExperts(16, 8, 4)
+    """'auto' takes the grouped GEMM on CPU float32 where it pays ((t − k)·d_h ≥ 64·k) in eager/compiled forwards:
+    dense on meta, under graph capture (torch.export, torch.jit tracing), for float64 and a quantised W; the state
+    dict is the same either way."""
+    layer = SharedSwiGLUExperts(16, 72, 5)  # (5 - 2)·72 >= 128
     assert layer.expert_matmul == 'auto'
     assert grouped_mm_supported(torch.device('cpu'), torch.float32)
     assert not grouped_mm_supported(torch.device('cpu'), torch.float64)
     assert not grouped_mm_supported(torch.device('meta'), torch.float32)
-    assert layer.use_grouped(torch.randn(3, 16))
-    assert not layer.use_grouped(torch.randn(3, 16, dtype=torch.float64))
-    assert not layer.use_grouped(torch.empty(3, 16, device='meta'))
-    assert not SharedSwiGLUExperts(16, 8, 4, expert_matmul='dense').use_grouped(torch.randn(3, 16))
-    assert set(layer.state_dict()) == set(SharedSwiGLUExperts(16, 8, 4, expert_matmul='dense').state_dict())
+    assert grouped_pays_on_cpu(5, 2, 72) and grouped_pays_on_cpu(3, 2, 144)
+    assert not any(grouped_pays_on_cpu(*shape) for shape in [(5, 2, 32), (3, 2, 96), (3, 2, 81), (5, 5, 99)])
+    assert layer.use_grouped(torch.randn(3, 16), 2)
+    assert not layer.use_grouped(torch.randn(3, 16), 4)  # (5 - 4)·72 < 256
+    assert not SharedSwiGLUExperts(16, 27, 5).use_grouped(torch.randn(3, 16), 2)
+    assert SharedSwiGLUExperts(16, 27, 5, expert_matmul='grouped').use_grouped(torch.randn(3, 16), 2)
+    assert not layer.use_grouped(torch.randn(3, 16, dtype=torch.float64), 2)
+    assert not layer.use_grouped(torch.empty(3, 16, device='meta'), 2)
+    assert not SharedSwiGLUExperts(16, 72, 5, expert_matmul='dense').use_grouped(torch.randn(3, 16), 2)
+    assert set(layer.state_dict()) == set(SharedSwiGLUExperts(16, 72, 5, expert_matmul='dense').state_dict())
     with torch.autocast('cpu', dtype=torch.bfloat16):
-        assert not layer.use_grouped(torch.randn(3, 16))  # autocast computes W in bf16 on the CPU: dense
+        assert not layer.use_grouped(torch.randn(3, 16), 2)  # autocast computes W in bf16 on the CPU: dense
 
-    moe = MoEFeedForward(16, 8, 4).eval()
+    moe = MoEFeedForward(16, 8, 4, experts_layer=partial(SharedSwiGLUExperts, expert_matmul='grouped')).eval()
     x = torch.randn(2, 5, 16)
+    assert moe.experts.use_grouped(x.view(-1, 16), 2)  # eager: grouped; captured: dense
     program = torch.export.export(moe, (x,))
     targets = {str(node.target) for node in program.graph.nodes if node.op == 'call_function'}
     assert not any('grouped' in target for target in targets), targets

@@ -36,9 +36,11 @@ Eq. 1 are never formed): k·N·m·d_h multiply-adds instead of t·N·m·d_h, by 
 pairs sorted by expert on the device, no per-expert Python loop and no host sync
 (:mod:`timm_mlit.layers.grouped_expert_mm`, a custom op that ``torch.compile`` keeps whole). ``'auto'`` (default)
 takes the grouped GEMM where :func:`~timm_mlit.layers.grouped_expert_mm.grouped_mm_supported` says it is native
-and fast (CPU float32; CUDA bf16, e.g. under autocast, on sm90/sm100) and the dense matmul elsewhere: on meta,
-under TorchScript scripting, FX tracing, torch.jit tracing, torch.export and ONNX export (so exported graphs keep
-their static ops), and when ``w`` is not a plain ``nn.Linear`` (a dynamically quantised one).
+(CPU float32; CUDA bf16, e.g. under autocast, on sm90/sm100) and, on a CPU, only where it is measured faster
+(:func:`~timm_mlit.layers.grouped_expert_mm.grouped_pays_on_cpu`: (t − k)·d_h ≥ 64·k; at k=2, 14 of mLiT-S's 15
+layers, 4 of XS's 12, none of XXS's), and the dense matmul elsewhere: on meta, under TorchScript scripting, FX
+tracing, torch.jit tracing, torch.export and ONNX export (so exported graphs keep their static ops), and when ``w``
+is not a plain ``nn.Linear`` (a dynamically quantised one).
 """
 from typing import Final, Optional
 
@@ -48,7 +50,7 @@ import torch.nn.functional as F
 
 from . import expert_drop  # noqa: F401  registers torch.ops.timm_mlit.expert_drop_mask
 from ._tracing import is_graph_capture
-from .grouped_expert_mm import grouped_expert_mm, grouped_mm_supported
+from .grouped_expert_mm import grouped_expert_mm, grouped_mm_supported, grouped_pays_on_cpu
 from .mlit_gate import GateOutput
 
 __all__ = ['SharedSwiGLUExperts', 'EXPERT_DROP_MODES', 'EXPERT_MATMULS']
@@ -96,8 +98,8 @@ class SharedSwiGLUExperts(nn.Module):
                 f'expert_matmul={self.expert_matmul!r}')
 
     @torch.jit.unused
-    def use_grouped(self, x: torch.Tensor) -> bool:
-        """Whether this forward takes the grouped GEMM for the expert matmul (see ``expert_matmul``)."""
+    def use_grouped(self, x: torch.Tensor, top_k: int) -> bool:
+        """Whether a forward on ``x`` with k = ``top_k`` takes the grouped GEMM (see ``expert_matmul``)."""
         if self.expert_matmul == 'dense' or not hasattr(F, 'grouped_mm'):
             return False
         if is_graph_capture() or torch.onnx.is_in_onnx_export():
@@ -106,7 +108,9 @@ class SharedSwiGLUExperts(nn.Module):
             return False
         if self.expert_matmul == 'grouped':
             return True
-        return grouped_mm_supported(x.device, self._compute_dtype(x))
+        if not grouped_mm_supported(x.device, self._compute_dtype(x)):
+            return False
+        return x.device.type != 'cpu' or grouped_pays_on_cpu(self.num_experts, top_k, self.hidden_dim)
 
     @torch.jit.unused
     def _compute_dtype(self, x: torch.Tensor) -> torch.dtype:
@@ -132,7 +136,7 @@ class SharedSwiGLUExperts(nn.Module):
         k = gate.top_idx.shape[-1]
         grouped = False
         if not torch.jit.is_scripting():
-            grouped = self.use_grouped(x)
+            grouped = self.use_grouped(x, k)
         if grouped:
             h_k = self._grouped_h(x, gate.top_idx)  # x W_i + b_i of the k chosen experts only
         else:
