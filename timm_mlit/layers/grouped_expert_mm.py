@@ -19,7 +19,8 @@ padding columns for d_h, both sliced off), so any m and d_h work.
 
 Both directions are PyTorch custom ops, so ``torch.compile`` keeps each as one opaque call (no graph break; the
 data-dependent group sizes stay inside). ``grouped_mm`` is native on CUDA for bf16 on sm90/sm100; elsewhere on CUDA it
-loops with a host sync, and on the CPU it is ATen's loop of one ``mm`` per group (each group a plain GEMM, no copy).
+may fall back to a loop over the groups (a host sync), and on the CPU it is ATen's loop of one ``mm`` per group
+(each group a plain GEMM on a slice, no copy).
 :func:`grouped_mm_supported` and :func:`grouped_pays_on_cpu` say where the layer uses it by default.
 """
 from typing import Tuple
@@ -59,10 +60,11 @@ def grouped_pays_on_cpu(num_experts: int, top_k: int, hidden_dim: int) -> bool:
     computes for nothing per chosen expert, (t − k)·d_h / k, is at least 64.
 
     The grouped path saves (t − k)·N·m·d_h multiply-adds per direction but moves the N·k pairs' rows of x, dx and
-    dh through sorts and gathers, whose cost does not shrink with d_h. The rule is measured (forward + backward,
-    N = 9280, 2 threads, fp32, the shapes of ``benchmarks/bench_moe_layer.py``): grouped 1.37× faster at t=5,
-    d_h=81 (m=108), 1.09× at (t=5, d_h=72) and 1.05× at (t=3, d_h=144), both with m=144; 0.93-0.97× at
-    (t, d_h) = (3, 96), (5, 32), (3, 81), (5, 27), i.e. a score ≤ 48.
+    dh through sorts and gathers, whose cost does not shrink with d_h. The rule is measured on this project's 2-core
+    CPU (forward + backward, N = 9280, 2 threads, fp32, the shapes of ``benchmarks/bench_moe_layer.py``, two runs):
+    grouped 1.37× as fast as dense at (m, t, d_h) = (108, 5, 81), 1.09× at (144, 5, 72), 1.05× at (144, 3, 144),
+    i.e. (t − k)·d_h / k of 121, 108 and 72; 0.93-0.99× at (128, 3, 96), (128, 5, 32), (108, 3, 81), (108, 5, 27),
+    of 48 and less. With 1 thread it was ahead at all seven.
     """
     return (num_experts - top_k) * hidden_dim >= 64 * top_k
 
