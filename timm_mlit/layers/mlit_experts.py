@@ -35,12 +35,13 @@ only the k chosen ``x W_i + b_i`` of each token (mLiT Eq. 13's expert-owned term
 Eq. 1 are never formed): k·N·m·d_h multiply-adds instead of t·N·m·d_h, by one grouped GEMM over the (token, expert)
 pairs sorted by expert on the device, no per-expert Python loop and no host sync
 (:mod:`timm_mlit.layers.grouped_expert_mm`, a custom op that ``torch.compile`` keeps whole). ``'auto'`` (default)
-takes the grouped GEMM where :func:`~timm_mlit.layers.grouped_expert_mm.grouped_mm_supported` says it is native
-(CPU float32; CUDA bf16, e.g. under autocast, on sm90/sm100) and, on a CPU, only where it is measured faster
+takes the grouped GEMM on a CPU in float32 only, where it is measured faster
 (:func:`~timm_mlit.layers.grouped_expert_mm.grouped_pays_on_cpu`: (t − k)·d_h ≥ 64·k; at k=2, 14 of mLiT-S's 15
 layers, 4 of XS's 12, none of XXS's), and the dense matmul elsewhere: on meta, under TorchScript scripting, FX
 tracing, torch.jit tracing, torch.export and ONNX export (so exported graphs keep their static ops), and when ``w``
-is not a plain ``nn.Linear`` (a dynamically quantised one).
+is not a plain ``nn.Linear`` (a dynamically quantised one). On CUDA (bf16 on sm90/sm100, where
+:func:`~timm_mlit.layers.grouped_expert_mm.grouped_mm_supported` finds ``grouped_mm`` native) the grouped GEMM is
+opt-in, ``expert_matmul='grouped'``: no GPU has measured or run it yet.
 """
 from typing import Final, Optional
 
@@ -108,9 +109,9 @@ class SharedSwiGLUExperts(nn.Module):
             return False
         if self.expert_matmul == 'grouped':
             return True
-        if not grouped_mm_supported(x.device, self._compute_dtype(x)):
-            return False
-        return x.device.type != 'cpu' or grouped_pays_on_cpu(self.num_experts, top_k, self.hidden_dim)
+        if x.device.type != 'cpu' or not grouped_mm_supported(x.device, self._compute_dtype(x)):
+            return False  # on CUDA the grouped GEMM is opt-in ('grouped') until it is measured on a GPU
+        return grouped_pays_on_cpu(self.num_experts, top_k, self.hidden_dim)
 
     @torch.jit.unused
     def _compute_dtype(self, x: torch.Tensor) -> torch.dtype:
