@@ -226,3 +226,20 @@ def test_expert_matmul_selection():
     traced = torch.jit.trace(moe, (x,))  # the TorchScript ONNX exporter's capture
     assert 'grouped_expert_mm' not in str(traced.inlined_graph)
     torch.testing.assert_close(traced(x), moe(x))
+
+
+def test_flop_counter_counts_the_grouped_matmul_as_the_chosen_experts_only():
+    """torch's flop counter (count_macs, the MACs the demo, summary and cards print) sees the grouped op: k·N·m·d_h
+    multiply-adds forward, where the dense path does t·N·m·d_h; the backward counts dW and dx alike."""
+    from torch.utils.flop_counter import FlopCounterMode
+    n, m, t, k, d_h = 40, 12, 5, 2, 8
+    x, w, b = torch.randn(n, m, requires_grad=True), torch.randn(t * d_h, m, requires_grad=True), torch.randn(t * d_h)
+    top_idx = torch.randn(n, t).topk(k, dim=-1).indices
+    counter = FlopCounterMode(display=False)
+    with counter:
+        h = grouped_expert_mm(x, w, b, top_idx, t)
+    assert counter.get_total_flops() == 2 * n * k * m * d_h
+    counter = FlopCounterMode(display=False)
+    with counter:
+        h.sum().backward()
+    assert counter.get_total_flops() == 2 * 2 * n * k * m * d_h

@@ -26,7 +26,9 @@ def count_params(model: nn.Module, exclude_prefix: Optional[str] = None) -> int:
 
 @torch.no_grad()
 def count_macs(model: nn.Module, x: torch.Tensor) -> int:
-    """Multiply-accumulates of one eval forward on ``x`` (torch's flop counter, FLOPs / 2)."""
+    """Multiply-accumulates of one eval forward on ``x`` (torch's flop counter, FLOPs / 2): the work done on x's
+    device, so an mLiT layer on the grouped expert matmul (CPU fp32, where it pays) counts only its k chosen
+    experts' W and one on the static matmul (CUDA, export) all t."""
     was_training = model.training
     model.eval()
     counter = FlopCounterMode(display=False)

@@ -27,6 +27,7 @@ from typing import Tuple
 
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import register_flop_formula
 
 __all__ = ['grouped_expert_mm', 'grouped_mm_supported', 'grouped_pays_on_cpu']
 
@@ -149,6 +150,20 @@ def _backward(
 @_backward.register_fake
 def _(grad, x, weight, top_idx, order, offs, num_experts, need_x):
     return x.new_empty(x.shape), weight.new_empty(weight.shape), weight.new_empty((weight.shape[0],))
+
+
+@register_flop_formula(torch.ops.timm_mlit.grouped_expert_mm)
+def _forward_flops(x_shape, weight_shape, bias_shape, top_idx_shape, num_experts, *args, out_shape=None, **kwargs):
+    """torch's flop counter: 2 FLOPs per multiply-add, k·N·m·d_h of them (the chosen experts only)."""
+    (n, m), k = x_shape, top_idx_shape[-1]
+    return 2 * n * k * m * (weight_shape[0] // num_experts)
+
+
+@register_flop_formula(torch.ops.timm_mlit.grouped_expert_mm_backward)
+def _backward_flops(grad_shape, x_shape, *args, out_shape=None, **kwargs):
+    """torch's flop counter: dW (and dx when asked), k·N·m·d_h multiply-adds each."""
+    (n, k, d_h), m, need_x = grad_shape, x_shape[-1], args[-1]
+    return 2 * n * k * m * d_h * (2 if need_x else 1)
 
 
 def _setup_context(ctx, inputs, output):
