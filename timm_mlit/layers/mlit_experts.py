@@ -4,7 +4,8 @@ Paper: "How Lightweight Can A Vision Transformer Be", arXiv:2407.17783, Sec. 2.1
 per-expert dispatch form of mLiT Figure 3 is ``timm_mlit.testing.dispatch_reference``, the baseline this is tested
 against). The expert dropout masks come from ``timm_mlit.layers.expert_drop``.
 
-Expert i (mLiT Eq. 13 with biases): ``FFN_i(x) = (silu(x W_i + b_i) ⊙ (x V + b_V)) W2 + b_2``. Only
+Expert i (mLiT Eq. 13 with biases): ``FFN_i(x) = (silu(x W_i + b_i) ⊙ (x V + b_V)) W2 + b_2``, with
+``silu(x) = x·σ(x)`` (mLiT Eq. 14). Only
 ``W_i, b_i`` belong to the expert; ``V, b_V, W2, b_2`` are shared by the t experts of the layer. The MoE output is
 ``y = Σ_i G_i FFN_i(x)`` (mLiT Eq. 1).
 

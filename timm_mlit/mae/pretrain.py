@@ -9,7 +9,7 @@
 files; ``--train-split``), as are ``--epochs``, ``--batch-size``, ``--output``, ``--resume``, ``--amp`` / ``--amp-dtype``
 and ``--config`` (a YAML of these arguments, or a shipped recipe's name such as ``maevit_c100_pretrain_mae``; the
 command line wins). Left unset, each size gets Table 3:
-AdamW, weight decay 0.05, base LR 3e-4 scaled linearly (lr = base × global batch / 256), warm-up 5% of the
+AdamW, weight decay 0.05, base LR 3e-4 scaled linearly (lr = base × global batch / 256, mLiT Eq. 17), warm-up 5% of the
 epochs, cosine decay, epochs 4000 (S) / 6000 (XS) / 8000 (XXS), batch 840 (S) / 1280 (XS, XXS), horizontal flip,
 random-resized-crop [0.6, 1], mean = std = 0.5. Choices the paper leaves open: AdamW betas (0.9, 0.95) and LR floor
 0 as MAE's pre-training, a per-step schedule, bicubic resize. The cosine is not shifted past the warm-up: timm's
@@ -116,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     o = p.add_argument_group('optimisation (Table 3)')
     o.add_argument('--epochs', type=int, default=None, help='default: Table 3 for the size')
     o.add_argument('--batch-size', type=int, default=None, help='per process; default: Table 3 / world size')
-    o.add_argument('--lr', type=float, default=None, help='absolute LR; default lr-base x global batch / 256')
+    o.add_argument('--lr', type=float, default=None,
+                   help='absolute LR; default lr-base x global batch / 256 (mLiT Eq. 17)')
     o.add_argument('--lr-base', type=float, default=3e-4)
     o.add_argument('--lr-base-size', type=int, default=256)
     o.add_argument('--warmup-epochs', type=int, default=None, help='default: 5%% of the epochs')
