@@ -148,3 +148,83 @@ def test_autocast_and_matching_dtypes_still_run():
     with torch.autocast('cpu', dtype=torch.bfloat16):
         assert model(torch.zeros(1, 3, 36, 36)).shape == (1, 100)
     assert model.double()(torch.zeros(1, 3, 36, 36, dtype=torch.float64)).dtype == torch.float64
+
+
+FAMILIES = ['mlit_xxs', 'maevit_c100', 'mobile_vmoe_6x64_patch3_36']
+
+
+@pytest.fixture(scope='module')
+def rgb_checkpoints(tmp_path_factory):
+    """Each family's RGB weights, as a safetensors file and as a Hub-style folder for timm's ``local-dir:``."""
+    root, out = tmp_path_factory.mktemp('rgb'), {}
+    for name in FAMILIES:
+        torch.manual_seed(0)
+        model = timm.create_model(name)
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        timm.models.save_for_hf(model, str(root / name), safe_serialization=True)
+        assert (root / name / 'model.safetensors').is_file()
+        out[name] = dict(state=state, file=_save(root / f'{name}.safetensors', state), folder=str(root / name))
+    return out
+
+
+def _load_from(name, source, checkpoints, **kwargs):
+    if source == 'local-dir':
+        return timm.create_model(f'local-dir:{checkpoints[name]["folder"]}', pretrained=True, **kwargs)
+    return _load(name, checkpoints[name]['file'], **kwargs)
+
+
+@pytest.mark.parametrize('source', ['file', 'local-dir'])
+@pytest.mark.parametrize('in_chans', [1, 4])
+@pytest.mark.parametrize('name', FAMILIES)
+def test_rgb_weights_load_into_another_channel_count_adapted_as_timm_does(rgb_checkpoints, name, in_chans, source):
+    """timm's load_pretrained adapts the first conv (pretrained_cfg['first_conv']) after the family's filter: the
+    grayscale (1) or RGB+X (4) model gets timm.models.adapt_input_conv of the file's patch projection, the rest
+    unchanged."""
+    state = rgb_checkpoints[name]['state']
+    model = _load_from(name, source, rgb_checkpoints, in_chans=in_chans).eval()
+    weight = model.patch_embed.proj.weight
+    assert weight.shape == (state['patch_embed.proj.weight'].shape[0], in_chans, 3, 3)
+    assert torch.equal(weight, timm.models.adapt_input_conv(in_chans, state['patch_embed.proj.weight']))
+    if in_chans == 1:
+        assert torch.allclose(weight, state['patch_embed.proj.weight'].sum(1, keepdim=True))
+    loaded = model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in state.items() if k != 'patch_embed.proj.weight')
+    with torch.no_grad():
+        out = model(torch.randn(2, in_chans, 36, 36))
+    assert out.shape == (2, 100) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize('in_chans', [1, 4])
+@pytest.mark.parametrize('name, other_size, foreign', [
+    ('mlit_xxs', 'mlit_xs', 'maevit_c100'),
+    ('maevit_c100', dict(depth=6), 'mlit_xxs'),
+    ('mobile_vmoe_6x64_patch3_36', 'mobile_vmoe_9x96_patch3_36', 'mlit_xxs'),
+])
+def test_weights_of_another_architecture_are_still_refused_at_another_channel_count(
+        tmp_path, rgb_checkpoints, name, other_size, foreign, in_chans):
+    if isinstance(other_size, dict):
+        other = timm.create_model(name, **other_size)
+    else:
+        other = timm.create_model(other_size)
+    path = _save(tmp_path / 'other_size.safetensors', other.state_dict())
+    with pytest.raises(PretrainedWeightsError, match=re.escape(f'file {path} does not hold {name}')) as e:
+        _load(name, path, in_chans=in_chans)
+    assert 'weights: This checkpoint holds ' in str(e.value) and 'Create the matching model' in str(e.value)
+    with pytest.raises(PretrainedWeightsError, match=r'This checkpoint is not (an|a) .* encoder'):
+        _load(name, rgb_checkpoints[foreign]['file'], in_chans=in_chans)
+
+
+@pytest.mark.parametrize('name', FAMILIES)
+def test_a_patch_projection_of_another_channel_count_than_rgb_is_refused_or_loaded_as_is(tmp_path, name):
+    """Only the pretrained cfg's RGB projection is left for timm to adapt: a grayscale file loads into a grayscale
+    model unchanged and is refused, naming the weight, by an RGB or 4-channel one."""
+    torch.manual_seed(1)
+    gray = timm.create_model(name, in_chans=1).state_dict()
+    path = _save(tmp_path / 'gray.safetensors', gray)
+    assert torch.equal(_load(name, path, in_chans=1).patch_embed.proj.weight, gray['patch_embed.proj.weight'])
+    width = gray['patch_embed.proj.weight'].shape[0]
+    for in_chans in (3, 4):
+        with pytest.raises(PretrainedWeightsError, match=re.escape(
+                f'1 weights have another shape: patch_embed.proj.weight ({width}, 1, 3, 3) '
+                f'(model: ({width}, {in_chans}, 3, 3))')):
+            _load(name, path, in_chans=in_chans)

@@ -386,15 +386,17 @@ def _fit_head(out: Dict[str, torch.Tensor], model: 'DummyPatchViT') -> None:
     out.update(own)
 
 
-def _check_complete(out: Dict[str, torch.Tensor], model: 'DummyPatchViT') -> None:
+def _check_complete(
+        out: Dict[str, torch.Tensor], model: 'DummyPatchViT', adapted_later: Set[str] = frozenset()) -> None:
     """Every weight but the classifier's must come from the checkpoint, at the model's shape, as finite floating
     point numbers: timm loads non-strictly when num_classes differs from the file's, which would otherwise keep
-    random weights unnoticed, and copies NaN or integer tensors without a word."""
+    random weights unnoticed, and copies NaN or integer tensors without a word. ``adapted_later`` names the weights
+    whose shape timm's ``load_pretrained`` changes after the filter (the first conv: :func:`_first_conv_to_adapt`)."""
     own = model.state_dict()
     missing = [k for k in own if k not in out and not _is_head(k)]
     unexpected = [k for k in out if k not in own and not _is_head(k)]
     wrong = [f'{k} {tuple(out[k].shape)} (model: {tuple(v.shape)})' for k, v in own.items()
-             if k in out and not _is_head(k) and out[k].shape != v.shape]
+             if k in out and not _is_head(k) and k not in adapted_later and out[k].shape != v.shape]
     not_float = [f'{k} ({out[k].dtype})' for k, v in own.items()
                  if k in out and v.is_floating_point() and not out[k].is_floating_point()]
     not_finite = [k for k in own if k in out and out[k].is_floating_point() and not torch.isfinite(out[k]).all()]
@@ -417,6 +419,24 @@ def _check_complete(out: Dict[str, torch.Tensor], model: 'DummyPatchViT') -> Non
             f'with the arguments it was trained with.')
 
 
+def _first_conv_to_adapt(key: str, weight: torch.Tensor, model: 'DummyPatchViT') -> bool:
+    """Whether ``weight`` is the patch projection of a checkpoint with the pretrained cfg's channel count
+    (``input_size[0]``, RGB) for a model created with another ``in_chans`` (1 for grayscale, 4 for RGB+X, ...).
+
+    timm's ``load_pretrained`` applies the filter first and then ``timm.models.adapt_input_conv`` to the weight named
+    by ``pretrained_cfg['first_conv']`` (1 channel: the sum over RGB; C channels: RGB repeated and scaled by 3 / C):
+    timm 1.0.24-1.0.28 whenever ``in_chans != 3``, timm 1.0.31 when the shapes differ. So the filter leaves that
+    weight at the file's channel count: adapting it here would make timm 1.0.24-1.0.28 adapt it again (and drop a
+    4-channel weight as unconvertible, loading a random one). A direct ``model.load_state_dict(checkpoint_filter_fn(
+    ...))`` does not adapt it, as with timm's own filters."""
+    own = model.patch_embed.proj.weight
+    cfg = getattr(model, 'pretrained_cfg', None) or {}
+    source_chans = (cfg.get('input_size') or (3,))[0]
+    return (key == 'patch_embed.proj.weight' and cfg.get('first_conv', 'patch_embed.proj') == 'patch_embed.proj'
+            and weight.ndim == 4 and weight.shape[0] == own.shape[0] and weight.shape[1] == source_chans
+            and own.shape[1] != source_chans)
+
+
 def filter_checkpoint(
         state_dict: Dict[str, Any],
         model: DummyPatchViT,
@@ -430,7 +450,9 @@ def filter_checkpoint(
     another architecture with a message that says what they are, resample the position table and patch projection
     when the image or patch size differs, give a headless encoder (an MAE export) or a checkpoint with another
     number of classes the model's own new head, and refuse a checkpoint that lacks any other weight, has weights
-    the model does not, or has them at another shape (naming them). The caller names the file.
+    the model does not, or has them at another shape (naming them). The caller names the file. A model created with
+    another ``in_chans`` than the file's RGB gets the file's patch projection unchanged: timm's ``load_pretrained``
+    adapts it next, as for its own models (:func:`_first_conv_to_adapt`).
 
     ``describe(state_dict)`` names the architecture a state dict was made for (None: not of ``family``);
     ``hint`` says which model to create instead.
@@ -446,9 +468,12 @@ def filter_checkpoint(
         raise CheckpointMismatchError(
             f'This checkpoint holds {got}, but the model is {want}. Create the matching model ({hint}) to load it.')
 
-    out = {}
+    out, adapted_later = {}, set()
     for k, v in state_dict.items():
-        if k == 'patch_embed.proj.weight' and v.ndim == 4 and v.shape[:2] == model.patch_embed.proj.weight.shape[:2] \
+        if k == 'patch_embed.proj.weight' and _first_conv_to_adapt(k, v, model):
+            adapted_later.add(k)  # timm's load_pretrained adapts its channels after the filter
+        if k == 'patch_embed.proj.weight' and v.ndim == 4 and v.shape[0] == model.patch_embed.proj.weight.shape[0] \
+                and (k in adapted_later or v.shape[1] == model.patch_embed.proj.weight.shape[1]) \
                 and v.shape[-2:] != model.patch_embed.proj.weight.shape[-2:]:
             v = resample_patch_embed(
                 v, model.patch_embed.proj.weight.shape[-2:], interpolation=interpolation, antialias=antialias)
@@ -467,7 +492,7 @@ def filter_checkpoint(
                 )
         out[k] = v
     _fit_head(out, model)
-    _check_complete(out, model)
+    _check_complete(out, model, adapted_later)
     return out
 
 
