@@ -228,3 +228,145 @@ def test_aux_loss_task_adds_the_router_loss_and_accuracy():
     result = task(x, y)
     assert set(result) == {'loss', 'output', 'router_loss', 'router_acc'}
     assert torch.allclose(result['loss'], nn.functional.cross_entropy(result['output'], y) + model.router_loss(y))
+
+
+# --- reentrant gradient checkpointing in a hand-written loop: every reader of the auxiliary losses refuses -------
+
+@pytest.fixture
+def reentrant_ckpt():
+    """timm's checkpoint / checkpoint_seq with use_reentrant=True (what TIMM_REENTRANT_CKPT=1 sets)."""
+    from timm.layers import set_reentrant_ckpt, use_reentrant_ckpt
+    was = use_reentrant_ckpt()
+    set_reentrant_ckpt(True)
+    yield
+    set_reentrant_ckpt(was)
+
+
+def _checkpointed_blocks(model, x, use_reentrant):
+    """A hand-written loop's own checkpointing: the stem outside, each block through torch.utils.checkpoint."""
+    from torch.utils.checkpoint import checkpoint
+    h = model._embed(x)
+    for blk in model.blocks:
+        h = checkpoint(blk, h, use_reentrant=use_reentrant)
+    return model.forward_head(model.norm(h))
+
+
+MOE_READERS = {
+    'model.moe_loss': lambda m: m.moe_loss(),
+    'timm_mlit.moe_loss': lambda m: timm_mlit.moe_loss(m),
+    'aux_losses': lambda m: timm_mlit.layers.aux_losses(m).get('moe_loss', torch.zeros(())),
+}
+
+
+@pytest.mark.parametrize('how', ['set_grad_checkpointing', 'torch.utils.checkpoint'])
+@pytest.mark.parametrize('reader', list(MOE_READERS))
+def test_reentrant_checkpointing_is_refused_by_every_reader_of_the_moe_loss(reentrant_ckpt, reader, how):
+    assert training.DetachedAuxLossError is timm_mlit.layers.DetachedAuxLossError  # one class, two public names
+    x, y = _batches(1)[0]
+    model = _model().train()
+    read = MOE_READERS[reader]
+
+    def forward():
+        if how == 'set_grad_checkpointing':
+            model.set_grad_checkpointing(True)
+            return model(x)
+        return _checkpointed_blocks(model, x, use_reentrant=True)
+
+    out = forward()
+    assert out.requires_grad  # the task loss trains; the MoE loss would not
+    with pytest.raises(training.DetachedAuxLossError, match=r'moe_loss of 9 MoEFeedForward module\(s\) has no '
+                                                            r'gradient.*[Rr]eentrant.*Fix: '):
+        read(model)
+    with torch.no_grad():  # reading it for logging is fine
+        assert read(model) > 0
+    # no_grad forwards (evaluation in train mode) and eval forwards with autograd on do not raise
+    with torch.no_grad():
+        forward()
+    assert read(model) > 0 and not read(model).requires_grad
+    model.eval()
+    forward()
+    assert float(read(model)) == 0.
+
+
+@pytest.mark.parametrize('how', ['set_grad_checkpointing', 'torch.utils.checkpoint'])
+def test_non_reentrant_checkpointing_gives_a_moe_loss_that_reaches_the_gates(how):
+    x, _ = _batches(1)[0]
+    grads = []
+    for checkpointed in (True, False):
+        model = _model().train()
+        torch.manual_seed(3)
+        if not checkpointed:
+            model(x)
+        elif how == 'set_grad_checkpointing':  # timm's default: use_reentrant=False
+            model.set_grad_checkpointing(True)
+            model(x)
+        else:
+            _checkpointed_blocks(model, x, use_reentrant=False)
+        model.moe_loss().backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if '.gate.' in n})
+    got, want = grads
+    assert len(got) == 18 and all(g is not None and g.abs().sum() > 0 for g in got.values())
+    assert all(torch.allclose(got[n], want[n], rtol=1e-5, atol=1e-8) for n in want)
+
+
+def _mobile_vmoe():
+    torch.manual_seed(0)
+    return timm.create_model('mobile_vmoe_6x64_patch3_36', superclass_map='cifar100').train()
+
+
+def test_mobile_vmoe_router_loss_under_reentrant_checkpointing(reentrant_ckpt):
+    """The model's own checkpointing leaves the router outside the checkpointed blocks: its loss trains the router.
+    A hand-written reentrant checkpoint around the router detaches it, and router_loss refuses."""
+    from torch.utils.checkpoint import checkpoint
+    x, y = torch.randn(4, 3, 36, 36), torch.tensor([0, 1, 2, 3])
+    model = _mobile_vmoe()
+    model.set_grad_checkpointing(True)
+    model(x)
+    model.router_loss(y).backward()
+    assert model.router.proj.weight.grad.abs().sum() > 0
+
+    model = _mobile_vmoe()
+    h = model._embed(x)
+    out = checkpoint(lambda t: model._run_blocks(t, [], -1)[0], h, use_reentrant=True)
+    assert out.requires_grad
+    with pytest.raises(training.DetachedAuxLossError, match=r'router_loss of 1 PerImageRouter'):
+        model.router_loss(y)
+    with pytest.raises(training.DetachedAuxLossError, match=r'router_loss of 1 PerImageRouter'):
+        timm_mlit.layers.aux_losses(model, y)
+    with torch.no_grad():
+        assert model.router_loss(y) > 0
+
+    model = _mobile_vmoe()
+    checkpoint(lambda t: model._run_blocks(t, [], -1)[0], model._embed(x), use_reentrant=False)
+    model.router_loss(y).backward()
+    assert model.router.proj.weight.grad.abs().sum() > 0
+
+
+class _Checkpointed(nn.Module):
+    def __init__(self, block, use_reentrant):
+        super().__init__()
+        self.block, self.use_reentrant = block, use_reentrant
+
+    def forward(self, x):
+        from torch.utils.checkpoint import checkpoint
+        return checkpoint(self.block, x, use_reentrant=self.use_reentrant)
+
+
+@pytest.mark.parametrize('use_reentrant', [True, False])
+def test_mae_loss_under_checkpointed_encoder_blocks(use_reentrant):
+    """The MAE reads its MoE loss (mLiT Eq. 16) in its own forward: reentrant checkpointing refuses there."""
+    from timm_mlit.mae.model import create_mae
+    torch.manual_seed(0)
+    mae = create_mae('mlit_xxs').train()
+    mae.encoder.blocks = nn.Sequential(*[_Checkpointed(b, use_reentrant) for b in mae.encoder.blocks])
+    imgs = torch.randn(2, 3, 36, 36)
+    if use_reentrant:
+        with pytest.raises(training.DetachedAuxLossError, match=r'moe_loss of 9 MoEFeedForward'):
+            mae(imgs)
+        with torch.no_grad():
+            assert mae(imgs).parts['moe_loss'] > 0
+        return
+    mae(imgs)
+    timm_mlit.layers.aux_losses(mae)['moe_loss'].backward()
+    gates = {n: p.grad for n, p in mae.named_parameters() if n.startswith('encoder.') and '.gate.w_gate' in n}
+    assert len(gates) == 9 and all(g is not None and g.abs().sum() > 0 for g in gates.values())

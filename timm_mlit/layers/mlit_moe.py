@@ -65,11 +65,12 @@ class MoEFeedForward(nn.Module):
         y = self.experts(x, gate)
         if not torch.jit.is_scripting():
             if not is_graph_capture():
-                self._record(gate)
+                self._record(gate, x)
         return y.reshape(shape)
 
     @torch.jit.unused
-    def _record(self, gate: GateOutput) -> None:
+    def _record(self, gate: GateOutput, x: torch.Tensor) -> None:
+        self.aux_record.note_grad_mode(x)
         self.aux_record.loss = gate.aux_loss
         self.aux_record.counts = (gate.combine > 0).sum(0).detach()
 

@@ -122,11 +122,12 @@ class PerImageRouter(nn.Module):
         weights, indices = probs.topk(self.top_k, dim=-1) if self.training else first_max_top_k(probs, self.top_k)
         if not torch.jit.is_scripting():
             if not is_graph_capture():
-                self._record(logits)
+                self._record(logits, x)
         return weights, indices
 
     @torch.jit.unused
-    def _record(self, logits: torch.Tensor) -> None:
+    def _record(self, logits: torch.Tensor, x: torch.Tensor) -> None:
+        self.aux_record.note_grad_mode(x)
         self.aux_record.logits = logits
 
     @torch.jit.unused
