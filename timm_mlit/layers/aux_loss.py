@@ -68,14 +68,15 @@ class AuxRecord:
         self.counts = None
         self.ran_without_grad = False
 
-    def note_grad_mode(self, x: torch.Tensor) -> None:
+    def note_grad_mode(self, x: torch.Tensor, training: bool) -> None:
         """Record whether the layer runs with autograd off inside a computation that has a graph: under reentrant
         gradient checkpointing (``torch.utils.checkpoint(..., use_reentrant=True)``, which timm's ``checkpoint`` /
         ``checkpoint_seq`` use under ``TIMM_REENTRANT_CKPT=1``), which runs the function under no_grad on inputs
         that carry a graph and recomputes it in backward, or on an input ``x`` that carries a graph. A loss left
         here then has no gradient. A ``torch.no_grad()`` forward (evaluation) has no graph anywhere and is not
-        flagged. Not detected under torch.compile (which does not trace reentrant checkpoints)."""
-        self.ran_without_grad = not torch.is_grad_enabled() and not _is_compiling() and (
+        flagged, nor is a layer in eval mode (``training`` False), which leaves no loss to train: inference never
+        pays for the search below. Not detected under torch.compile (which does not trace reentrant checkpoints)."""
+        self.ran_without_grad = training and not torch.is_grad_enabled() and not _is_compiling() and (
             x.requires_grad or _under_reentrant_checkpoint())
 
 

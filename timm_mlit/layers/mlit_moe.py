@@ -70,7 +70,7 @@ class MoEFeedForward(nn.Module):
 
     @torch.jit.unused
     def _record(self, gate: GateOutput, x: torch.Tensor) -> None:
-        self.aux_record.note_grad_mode(x)
+        self.aux_record.note_grad_mode(x, self.training)
         self.aux_record.loss = gate.aux_loss
         self.aux_record.counts = (gate.combine > 0).sum(0).detach()
 

@@ -127,7 +127,7 @@ class PerImageRouter(nn.Module):
 
     @torch.jit.unused
     def _record(self, logits: torch.Tensor, x: torch.Tensor) -> None:
-        self.aux_record.note_grad_mode(x)
+        self.aux_record.note_grad_mode(x, self.training)
         self.aux_record.logits = logits
 
     @torch.jit.unused
