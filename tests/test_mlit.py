@@ -271,7 +271,7 @@ def test_checkpoint_load_resamples_positions_and_unwraps_containers(tmp_path):
 
 def test_checkpoint_of_another_model_is_refused_clearly(tmp_path):
     path = _save(timm.create_model('mlit_s'), tmp_path / 'mlit_s.safetensors')
-    with pytest.raises(timm_mlit.hub.PretrainedWeightsError,
+    with pytest.raises(timm_mlit.models.PretrainedWeightsError,
                        match=r'mlit_s.safetensors does not hold .*embed_dim=144 and 15 blocks.*embed_dim=108 and 9'):
         timm.create_model('mlit_xxs', pretrained=True, pretrained_cfg_overlay=dict(file=path))
     vit = timm.create_model('vit_tiny_patch16_224', num_classes=0)
@@ -280,7 +280,7 @@ def test_checkpoint_of_another_model_is_refused_clearly(tmp_path):
 
 
 def test_pretrained_weights_not_published_yet_say_so_without_a_download():
-    with pytest.raises(timm_mlit.hub.PretrainedWeightsError) as err:
+    with pytest.raises(timm_mlit.models.PretrainedWeightsError) as err:
         timm.create_model('mlit_xxs', pretrained=True)
     msg = str(err.value)
     assert 'No weights are published yet for mlit_xxs.mae_c100_ft_c100_300e' in msg
