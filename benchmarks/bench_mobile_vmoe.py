@@ -39,7 +39,7 @@ def _with_dispatch(model, dispatch):
         if dispatch == 'all':
             blk.mlp.forward = types.MethodType(_all_experts, blk.mlp)
         else:
-            blk.mlp.dispatch = dispatch
+            blk.mlp.expert_dispatch = dispatch
     return model
 
 

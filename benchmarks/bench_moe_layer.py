@@ -62,11 +62,11 @@ def main():
         gate = NoisyTopKGate(m, t, top_k=2).to(device).train()
         with torch.no_grad():
             gate.w_gate.weight.normal_(std=0.1)  # a gate that has learnt something
-        fused = SharedSwiGLUExperts(m, d_h, t, drop=0.).to(device).train()
+        fused = SharedSwiGLUExperts(m, d_h, t, expert_drop_rate=0.).to(device).train()
         ref = DispatchSwiGLUExperts(m, d_h, t).to(device).train()
         ref.load_state_dict(fused.state_dict())
-        drop_e = SharedSwiGLUExperts(m, d_h, t, drop=0.1, drop_mode='expert').to(device).train()
-        drop_c = SharedSwiGLUExperts(m, d_h, t, drop=0.1, drop_mode='combined').to(device).train()
+        drop_e = SharedSwiGLUExperts(m, d_h, t, expert_drop_rate=0.1, expert_drop_mode='expert').to(device).train()
+        drop_c = SharedSwiGLUExperts(m, d_h, t, expert_drop_rate=0.1, expert_drop_mode='combined').to(device).train()
         x = torch.randn(args.tokens, m, device=device, requires_grad=True)
         fns = {
             'fused': layer_step(gate, fused, x),

@@ -31,7 +31,8 @@ def _pair(dim, hidden, t, k, drop_mode='expert', expert_matmul='auto'):
     with torch.no_grad():  # a trained-looking gate, so routing is not decided by noise alone
         gate.w_gate.weight.normal_(std=0.5)
         gate.w_noise.weight.normal_(std=0.5)
-    fused = SharedSwiGLUExperts(dim, hidden, t, drop=0., drop_mode=drop_mode, expert_matmul=expert_matmul).train()
+    fused = SharedSwiGLUExperts(
+        dim, hidden, t, expert_drop_rate=0., expert_drop_mode=drop_mode, expert_matmul=expert_matmul).train()
     ref = DispatchSwiGLUExperts(dim, hidden, t).train()
     ref.load_state_dict(fused.state_dict())
     return gate, fused, ref
@@ -112,8 +113,8 @@ def test_dropout_modes_agree_in_eval(mode, expert_matmul):
 
 
 def test_bad_drop_mode_is_refused():
-    with pytest.raises(ValueError, match='drop_mode'):
-        SharedSwiGLUExperts(8, 8, 3, drop_mode='token')
+    with pytest.raises(ValueError, match='expert_drop_mode'):
+        SharedSwiGLUExperts(8, 8, 3, expert_drop_mode='token')
     with pytest.raises(ValueError, match='expert_matmul'):
         SharedSwiGLUExperts(8, 8, 3, expert_matmul='loop')
 
@@ -137,7 +138,7 @@ def test_grouped_matmul_equals_dense_and_reference_with_an_idle_expert(t, k, dim
     torch.manual_seed(0)
     n, p = 80, 0.1
     gate, dense, ref = _pair(dim, hidden, t, k, expert_matmul='dense')
-    grouped = SharedSwiGLUExperts(dim, hidden, t, drop=0., expert_matmul='grouped')
+    grouped = SharedSwiGLUExperts(dim, hidden, t, expert_drop_rate=0., expert_matmul='grouped')
     grouped.load_state_dict(dense.state_dict())
     x = _starve_last_expert(gate, torch.randn(n, dim))
     for m in (gate, dense, grouped, ref):

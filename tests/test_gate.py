@@ -68,7 +68,7 @@ def _direct_moe_loss(x, w_g, w_noise, noise, k, eps, w_imp, w_load, squared):
 def test_moe_loss_matches_direct_evaluation(t, k, squared):
     torch.manual_seed(0)
     m, n = 6, 7
-    gate = NoisyTopKGate(m, t, top_k=k, cv_squared=squared).double().train()
+    gate = NoisyTopKGate(m, t, top_k=k, moe_cv_squared=squared).double().train()
     with torch.no_grad():
         gate.w_gate.weight.normal_()
         gate.w_noise.weight.normal_()
@@ -80,7 +80,7 @@ def test_moe_loss_matches_direct_evaluation(t, k, squared):
 
     expected, importance, load = _direct_moe_loss(
         x.tolist(), gate.w_gate.weight.T.tolist(), gate.w_noise.weight.T.tolist(), noise.tolist(),
-        k, gate.noise_eps, 1e-2, 1e-2, squared)
+        k, gate.gate_noise_eps, 1e-2, 1e-2, squared)
     assert out.aux_loss.item() == pytest.approx(expected, rel=1e-9)
     assert torch.allclose(out.combine.sum(0), torch.tensor(importance, dtype=torch.float64))
     assert (out.combine > 0).sum(1).eq(k).all()

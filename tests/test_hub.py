@@ -18,7 +18,8 @@ from huggingface_hub import HfApi
 from safetensors.torch import save_file
 
 import timm_mlit  # noqa: F401  registers the models
-from timm_mlit.hub import PUBLISHED, VARIANTS, hub_repo_id
+from timm_mlit.models._pretrained_tags import PUBLISHED, hub_repo_id
+from timm_mlit.models.mlit import VARIANTS
 from timm_mlit.testing.local_hub import LocalHubServer
 from timm_mlit.models.mlit import default_cfgs
 

@@ -107,8 +107,10 @@ def test_only_models_with_an_mlit_encoder_api_are_accepted():
 def test_decoder_moe_layers_reuse_the_encoders_moe_settings():
     """The decoder's MoE blocks are built from the encoder's MoE factory (k, noise, loss weights, expert dropout);
     only width, heads, d_h and expert count are the decoder's (mLiT Table 2)."""
-    mae = create_mae('mlit_xxs', top_k=1, gate_noise_eps=0.05, expert_drop_mode='combined', moe_cv_squared=True)
+    mae = create_mae('mlit_xxs', top_k=1, gate_noise_eps=0.05, expert_drop_mode='combined', moe_cv_squared=True,
+                     expert_matmul='dense')
     for blk in mae.decoder_blocks:
         gate, experts = blk.mlp.gate, blk.mlp.experts
-        assert (gate.top_k, gate.noise_eps, gate.cv_squared, experts.drop_mode) == (1, 0.05, True, 'combined')
+        assert (gate.top_k, gate.gate_noise_eps, gate.moe_cv_squared) == (1, 0.05, True)
+        assert (experts.expert_drop_mode, experts.expert_matmul) == ('combined', 'dense')
         assert (gate.num_experts, experts.hidden_dim, blk.attn.num_heads, blk.attn.num_kv_heads) == (3, 72, 6, 3)

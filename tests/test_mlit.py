@@ -143,7 +143,7 @@ def test_expert_dropout_is_not_train_py_drop_rate():
     assert all(blk.mlp.experts.drop.p == 0.1 for blk in model.blocks)
     assert model.head_drop.p == 0.0
     model = timm.create_model('mlit_xxs', expert_drop_rate=0.0, expert_drop_mode='combined', drop_rate=0.2)
-    assert all(blk.mlp.experts.drop.p == 0.0 and blk.mlp.experts.drop_mode == 'combined' for blk in model.blocks)
+    assert all(blk.mlp.experts.drop.p == 0.0 and blk.mlp.experts.expert_drop_mode == 'combined' for blk in model.blocks)
     assert model.head_drop.p == 0.2
 
 
@@ -151,7 +151,7 @@ def test_moe_loss_options_reach_every_gate():
     model = timm.create_model('mlit_xxs', moe_cv_squared=True, moe_load_weight=0.5, top_k=1)
     for blk in model.blocks:
         g = blk.mlp.gate
-        assert g.cv_squared and g.load_weight == 0.5 and g.importance_weight == 1e-2 and g.top_k == 1
+        assert g.moe_cv_squared and g.moe_load_weight == 0.5 and g.moe_importance_weight == 1e-2 and g.top_k == 1
 
 
 def test_grad_checkpointing_in_training_gives_the_same_step():
@@ -271,7 +271,7 @@ def test_checkpoint_load_resamples_positions_and_unwraps_containers(tmp_path):
 
 def test_checkpoint_of_another_model_is_refused_clearly(tmp_path):
     path = _save(timm.create_model('mlit_s'), tmp_path / 'mlit_s.safetensors')
-    with pytest.raises(timm_mlit.hub.PretrainedWeightsError,
+    with pytest.raises(timm_mlit.models.PretrainedWeightsError,
                        match=r'mlit_s.safetensors does not hold .*embed_dim=144 and 15 blocks.*embed_dim=108 and 9'):
         timm.create_model('mlit_xxs', pretrained=True, pretrained_cfg_overlay=dict(file=path))
     vit = timm.create_model('vit_tiny_patch16_224', num_classes=0)
@@ -280,7 +280,7 @@ def test_checkpoint_of_another_model_is_refused_clearly(tmp_path):
 
 
 def test_pretrained_weights_not_published_yet_say_so_without_a_download():
-    with pytest.raises(timm_mlit.hub.PretrainedWeightsError) as err:
+    with pytest.raises(timm_mlit.models.PretrainedWeightsError) as err:
         timm.create_model('mlit_xxs', pretrained=True)
     msg = str(err.value)
     assert 'No weights are published yet for mlit_xxs.mae_c100_ft_c100_300e' in msg
@@ -319,13 +319,107 @@ def test_blocks_take_timm_style_factories_built_once():
     from functools import partial
     from timm_mlit.layers import GroupedQueryAttention, MoEBlock, NoisyTopKGate
     model = timm.create_model('mlit_xxs', top_k=1, gate_noise_eps=0.05, expert_drop_mode='combined')
-    assert isinstance(model.moe_layer, partial) and model.moe_layer.func is MoEFeedForward
+    assert isinstance(model.mlp_layer, partial) and model.mlp_layer.func is MoEFeedForward
     for blk, d_h, t in zip(model.blocks, model.hidden_dims, model.num_experts):
         assert blk.mlp.experts.hidden_dim == d_h and blk.mlp.gate.num_experts == t
-        assert blk.mlp.gate.noise_eps == 0.05 and blk.mlp.experts.drop_mode == 'combined'
+        assert blk.mlp.gate.gate_noise_eps == 0.05 and blk.mlp.experts.expert_drop_mode == 'combined'
         assert blk.attn.num_kv_heads == 3
     blk = MoEBlock(
         16, 4, 8, 3, attn_layer=partial(GroupedQueryAttention, num_kv_heads=2),
         mlp_layer=partial(MoEFeedForward, gate_layer=partial(NoisyTopKGate, top_k=1)))
     assert blk.attn.num_kv_heads == 2 and blk.mlp.gate.top_k == 1 and blk.mlp.experts.num_experts == 3
     assert blk(torch.randn(2, 5, 16)).shape == (2, 5, 16)
+
+
+def _count_grouped_calls(monkeypatch):
+    """Count the expert layers' grouped-GEMM forwards (``SharedSwiGLUExperts._grouped_h``)."""
+    from timm_mlit.layers import SharedSwiGLUExperts
+    calls = []
+    grouped_h = SharedSwiGLUExperts._grouped_h
+
+    def counting(self, x, top_idx):
+        calls.append(self.expert_matmul)
+        return grouped_h(self, x, top_idx)
+    monkeypatch.setattr(SharedSwiGLUExperts, '_grouped_h', counting)
+    return calls
+
+
+def test_expert_matmul_is_a_create_model_argument(monkeypatch):
+    """create_model(..., expert_matmul='dense') reaches every expert layer, takes the dense matmul only and gives
+    'auto''s outputs and MoE loss at a fixed seed; 'grouped' (and 'auto' where it pays) take the grouped GEMM."""
+    calls = _count_grouped_calls(monkeypatch)
+    x = _x()
+    runs = {}
+    for matmul in ('auto', 'dense', 'grouped'):
+        torch.manual_seed(0)
+        model = timm.create_model('mlit_xxs', expert_matmul=matmul)
+        assert [blk.mlp.experts.expert_matmul for blk in model.blocks] == [matmul] * 9
+        calls.clear()
+        with torch.no_grad():
+            eval_out = model.eval()(x)
+        torch.manual_seed(1)
+        train_out = model.train()(x)
+        runs[matmul] = (model.state_dict(), eval_out, train_out.detach(), model.moe_loss().detach(), len(calls))
+    (auto_sd, *auto_out, auto_calls), (dense_sd, *dense_out, dense_calls) = runs['auto'], runs['dense']
+    assert dense_calls == 0 and auto_calls == 0  # no XXS layer pays for the grouped GEMM: 'auto' is dense too
+    assert runs['grouped'][-1] == 2 * 9  # eval and train forward, every layer
+    assert auto_sd.keys() == dense_sd.keys() and all(torch.equal(auto_sd[k], dense_sd[k]) for k in auto_sd)
+    for a, d in zip(auto_out, dense_out):
+        assert torch.equal(a, d)
+    for a, g in zip(auto_out, runs['grouped'][1:4]):
+        torch.testing.assert_close(a, g, atol=1e-5, rtol=1e-4)
+
+    # mlit_s, where 'auto' takes the grouped GEMM on a CPU: 'dense' turns it off, same outputs up to rounding
+    outs = {}
+    for matmul in ('auto', 'dense'):
+        torch.manual_seed(0)
+        model = timm.create_model('mlit_s', expert_matmul=matmul).eval()
+        calls.clear()
+        with torch.no_grad():
+            outs[matmul] = (model(x), len(calls))
+    assert outs['auto'][1] > 0 and outs['dense'][1] == 0
+    torch.testing.assert_close(outs['auto'][0], outs['dense'][0], atol=1e-5, rtol=1e-4)
+
+
+def test_custom_mlp_and_attn_layers_through_create_model():
+    """As timm's ViT: mlp_layer / attn_layer / block_fn are create_model arguments. A dense timm Mlp is called with
+    in_features / hidden_features (no num_experts); a partial of MoEFeedForward also gets each layer's expert count."""
+    from functools import partial
+    from timm.layers import Attention, Mlp
+    from timm_mlit.layers import MoEBlock, NoisyTopKGate, SharedSwiGLUExperts
+
+    dense = timm.create_model('mlit_xxs', mlp_layer=Mlp, attn_layer=Attention)
+    for blk, d_h in zip(dense.blocks, dense.hidden_dims):
+        assert type(blk.mlp) is Mlp and (blk.mlp.fc1.in_features, blk.mlp.fc1.out_features) == (108, d_h)
+        assert type(blk.attn) is Attention and blk.attn.num_heads == 6
+    assert dense.mlp_layer is Mlp
+    y = dense.train()(_x())
+    assert y.shape == (2, 100) and float(dense.moe_loss()) == 0.
+
+    mlp_layer = partial(MoEFeedForward, gate_layer=partial(NoisyTopKGate, top_k=1, gate_noise_eps=0.5),
+                        experts_layer=partial(SharedSwiGLUExperts, expert_matmul='dense'))
+    model = timm.create_model('mlit_xxs', mlp_layer=mlp_layer)
+    for blk, d_h, t in zip(model.blocks, model.hidden_dims, model.num_experts):
+        assert (blk.mlp.gate.top_k, blk.mlp.gate.gate_noise_eps, blk.mlp.gate.num_experts) == (1, 0.5, t)
+        assert (blk.mlp.experts.hidden_dim, blk.mlp.experts.expert_matmul) == (d_h, 'dense')
+    assert set(model.state_dict()) == set(timm.create_model('mlit_xxs').state_dict())
+
+    class TaggedBlock(MoEBlock):
+        pass
+    assert all(type(b) is TaggedBlock for b in timm.create_model('mlit_xxs', block_fn=TaggedBlock).blocks)
+
+    # the MoE options build the default mlp_layer: with a custom one they are refused, naming them
+    with pytest.raises(ValueError, match=r'top_k, expert_drop_mode: MoE options of the default mlp_layer'):
+        timm.create_model('mlit_xxs', mlp_layer=mlp_layer, top_k=2, expert_drop_mode='combined')
+
+
+@pytest.mark.parametrize('option, value, layer_file', [
+    ('expert_drop_mode', 'token', 'mlit_experts.py'),
+    ('expert_matmul', 'loop', 'mlit_experts.py'),
+    ('top_k', 4, 'mlit_gate.py'),  # more than the first layers' 3 experts
+])
+def test_a_bad_moe_option_is_refused_by_the_layer_that_takes_it(option, value, layer_file):
+    """The model passes the option on unchecked; the layer that declares it refuses it, naming it."""
+    with pytest.raises(ValueError, match=rf'^{option} must be') as err:
+        timm.create_model('mlit_xxs', **{option: value})
+    assert err.traceback[-1].path.name == layer_file  # raised by the layer, not by a check of the model's

@@ -94,7 +94,7 @@ def test_grouped_and_gathered_experts_equal_the_per_image_reference(top_k):
     indices[0] = indices[1]  # images sharing experts; expert(s) left unused by all
     ref = _reference(experts, x, weights, indices)
     for dispatch in ('grouped', 'gather'):
-        experts.dispatch = dispatch
+        experts.expert_dispatch = dispatch
         assert torch.allclose(experts(x, weights, indices), ref, atol=1e-4, rtol=1e-4), dispatch
 
 
@@ -247,3 +247,41 @@ def test_router_runs_in_float32_under_autocast(train):
     assert out.dtype == torch.bfloat16 and model.router.aux_record.logits.dtype == torch.float32
     if not train:  # the grouped eval path under autocast agrees with float32
         assert torch.allclose(out.float(), model(x), atol=0.05)
+
+
+def test_layers_are_timm_style_factories_through_create_model():
+    """block_fn / mlp_layer (dense layers), moe_block_fn / moe_mlp_layer (MoE-ViT layers) and attn_layer are
+    create_model arguments; the routing and dispatch options reach the router and the experts under their names."""
+    from functools import partial
+    from timm.layers import Attention, Mlp, SwiGLU
+    from timm_mlit.layers import MoEViTBlock
+    model = timm.create_model(
+        'mobile_vmoe_6x64_patch3_36', top_k=2, router_pool='token', router_balance_weight=0.5,
+        expert_dispatch='gather')
+    assert (model.top_k, model.router.top_k, model.router.router_pool, model.router.router_balance_weight,
+            model.router.router_loss_weight) == (2, 2, 'token', 0.5, 0.3)
+    assert all(blk.mlp.expert_dispatch == 'gather' for blk in model.moe_blocks)
+    assert all(type(blk.mlp) is Mlp and type(blk.attn) is Attention for blk in model.blocks)
+
+    class TaggedMoEBlock(MoEViTBlock):
+        pass
+    model = timm.create_model(
+        'mobile_vmoe_6x64_patch3_36', mlp_layer=SwiGLU,
+        moe_mlp_layer=partial(PerImageExperts, expert_dispatch='grouped', bias=False), moe_block_fn=TaggedMoEBlock)
+    assert all(type(blk.mlp) is SwiGLU for blk in model.blocks)
+    assert all(type(blk) is TaggedMoEBlock and blk.mlp.expert_dispatch == 'grouped' and blk.mlp.fc1_bias is None
+               for blk in model.moe_blocks)
+    assert model(torch.randn(2, 3, 36, 36)).shape == (2, model.num_classes)
+    with pytest.raises(ValueError, match='expert_dispatch: an option of the default moe_mlp_layer'):
+        timm.create_model('mobile_vmoe_6x64_patch3_36', moe_mlp_layer=PerImageExperts, expert_dispatch='gather')
+
+
+@pytest.mark.parametrize('option, value, layer_file', [
+    ('expert_dispatch', 'loop', 'vmoe_experts.py'),
+    ('router_pool', 'max', 'vmoe_router.py'),
+    ('top_k', 11, 'vmoe_router.py'),
+])
+def test_a_bad_routing_option_is_refused_by_the_layer_that_takes_it(option, value, layer_file):
+    with pytest.raises(ValueError, match=rf'^{option} must be') as err:
+        timm.create_model('mobile_vmoe_6x64_patch3_36', **{option: value})
+    assert err.traceback[-1].path.name == layer_file  # raised by the layer, not by a check of the model's

@@ -15,7 +15,7 @@ def _layer(drop_mode='expert', device=None):
     torch.manual_seed(0)
     return MoEFeedForward(
         32, 24, 4, gate_layer=partial(NoisyTopKGate, top_k=2),
-        experts_layer=partial(SharedSwiGLUExperts, drop_mode=drop_mode), device=device)
+        experts_layer=partial(SharedSwiGLUExperts, expert_drop_mode=drop_mode), device=device)
 
 
 def test_training_forward_leaves_the_loss_and_eval_clears_it():
@@ -164,7 +164,7 @@ def test_one_record_type_and_one_reader_for_both_auxiliary_losses():
 
 def test_factories_set_the_options_once():
     moe = MoEFeedForward(
-        16, 8, 3, gate_layer=partial(NoisyTopKGate, top_k=1, noise_eps=0.5, cv_squared=True),
-        experts_layer=partial(SharedSwiGLUExperts, drop=0.2, drop_mode='combined'))
-    assert (moe.gate.top_k, moe.gate.noise_eps, moe.gate.cv_squared) == (1, 0.5, True)
-    assert (moe.experts.drop.p, moe.experts.drop_mode, moe.experts.hidden_dim) == (0.2, 'combined', 8)
+        16, 8, 3, gate_layer=partial(NoisyTopKGate, top_k=1, gate_noise_eps=0.5, moe_cv_squared=True),
+        experts_layer=partial(SharedSwiGLUExperts, expert_drop_rate=0.2, expert_drop_mode='combined'))
+    assert (moe.gate.top_k, moe.gate.gate_noise_eps, moe.gate.moe_cv_squared) == (1, 0.5, True)
+    assert (moe.experts.drop.p, moe.experts.expert_drop_mode, moe.experts.hidden_dim) == (0.2, 'combined', 8)

@@ -26,8 +26,9 @@ from safetensors.torch import load_file
 from timm.utils import CheckpointSaver, accuracy, update_summary
 
 import timm_mlit  # noqa: F401
-from timm_mlit.hub import PretrainedWeightsError, variants
-from timm_mlit.models import _pretrained_tags
+from timm_mlit.hub import variants
+from timm_mlit.models import PretrainedWeightsError, _pretrained_tags
+from timm_mlit.models.mlit import VARIANTS
 from timm_mlit.testing.local_hub import LocalHubServer
 from timm_mlit.hub.push import PushError, main as push_main, publish_staged, stage
 from timm_mlit.hub.records import RunRecordError, check_against_tag, read_run
@@ -103,7 +104,7 @@ def short_recipe(tmp_path, monkeypatch):
     text = re.sub(r'(?m)^batch_size: 256', f'batch_size: {BATCH}', text)
     (configs / 'table6_scratch_cifar10.yaml').write_text(text)
     monkeypatch.setattr(variants, '_CONFIG_DIR', configs)
-    monkeypatch.setitem(variants.VARIANTS, 'c10', dataclasses.replace(variants.VARIANTS['c10'], epochs=EPOCHS))
+    monkeypatch.setitem(VARIANTS, 'c10', dataclasses.replace(VARIANTS['c10'], epochs=EPOCHS))
 
 
 def _card_meta(card: str):
@@ -177,7 +178,7 @@ def test_staging_refuses_runs_that_are_not_the_tag(finished_run, data, short_rec
     refused(copy('nodata', run_info={'hardware': 'x', 'wall_time_s': 3}), r'record which dataset it is')
     unfinished = copy('unfinished', {'epochs': EPOCHS + 1})
     refused(unfinished, r'logged 2 of its 3 epochs|epochs trained')
-    real_tag = dataclasses.replace(variants.VARIANTS['c10'], epochs=100)  # the tag as published: 100 epochs
+    real_tag = dataclasses.replace(VARIANTS['c10'], epochs=100)  # the tag as published: 100 epochs
     with pytest.raises(RunRecordError, match=r'epochs trained 2 \(the tag: 100\)'):
         check_against_tag(read_run(finished_run), 'mlit_xxs.c10', real_tag, finished_run)
     torch.save({'epoch': 0, 'state_dict': {}}, tmp_path / 'first.pth.tar')
@@ -254,11 +255,11 @@ def test_a_staged_but_unpublished_tag_points_at_the_folder(monkeypatch):
 def test_the_registry_lists_what_is_staged_and_published():
     """STAGED names exactly the staged folders in hub_cards/, each complete and of its tag."""
     folders = {p.name for p in (ROOT / 'hub_cards').iterdir() if p.is_dir()}
-    assert folders == set(variants.STAGED)
+    assert folders == set(_pretrained_tags.STAGED)
     for name in folders:
         assert {p.name for p in (ROOT / 'hub_cards' / name).iterdir()} == {'README.md', 'config.json',
                                                                            'model.safetensors'}
-        assert variants.find_variant(name) is not None
+        assert _pretrained_tags.find_variant(name) is not None
 
 
 # --- the push command: the checkpoint must fit the tag, the card comes from the run ----------------------------

@@ -40,7 +40,7 @@ _check_timm(timm.__version__)
 from . import data, training  # noqa: E402  (after the version check: these patch timm at import)
 from .layers import aux_losses, expert_load, moe_loss  # noqa: E402
 from .models import MLiT  # noqa: E402
-from . import hub  # noqa: E402,F401  keeps timm_mlit.hub.PretrainedWeightsError etc. after import timm_mlit
+from . import hub  # noqa: E402,F401  timm_mlit.hub is reachable after import timm_mlit
 
 data.auto_augment.install()
 training.install()

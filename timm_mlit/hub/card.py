@@ -12,7 +12,8 @@ import torch
 import yaml
 
 from .records import RunInfo, read_run
-from .variants import DATASETS, PAPER_SOURCE, PAPER_TOP1, find_variant
+from timm_mlit.models._pretrained_tags import find_variant
+from .variants import DATASETS, PAPER_SOURCE, PAPER_TOP1
 
 __all__ = ['RunInfo', 'read_run', 'render_card', 'card_metadata', 'JPEG_CAVEAT']
 

@@ -37,7 +37,7 @@ from timm_mlit.models import CheckpointMismatchError, family_filter_fn  # import
 from timm_mlit.profiling import count_macs
 from .card import render_card
 from .records import RunInfo, RunRecordError, check_against_tag, read_run
-from .variants import PUSH_CMD, PUSH_SCRIPT, STAGE_DIR, find_variant, hub_repo_id
+from timm_mlit.models._pretrained_tags import PUSH_CMD, PUSH_SCRIPT, STAGE_DIR, find_variant, hub_repo_id
 
 __all__ = ['PushError', 'read_checkpoint', 'load_for_push', 'write_repo_files', 'push', 'stage', 'verify_staged',
            'publish_staged', 'main']
@@ -92,7 +92,7 @@ def _head_classes(state: Dict[str, torch.Tensor]) -> Optional[int]:
 
 
 def _check_model_name(model_name: str) -> None:
-    from .variants import MODELS, VARIANTS
+    from timm_mlit.models.mlit import MODELS, VARIANTS
     arch, _, tag = model_name.partition('.')
     if not timm.is_model(arch):
         raise PushError(f'Unknown model {arch!r} (--model {model_name}): expected one of {", ".join(MODELS)} with a '
@@ -174,8 +174,8 @@ def _run_and_checkpoint(model_name: str, run_dir, checkpoint=None):
     _check_model_name(model_name)
     variant = find_variant(model_name)
     if variant is None:
-        raise PushError(f'{model_name} is not a model.tag of timm_mlit.hub.VARIANTS: staging is for the zoo\'s tags '
-                        f'(e.g. mlit_xxs.c10).')
+        raise PushError(f'{model_name} is not a model.tag of timm_mlit.models.mlit.VARIANTS: staging is for the '
+                        f'zoo\'s tags (e.g. mlit_xxs.c10).')
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise PushError(f'No run folder at {run_dir}: pass --run-dir with the train.py (or pretrain_mae.py) output '

@@ -10,8 +10,8 @@ A card states only what the run's own files say:
   * timm_mlit's MAE pre-training: ``log.jsonl`` and the ``args`` in ``last.pth`` (read with ``weights_only=True``).
 
 :func:`check_against_tag` refuses a run whose model, dataset, number of classes, epochs or recipe contradict the
-tag (``timm_mlit.hub.variants``): a CIFAR-10 run is never carded CIFAR-100, a 2-epoch run never passes for the
-paper's 100 epochs.
+tag (``timm_mlit.models._pretrained_tags``): a CIFAR-10 run is never carded CIFAR-100, a 2-epoch run never passes
+for the paper's 100 epochs.
 """
 import argparse
 import csv
@@ -25,7 +25,8 @@ import numpy as np
 import torch
 import yaml
 
-from .variants import DATASETS, Variant, config_path
+from timm_mlit.models._pretrained_tags import Variant
+from .variants import DATASETS, config_path
 
 __all__ = ['RunInfo', 'RunRecordError', 'read_run', 'read_run_info', 'check_against_tag', 'RECIPE_KEYS']
 
@@ -302,7 +303,7 @@ def check_against_tag(run: RunInfo, model_name: str, variant: Variant, run_dir, 
     if problems:
         raise RunRecordError(
             f'The run in {run_dir} is not a {model_name} run: {"; ".join(problems)}. Publish it under the tag that '
-            f'matches it (timm_mlit.hub.VARIANTS), or publish the right run.')
+            f'matches it (timm_mlit.models.mlit.VARIANTS), or publish the right run.')
     if variant.epochs and run.epochs != variant.epochs:
         recipe.append(f'epochs trained {run.epochs} (the tag: {variant.epochs})')
     recipe += [d for d in recipe_differences(run, variant) if not d.startswith('epochs ')]

@@ -3,20 +3,15 @@ paper's figures for the card, and each tag's recipe file.
 
 The tags themselves (which exist, what each is, its Hub repo, PUBLISHED / STAGED, the commands that produce, stage
 and publish it) are the models' metadata: each family writes its tags in its file (mLiT's in
-``timm_mlit/models/mlit.py``) and ``timm_mlit.models._pretrained_tags`` holds their states. They are re-exported
-here under their old names.
+``timm_mlit/models/mlit.py``) and ``timm_mlit.models._pretrained_tags`` holds their states.
 """
 from pathlib import Path
 from typing import Optional
 
 from timm_mlit.configs import RECIPE_DIR
-from timm_mlit.models._pretrained_tags import (
-    HUB_ORG, PUBLISHED, PUSH_CMD, PUSH_SCRIPT, STAGE_DIR, STAGED, Variant, find_variant, hub_repo_id)
-from timm_mlit.models.mlit import DEFAULT_TAG, MODELS, VARIANTS
+from timm_mlit.models._pretrained_tags import Variant
 
-__all__ = ['HUB_ORG', 'MODELS', 'Variant', 'VARIANTS', 'PUBLISHED', 'STAGED', 'DEFAULT_TAG', 'hub_repo_id',
-           'find_variant', 'PAPER_TOP1', 'PAPER_SOURCE', 'DATASETS', 'STAGE_DIR', 'config_path', 'PUSH_CMD',
-           'PUSH_SCRIPT']
+__all__ = ['PAPER_TOP1', 'PAPER_SOURCE', 'DATASETS', 'config_path']
 
 _CONFIG_DIR = RECIPE_DIR  # timm_mlit/configs: in a clone and in the installed package
 

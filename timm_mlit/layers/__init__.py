@@ -21,7 +21,7 @@ from .aux_loss import (
 )
 from .mlit_attention import GroupedQueryAttention
 from .mlit_block import MoEBlock
-from .mlit_experts import EXPERT_DROP_MODES, SharedSwiGLUExperts
+from .mlit_experts import EXPERT_DROP_MODES, EXPERT_MATMULS, SharedSwiGLUExperts
 from .mlit_gate import (
     GateOutput, NoisyTopKGate, coefficient_of_variation, first_max_top_k, linear_fp32, one_hot_combine, prob_in_top_k,
     psi, softmax_k, top_k_softmax,

@@ -8,11 +8,13 @@ Pre-norm, as in ViT and MAE (mLiT Figure 1 is lost in our copy of the paper; we 
     x = x + mlp(LN(x))          noisy top-k gate over shared-V/W2 SwiGLU experts, mLiT Sec. 2.1.2 (mLiT Eq. 1)
 
 As timm's ViT ``Block``, the layer takes its attention and feed-forward as factories (``attn_layer``,
-``mlp_layer``): the model sets their options once with ``functools.partial`` (e.g. ``partial(GroupedQueryAttention,
-num_kv_heads=3)``, ``partial(MoEFeedForward, gate_layer=..., experts_layer=...)``) and the block passes only what
-varies per layer (width, heads, hidden size d_h, experts t). LayerNorms are PyTorch's defaults. Stochastic depth
-(``drop_path``) is not in the paper and is off by default.
+``mlp_layer``, called with the keywords timm's ``Block`` uses): the model sets their options once with
+``functools.partial`` (e.g. ``partial(GroupedQueryAttention, num_kv_heads=3)``, ``partial(MoEFeedForward,
+gate_layer=..., experts_layer=...)``) and the block passes only what varies per layer (width, heads, hidden size d_h,
+experts t). LayerNorms are PyTorch's defaults. Stochastic depth (``drop_path``) is not in the paper and is off by
+default.
 """
+import inspect
 from typing import Callable, Type
 
 import torch
@@ -23,6 +25,17 @@ from .mlit_attention import GroupedQueryAttention
 from .mlit_moe import MoEFeedForward
 
 __all__ = ['MoEBlock']
+
+
+def _takes_keyword(fn: Callable, name: str) -> bool:
+    """Whether ``fn`` accepts the keyword argument ``name``: it declares it, or takes ``**kwargs``."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # no signature to read: let the call itself decide
+        return True
+    return any(
+        p.kind is p.VAR_KEYWORD or (p.name == name and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+        for p in params)
 
 
 class MoEBlock(nn.Module):
@@ -55,9 +68,12 @@ class MoEBlock(nn.Module):
             drop_path: Stochastic depth rate.
             norm_layer: Normalization layer.
             attn_layer: Called as ``attn_layer(dim, num_heads=..., qkv_bias=..., proj_bias=..., attn_drop=...,
-                proj_drop=...)`` (a ``partial`` of :class:`GroupedQueryAttention` carrying ``num_kv_heads``).
-            mlp_layer: Called as ``mlp_layer(dim, hidden_dim, num_experts)`` (a ``partial`` of
-                :class:`MoEFeedForward` carrying the gate's and the experts' options).
+                proj_drop=..., device=..., dtype=...)``, then on (B, N, dim) tokens; e.g. a ``partial`` of
+                :class:`GroupedQueryAttention` carrying ``num_kv_heads``, or timm's ``Attention``.
+            mlp_layer: Called as ``mlp_layer(in_features=dim, hidden_features=hidden_dim, num_experts=num_experts,
+                device=..., dtype=...)``, then on (B, N, dim) tokens; ``num_experts`` is passed only if it takes that
+                keyword (or ``**kwargs``). E.g. a ``partial`` of :class:`MoEFeedForward` carrying the gate's and the
+                experts' options, or a dense timm ``Mlp`` / ``SwiGLU`` (no ``num_experts``: called without it).
         """
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
@@ -73,7 +89,8 @@ class MoEBlock(nn.Module):
         )
         self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
         self.norm2 = norm_layer(dim, **dd)
-        self.mlp = mlp_layer(dim, hidden_dim, num_experts, **dd)
+        experts = {'num_experts': num_experts} if _takes_keyword(mlp_layer, 'num_experts') else {}
+        self.mlp = mlp_layer(in_features=dim, hidden_features=hidden_dim, **experts, **dd)
         self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -19,11 +19,11 @@ dispatch and no host sync. ``w`` stacks ``[W_1 … W_t]`` (rows ``i·d_h:(i+1)·
 split output of a single one is strided, which made silu's backward 18% slower on CPU.)
 
 Dropout (rate 0.1 in the paper) is applied to each expert's output before the gate weighting, Σ G_i drop(FFN_i).
-``drop_mode='expert'`` does exactly that without dispatch: the k chosen rows of ``x W + b`` are gathered, silu'd,
+``expert_drop_mode='expert'`` does exactly that without dispatch: the k chosen rows of ``x W + b`` are gathered, silu'd,
 multiplied by ``x V + b_V`` and sent through W2 as N·k rows; each (token, chosen expert) output gets its own
 dropout mask (0 or 1/(1−p), drawn by ``timm_mlit.layers.expert_drop`` from about p·N·k·m
 random numbers), folded into the gate weights (``G_i · mask``) so that one multiply and a sum over k finish the
-layer. ``drop_mode='combined'`` drops the combined output once, ``drop(y)``: same expectation, different training
+layer. ``expert_drop_mode='combined'`` drops the combined output once, ``drop(y)``: same expectation, different training
 noise, one W2 matmul over N rows.
 
 Outside per-expert dropout the layer runs the form above on the k chosen experts only: their rows of ``x W + b``
@@ -70,34 +70,52 @@ class SharedSwiGLUExperts(nn.Module):
             dim: int,
             hidden_dim: int,
             num_experts: int,
-            drop: float = 0.1,
-            drop_mode: str = 'expert',
+            expert_drop_rate: float = 0.1,
+            expert_drop_mode: str = 'expert',
             expert_matmul: str = 'auto',
             device=None,
             dtype=None,
     ):
+        """
+        Args:
+            dim: Token width m.
+            hidden_dim: Expert hidden size d_h.
+            num_experts: Experts t.
+            expert_drop_rate: Dropout on the experts' outputs (0.1 in the paper).
+            expert_drop_mode: 'expert' drops each chosen expert's output (the paper); 'combined' drops the
+                gate-weighted sum once (same expectation, one W2 matmul over N rows).
+            expert_matmul: 'auto', 'grouped' or 'dense', the expert matmul (module docstring).
+
+        The names are the model's ``create_model`` arguments (:class:`~timm_mlit.models.MLiT`), checked here only.
+        """
         super().__init__()
-        if drop_mode not in EXPERT_DROP_MODES:
-            raise ValueError(f'drop_mode must be one of {EXPERT_DROP_MODES}, got {drop_mode!r}.')
+        if expert_drop_mode not in EXPERT_DROP_MODES:
+            raise ValueError(
+                f"expert_drop_mode must be one of {EXPERT_DROP_MODES} ('expert': each chosen expert's output dropped, "
+                f"the paper; 'combined': the combined output dropped once), got {expert_drop_mode!r}.")
         if expert_matmul not in EXPERT_MATMULS:
-            raise ValueError(f'expert_matmul must be one of {EXPERT_MATMULS}, got {expert_matmul!r}.')
+            raise ValueError(
+                f"expert_matmul must be one of {EXPERT_MATMULS} ('auto' picks per device and shape; 'dense' always "
+                f"computes every expert's x W_i; 'grouped' only the chosen ones'), got {expert_matmul!r}.")
         if expert_matmul == 'grouped' and not hasattr(F, 'grouped_mm'):
-            raise ValueError(f"expert_matmul='grouped' needs F.grouped_mm, missing in torch {torch.__version__}.")
+            raise ValueError(
+                f"expert_matmul='grouped' needs F.grouped_mm, missing in torch {torch.__version__}: use 'auto' or "
+                f"'dense', or a torch that has it.")
         dd = {'device': device, 'dtype': dtype}
         self.dim = dim
         self.hidden_dim = hidden_dim
         self.num_experts = num_experts
-        self.drop_mode = drop_mode
-        self.per_expert_drop = drop_mode == 'expert'
+        self.expert_drop_mode = expert_drop_mode
+        self.per_expert_drop = expert_drop_mode == 'expert'
         self.expert_matmul = expert_matmul
         self.w = nn.Linear(dim, num_experts * hidden_dim, **dd)  # [W_1 … W_t], [b_1 … b_t]
         self.v = nn.Linear(dim, hidden_dim, **dd)  # V, b_V (shared)
         self.w2 = nn.Linear(hidden_dim, dim, **dd)  # W2, b_2 (shared)
-        self.drop = nn.Dropout(drop)
+        self.drop = nn.Dropout(expert_drop_rate)
 
     def extra_repr(self) -> str:
-        return (f'num_experts={self.num_experts}, hidden_dim={self.hidden_dim}, drop_mode={self.drop_mode!r}, '
-                f'expert_matmul={self.expert_matmul!r}')
+        return (f'num_experts={self.num_experts}, hidden_dim={self.hidden_dim}, '
+                f'expert_drop_mode={self.expert_drop_mode!r}, expert_matmul={self.expert_matmul!r}')
 
     @torch.jit.unused
     def use_grouped(self, x: torch.Tensor, top_k: int) -> bool:

@@ -12,10 +12,10 @@ Symbols follow the paper: ``x`` is the (b·n, m) token matrix, ``W_g`` and ``W_n
 (mLiT Eq. 6), ``P`` the probability of staying in the top k under fresh noise (mLiT Eq. 5).
 
 Choices where the paper is silent or inconsistent:
-  * ``noise_eps``: the reference code adds 1e-2 to the noise std, ``softplus(x W_noise) + 1e-2``; mLiT Eqs. 3
+  * ``gate_noise_eps``: the reference code adds 1e-2 to the noise std, ``softplus(x W_noise) + 1e-2``; mLiT Eqs. 3
     and 5 omit it. We take it (it keeps mLiT Eq. 5's division finite) and use the same std in mLiT Eqs. 3 and 5.
   * mLiT Eq. 11 as printed has no CV; Shazeer's importance loss has it, and so does ours.
-  * CV = std / mean with the unbiased std (the paper's wording); ``cv_squared=True`` gives Shazeer's CV².
+  * CV = std / mean with the unbiased std (the paper's wording); ``moe_cv_squared=True`` gives Shazeer's CV².
   * Logits -> top-k -> softmax (the reference code's 2024 softmax-before-top-k change is a bug).
   * Everything here runs in float32, also under autocast: fp16 load sums overflow and bf16 ties the k-th and
     (k+1)-th logits on a fraction of tokens. ``W_g``/``W_noise`` may be quantised Linears
@@ -147,23 +147,37 @@ class NoisyTopKGate(nn.Module):
             dim: int,
             num_experts: int,
             top_k: int = 2,
-            noise_eps: float = 1e-2,
-            importance_weight: float = 1e-2,
-            load_weight: float = 1e-2,
-            cv_squared: bool = False,
+            gate_noise_eps: float = 1e-2,
+            moe_importance_weight: float = 1e-2,
+            moe_load_weight: float = 1e-2,
+            moe_cv_squared: bool = False,
             device=None,
             dtype=None,
     ):
+        """
+        Args:
+            dim: Token width m.
+            num_experts: Experts t.
+            top_k: Experts chosen per token, k (2 in the paper).
+            gate_noise_eps: Added to the noise std, ``softplus(x W_noise) + eps`` (the reference code's 1e-2).
+            moe_importance_weight: w_importance (mLiT Eq. 11).
+            moe_load_weight: w_load (mLiT Eq. 10).
+            moe_cv_squared: CV² (Shazeer, the reference code) instead of the paper's CV in the loss (mLiT Eq. 12).
+
+        The names are the model's ``create_model`` arguments (:class:`~timm_mlit.models.MLiT`), checked here only.
+        """
         super().__init__()
         if not 1 <= top_k <= num_experts:
-            raise ValueError(f'top_k must be in [1, num_experts={num_experts}], got {top_k}.')
+            raise ValueError(
+                f'top_k must be in [1, num_experts={num_experts}] (experts chosen per token among the layer\'s '
+                f'{num_experts}), got {top_k}.')
         dd = {'device': device, 'dtype': dtype}
         self.num_experts = num_experts
         self.top_k = top_k
-        self.noise_eps = noise_eps
-        self.importance_weight = importance_weight  # w_importance, mLiT Eq. 11
-        self.load_weight = load_weight  # w_load, mLiT Eq. 10
-        self.cv_squared = cv_squared
+        self.gate_noise_eps = gate_noise_eps
+        self.moe_importance_weight = moe_importance_weight  # w_importance, mLiT Eq. 11
+        self.moe_load_weight = moe_load_weight  # w_load, mLiT Eq. 10
+        self.moe_cv_squared = moe_cv_squared
         self.w_gate = nn.Linear(dim, num_experts, bias=False, **dd)  # W_g
         self.w_noise = nn.Linear(dim, num_experts, bias=False, **dd)  # W_noise
         self.reset_parameters()
@@ -173,7 +187,7 @@ class NoisyTopKGate(nn.Module):
         nn.init.zeros_(self.w_noise.weight)
 
     def extra_repr(self) -> str:
-        return f'num_experts={self.num_experts}, top_k={self.top_k}, cv_squared={self.cv_squared}'
+        return f'num_experts={self.num_experts}, top_k={self.top_k}, moe_cv_squared={self.moe_cv_squared}'
 
     def forward(self, x: torch.Tensor) -> GateOutput:
         """x: (N, m) tokens. The gate runs in float32 (or wider) with autocast off."""
@@ -204,7 +218,7 @@ class NoisyTopKGate(nn.Module):
             top_gates = top_vals.softmax(dim=-1)
             return GateOutput(one_hot_combine(top_idx, top_gates, t), top_idx, top_gates, None)
 
-        noise_std = F.softplus(self._logits(x, noise=True)) + self.noise_eps
+        noise_std = F.softplus(self._logits(x, noise=True)) + self.gate_noise_eps
         h = clean + torch.randn_like(clean) * noise_std  # H(x), mLiT Eq. 3
         # one top-(k+1) serves Softmax_k (first k columns) and Ψ (columns k-1 and k)
         top_vals, top_idx = h.topk(min(k + 1, t), dim=-1)
@@ -217,8 +231,8 @@ class NoisyTopKGate(nn.Module):
             load = (gates > 0).sum(0).float()  # every expert always chosen: P is 1, use counts
         if t > 1:
             aux_loss = (
-                self.importance_weight * coefficient_of_variation(importance, self.cv_squared)
-                + self.load_weight * coefficient_of_variation(load, self.cv_squared)
+                self.moe_importance_weight * coefficient_of_variation(importance, self.moe_cv_squared)
+                + self.moe_load_weight * coefficient_of_variation(load, self.moe_cv_squared)
             )  # L, mLiT Eq. 12
         else:
             aux_loss = clean.new_zeros(())

@@ -3,13 +3,16 @@
 Paper: "How Lightweight Can A Vision Transformer Be", arXiv:2407.17783, mLiT Sec. 2.1.2. The gate G is
 :class:`~timm_mlit.layers.mlit_gate.NoisyTopKGate` (mLiT Eqs. 2-12), the experts
 :class:`~timm_mlit.layers.mlit_experts.SharedSwiGLUExperts` (mLiT Eq. 13). Both come in as factories, as timm's
-``Block`` takes ``attn_layer`` / ``mlp_layer``: the MoE options (k, gate noise, loss weights, expert dropout) are
-declared by the gate and the experts alone, and a model sets them once with ``functools.partial``::
+``Block`` takes ``attn_layer`` / ``mlp_layer``: the MoE options (k, gate noise, loss weights, expert dropout, expert
+matmul) are declared and checked by the gate and the experts alone, under the names the models take them by, and a
+model sets them once with ``functools.partial``::
 
-    moe_layer = partial(MoEFeedForward,
-                        gate_layer=partial(NoisyTopKGate, top_k=2, noise_eps=1e-2),
-                        experts_layer=partial(SharedSwiGLUExperts, drop=0.1))
-    moe_layer(dim, hidden_dim, num_experts)
+    mlp_layer = partial(MoEFeedForward,
+                        gate_layer=partial(NoisyTopKGate, top_k=2, gate_noise_eps=1e-2),
+                        experts_layer=partial(SharedSwiGLUExperts, expert_drop_rate=0.1))
+    mlp_layer(in_features=m, hidden_features=d_h, num_experts=t)
+
+It is called as timm's ``Mlp`` is (``in_features``, ``hidden_features``), plus the layer's expert count.
 
 A training forward leaves the gate's balancing loss L (mLiT Eq. 12) in the layer's
 :class:`~timm_mlit.layers.aux_loss.AuxRecord` as the layer's ``'moe_loss'``, read by
@@ -36,8 +39,8 @@ class MoEFeedForward(nn.Module):
 
     def __init__(
             self,
-            dim: int,
-            hidden_dim: int,
+            in_features: int,
+            hidden_features: int,
             num_experts: int,
             gate_layer: Callable[..., nn.Module] = NoisyTopKGate,
             experts_layer: Callable[..., nn.Module] = SharedSwiGLUExperts,
@@ -46,16 +49,18 @@ class MoEFeedForward(nn.Module):
     ):
         """
         Args:
-            dim: Token width m.
-            hidden_dim: Expert hidden size d_h.
+            in_features: Token width m.
+            hidden_features: Expert hidden size d_h.
             num_experts: Experts t.
-            gate_layer: Called as ``gate_layer(dim, num_experts)``; carries k, the noise eps and the loss weights.
-            experts_layer: Called as ``experts_layer(dim, hidden_dim, num_experts)``; carries the expert dropout.
+            gate_layer: Called as ``gate_layer(m, t, device=..., dtype=...)``, returns a :class:`GateOutput`;
+                carries k, the noise eps and the loss weights (:class:`NoisyTopKGate`).
+            experts_layer: Called as ``experts_layer(m, d_h, t, device=..., dtype=...)``, then on (tokens, gate
+                output); carries the expert dropout and matmul (:class:`SharedSwiGLUExperts`).
         """
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
-        self.gate = gate_layer(dim, num_experts, **dd)
-        self.experts = experts_layer(dim, hidden_dim, num_experts, **dd)
+        self.gate = gate_layer(in_features, num_experts, **dd)
+        self.experts = experts_layer(in_features, hidden_features, num_experts, **dd)
         self.aux_record = AuxRecord()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -8,8 +8,9 @@ MoE-ViT layer has exactly the parameters of its dense twin plus E-1 MLPs).
     x = x + attn(LN(x))
     x = x + Σ_j g_j(image) · MLP_{e_j(image)}(LN(x))          (Mobile V-MoE Eq. 1)
 
-As timm's ``Block``, the attention and the experts come in as factories (``attn_layer``, ``mlp_layer``); the model
-sets the experts' options (e.g. ``dispatch``) once with ``functools.partial(PerImageExperts, ...)``.
+As timm's ``Block``, the attention and the experts come in as factories (``attn_layer``, ``mlp_layer``, called with
+the keywords timm's ``Block`` uses, plus the expert count); the model sets the experts' options (e.g.
+``expert_dispatch``) once with ``functools.partial(PerImageExperts, ...)``.
 """
 from typing import Callable, Type
 
@@ -44,8 +45,14 @@ class MoEViTBlock(nn.Module):
     ):
         """
         Args:
-            attn_layer: Called as ``attn_layer(dim, num_heads=..., qkv_bias=..., attn_drop=..., proj_drop=...)``.
-            mlp_layer: Called as ``mlp_layer(dim, int(dim * mlp_ratio), num_experts, act_layer=..., drop=...)``.
+            dim, num_heads, mlp_ratio, qkv_bias, proj_drop, attn_drop, drop_path, act_layer, norm_layer: As timm's
+                ViT ``Block``.
+            num_experts: E.
+            attn_layer: Called as ``attn_layer(dim, num_heads=..., qkv_bias=..., attn_drop=..., proj_drop=...,
+                device=..., dtype=...)`` (timm's ``Attention`` by default), then on (B, N, dim) tokens.
+            mlp_layer: Called as ``mlp_layer(in_features=dim, hidden_features=int(dim * mlp_ratio),
+                num_experts=num_experts, act_layer=..., drop=..., device=..., dtype=...)``, then as
+                ``mlp(x, weights, indices)`` with the router's (B, k) choice (:class:`PerImageExperts`).
         """
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
@@ -54,7 +61,14 @@ class MoEViTBlock(nn.Module):
             dim, num_heads=num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop, **dd)
         self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
         self.norm2 = norm_layer(dim, **dd)
-        self.mlp = mlp_layer(dim, int(dim * mlp_ratio), num_experts, act_layer=act_layer, drop=proj_drop, **dd)
+        self.mlp = mlp_layer(
+            in_features=dim,
+            hidden_features=int(dim * mlp_ratio),
+            num_experts=num_experts,
+            act_layer=act_layer,
+            drop=proj_drop,
+            **dd,
+        )
         self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:

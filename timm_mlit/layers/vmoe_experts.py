@@ -13,7 +13,7 @@ Two ways to compute, same result:
   image's k expert weights are gathered into a (B, k, ...) stack and applied with batched matmuls. Static shapes,
   no host sync, the same multiply-adds as ``grouped``; it reads B·k weight copies instead of at most E.
 
-``dispatch='auto'`` (default) picks ``grouped`` in eager eval and ``gather`` otherwise.
+``expert_dispatch='auto'`` (default) picks ``grouped`` in eager eval and ``gather`` otherwise.
 """
 from typing import List, Type
 
@@ -35,32 +35,46 @@ def _compiling() -> bool:
 
 
 class PerImageExperts(nn.Module):
-    """E MLPs dim -> hidden_dim -> dim stored stacked (fc1 (E, H, D), fc2 (E, D, H), like nn.Linear weights)."""
+    """E MLPs in_features -> hidden_features -> in_features stored stacked (fc1 (E, H, D), fc2 (E, D, H), like
+    nn.Linear weights)."""
 
     def __init__(
             self,
-            dim: int,
-            hidden_dim: int,
+            in_features: int,
+            hidden_features: int,
             num_experts: int,
             act_layer: Type[nn.Module] = nn.GELU,
             drop: float = 0.,
             bias: bool = True,
-            dispatch: str = 'auto',
+            expert_dispatch: str = 'auto',
             device=None,
             dtype=None,
     ):
+        """
+        Args:
+            in_features: Token width D.
+            hidden_features: Each expert's MLP width H.
+            num_experts: E.
+            act_layer: MLP activation (timm's ``Mlp`` argument).
+            drop: Dropout after the activation and after fc2 (timm's ``Mlp`` argument).
+            bias: Biases in fc1 and fc2.
+            expert_dispatch: 'auto', 'grouped' or 'gather' (module docstring); the model's ``create_model``
+                argument (:class:`~timm_mlit.models.MobileVMoE`), checked here only.
+        """
         super().__init__()
-        if dispatch not in EXPERT_DISPATCH:
-            raise ValueError(f'expert dispatch must be one of {EXPERT_DISPATCH}, got {dispatch!r}.')
+        if expert_dispatch not in EXPERT_DISPATCH:
+            raise ValueError(
+                f"expert_dispatch must be one of {EXPERT_DISPATCH} ('auto': grouped by expert in eager eval, "
+                f"gathered otherwise), got {expert_dispatch!r}.")
         dd = {'device': device, 'dtype': dtype}
         self.num_experts = num_experts
-        self.dispatch = dispatch
-        self.fc1_weight = nn.Parameter(torch.empty(num_experts, hidden_dim, dim, **dd))
-        self.fc1_bias = nn.Parameter(torch.empty(num_experts, hidden_dim, **dd)) if bias else None
+        self.expert_dispatch = expert_dispatch
+        self.fc1_weight = nn.Parameter(torch.empty(num_experts, hidden_features, in_features, **dd))
+        self.fc1_bias = nn.Parameter(torch.empty(num_experts, hidden_features, **dd)) if bias else None
         self.act = act_layer()
         self.drop1 = nn.Dropout(drop)
-        self.fc2_weight = nn.Parameter(torch.empty(num_experts, dim, hidden_dim, **dd))
-        self.fc2_bias = nn.Parameter(torch.empty(num_experts, dim, **dd)) if bias else None
+        self.fc2_weight = nn.Parameter(torch.empty(num_experts, in_features, hidden_features, **dd))
+        self.fc2_bias = nn.Parameter(torch.empty(num_experts, in_features, **dd)) if bias else None
         self.drop2 = nn.Dropout(drop)
         self.reset_parameters()
 
@@ -73,9 +87,9 @@ class PerImageExperts(nn.Module):
                 nn.init.zeros_(b)
 
     def _use_grouped(self, x: torch.Tensor) -> bool:
-        if self.dispatch == 'gather' or is_graph_capture() or _compiling() or x.device.type == 'meta':
+        if self.expert_dispatch == 'gather' or is_graph_capture() or _compiling() or x.device.type == 'meta':
             return False  # static shapes: the grouped path reads group sizes on the host, meta has none
-        return self.dispatch == 'grouped' or not self.training
+        return self.expert_dispatch == 'grouped' or not self.training
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         """x (B, N, D); weights, indices (B, k) from the router -> Σ_j weights[:, j] · expert_{indices[:, j]}(x)."""
@@ -124,4 +138,4 @@ class PerImageExperts(nn.Module):
 
     def extra_repr(self) -> str:
         E, H, D = self.fc1_weight.shape
-        return f'num_experts={E}, dim={D}, hidden_dim={H}, dispatch={self.dispatch!r}'
+        return f'num_experts={E}, in_features={D}, hidden_features={H}, expert_dispatch={self.expert_dispatch!r}'

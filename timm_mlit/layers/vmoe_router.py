@@ -50,11 +50,11 @@ class PerImageRouter(nn.Module):
             dim: int,
             num_experts: int,
             top_k: int = 1,
-            pool: str = 'avg',
+            router_pool: str = 'avg',
             num_prefix_tokens: int = 1,
             superclass_of: Optional[torch.Tensor] = None,
-            loss_weight: float = 0.3,
-            balance_weight: float = 0.01,
+            router_loss_weight: float = 0.3,
+            router_balance_weight: float = 0.01,
             device=None,
             dtype=None,
     ):
@@ -63,23 +63,30 @@ class PerImageRouter(nn.Module):
             dim: Token width.
             num_experts: E.
             top_k: Experts per image, k.
-            pool: 'avg' pools the patch tokens (the image's pooled representation), 'token' reads the prefix token.
+            router_pool: 'avg' pools the patch tokens (the image's pooled representation), 'token' reads the
+                prefix token.
             num_prefix_tokens: Prefix tokens to skip when pooling.
             superclass_of: (num_classes,) super-class of each class; None routes end-to-end.
-            loss_weight: λ of the super-class cross-entropy (0.3 in the paper).
-            balance_weight: Weight of the importance loss of end-to-end routing.
+            router_loss_weight: λ of the super-class cross-entropy (0.3 in the paper).
+            router_balance_weight: Weight of the importance loss of end-to-end routing.
+
+        ``top_k`` and the ``router_*`` names are the model's ``create_model`` arguments
+        (:class:`~timm_mlit.models.MobileVMoE`), checked here only.
         """
         super().__init__()
         if not 1 <= top_k <= num_experts:
-            raise ValueError(f'top_k must be between 1 and num_experts={num_experts}, got {top_k}.')
-        if pool not in ROUTER_POOLS:
-            raise ValueError(f'router pool must be one of {ROUTER_POOLS}, got {pool!r}.')
+            raise ValueError(
+                f'top_k must be between 1 and num_experts={num_experts} (experts per image), got {top_k}.')
+        if router_pool not in ROUTER_POOLS:
+            raise ValueError(
+                f"router_pool must be one of {ROUTER_POOLS} ('avg': the patch tokens' mean; 'token': the prefix "
+                f"token), got {router_pool!r}.")
         self.num_experts = num_experts
         self.top_k = top_k
-        self.pool = pool
+        self.router_pool = router_pool
         self.num_prefix_tokens = num_prefix_tokens
-        self.loss_weight = loss_weight
-        self.balance_weight = balance_weight
+        self.router_loss_weight = router_loss_weight
+        self.router_balance_weight = router_balance_weight
         self.proj = nn.Linear(dim, num_experts, bias=False, device=device, dtype=dtype)
         if superclass_of is not None:
             if int(superclass_of.max()) >= num_experts:
@@ -100,7 +107,7 @@ class PerImageRouter(nn.Module):
         return self.superclass_of is not None
 
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
-        if self.pool == 'avg':
+        if self.router_pool == 'avg':
             return x[:, self.num_prefix_tokens:].mean(dim=1)
         return x[:, 0]
 
@@ -139,14 +146,14 @@ class PerImageRouter(nn.Module):
         if logits is None:
             return None
         if self.superclass_of is None:
-            if self.balance_weight <= 0:
+            if self.router_balance_weight <= 0:
                 return None
             importance = logits.softmax(dim=-1).sum(dim=0)
             cv_sq = importance.var(unbiased=False) / importance.mean().pow(2).clamp_min(1e-10)
-            return self.balance_weight * cv_sq
+            return self.router_balance_weight * cv_sq
         if target is None:
             return None
-        return self.loss_weight * F.cross_entropy(logits, self.superclass_target(target, logits.shape[-1]))
+        return self.router_loss_weight * F.cross_entropy(logits, self.superclass_target(target, logits.shape[-1]))
 
     @torch.jit.unused
     def aux_metrics(self, target: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:

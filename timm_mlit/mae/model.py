@@ -13,8 +13,8 @@ Read top to bottom, as facebookresearch/mae's ``models_mae.py``:
      positions are added and it is projected to the decoder's width;
   5. the decoder (mLiT Table 2: 4 MoE layers, width 108, d_h 72, 6 heads / 3 groups, 3 experts, k 2, dropout 0.1)
      predicts the 27 pixel values of every patch; the dummy patch is no target. Its MoE layers are built with the
-     encoder's MoE settings (the encoder's ``moe_layer`` factory: k, gate noise, loss weights, expert dropout), so
-     the decoder's layers differ from the encoder's only in width, heads, d_h and expert count;
+     encoder's feed-forward factory (the encoder's ``mlp_layer``: k, gate noise, loss weights, expert dropout and
+     matmul), so the decoder's layers differ from the encoder's only in width, heads, d_h and expert count;
   6. ``Loss = MSE_masked + α·MSE_unmasked + β·L_MoE`` (mLiT Eq. 16), α = 0.1, β = 0.5, L_MoE (mLiT Eq. 12, read
      through ``timm_mlit.layers.aux_losses``) over encoder and decoder.
 
@@ -126,9 +126,9 @@ class MaskedAutoencoder(nn.Module):
         self.decoder_pos_embed = (
             nn.Parameter(torch.zeros(1, num_positions, decoder_dim)) if decoder_pos == 'separate' else None)
         if decoder_num_experts > 0:
-            # the encoder's MoE settings (mLiT builds them once as its moe_layer); MoEFeedForward's own defaults
-            # (the paper's) around an encoder without MoE layers
-            moe_layer = getattr(encoder, 'moe_layer', MoEFeedForward)
+            # the encoder's feed-forward factory (mLiT's mlp_layer: its MoE settings); MoEFeedForward's own defaults
+            # (the paper's) around an encoder without one
+            mlp_layer = getattr(encoder, 'mlp_layer', MoEFeedForward)
             attn_layer = partial(GroupedQueryAttention, num_kv_heads=decoder_num_kv_heads)
             make_block = lambda: MoEBlock(
                 dim=decoder_dim,
@@ -136,7 +136,7 @@ class MaskedAutoencoder(nn.Module):
                 hidden_dim=decoder_hidden_dim,
                 num_experts=decoder_num_experts,
                 attn_layer=attn_layer,
-                mlp_layer=moe_layer,
+                mlp_layer=mlp_layer,
             )
         else:  # a dense decoder (for dense encoders such as maevit_c100): timm's ViT block, MLP of decoder_hidden_dim
             make_block = lambda: Block(

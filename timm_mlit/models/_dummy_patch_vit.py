@@ -8,7 +8,7 @@ projection its embedding is exactly its position embedding ``pos_embed[0]``, so 
 prefix-token place) and its output is what the classifier reads (``global_pool='token'``). With a biased
 projection (Mobile V-MoE's standard ViT stem) the same vector plays the class token.
 
-Subclasses give the blocks (``block_fn(i) -> nn.Module``); models whose blocks need more than ``x`` override
+Subclasses give the blocks (``make_block(i) -> nn.Module``); models whose blocks need more than ``x`` override
 ``_run_blocks`` (and that is all forward_features / forward_intermediates need).
 
 ``dynamic_img_size=True`` (timm's ViT option) accepts any image size at run time: the patch grid's positions are
@@ -35,7 +35,7 @@ from timm_mlit.layers._tracing import is_graph_capture
 from ._load_errors import CheckpointMismatchError, explain_load_error, unpublished_on_public_hub
 
 __all__ = ['DummyPatchViT', 'GLOBAL_POOLS', 'filter_checkpoint', 'block_count', 'build_dummy_patch_vit', 'zoo_cfg',
-           'family_filter_fn']
+           'family_filter_fn', 'given_options']
 
 _logger = logging.getLogger(__name__)
 
@@ -74,13 +74,19 @@ def _check_dynamic_input(x: torch.Tensor, in_chans: int, patch_size: Tuple[int, 
     )
 
 
+def given_options(**options: Any) -> Dict[str, Any]:
+    """The options that were given (not None): a model passes only these to the layer that declares their defaults
+    and checks them."""
+    return {k: v for k, v in options.items() if v is not None}
+
+
 class DummyPatchViT(nn.Module):
     """Patch stem + dummy patch + ``blocks`` + norm + head. See the module docstring."""
     dynamic_img_size: Final[bool]
 
     def __init__(
             self,
-            block_fn: Callable[[int], nn.Module],
+            make_block: Callable[[int], nn.Module],
             depth: int,
             *,
             img_size: Union[int, Tuple[int, int]],
@@ -123,7 +129,7 @@ class DummyPatchViT(nn.Module):
         reduction = self.patch_embed.feat_ratio()
         self.pos_embed = nn.Parameter(torch.empty(1, num_patches + self.num_prefix_tokens, embed_dim, **dd))
         self.pos_drop = nn.Dropout(pos_drop_rate)
-        self.blocks = nn.Sequential(*[block_fn(i) for i in range(depth)])
+        self.blocks = nn.Sequential(*[make_block(i) for i in range(depth)])
         self.feature_info = [
             dict(module=f'blocks.{i}', num_chs=embed_dim, reduction=reduction) for i in range(depth)]
         self.norm = norm_layer(embed_dim, **dd)

@@ -97,7 +97,7 @@ class MaeViT(DummyPatchViT):
         norm_layer = get_norm_layer(norm_layer) or partial(nn.LayerNorm, eps=1e-6)
         act_layer = get_act_layer(act_layer) or nn.GELU
         dpr = calculate_drop_path_rates(drop_path_rate, depth)
-        block_fn = lambda i: Block(
+        make_block = lambda i: Block(
             dim=embed_dim,
             num_heads=num_heads,
             mlp_ratio=mlp_ratio,
@@ -110,7 +110,7 @@ class MaeViT(DummyPatchViT):
             **dd,
         )
         super().__init__(
-            block_fn,
+            make_block,
             depth,
             img_size=img_size,
             patch_size=patch_size,

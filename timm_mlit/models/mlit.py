@@ -19,9 +19,11 @@ Choices where the paper is silent (also in the README): pre-norm layers; the pos
 trunc-normal(std 0.02) like timm's ViT (every other layer keeps PyTorch's default init as the paper says, gates
 at zero); the classifier head has a bias (the paper removes biases from embedding projections only).
 
-The MoE layers are built the timm way: the MoE feed-forward's options (k, gate noise, loss weights, expert dropout)
-are set once in a ``functools.partial`` (``MLiT.moe_layer``, which the MAE decoder reuses) and every
-:class:`~timm_mlit.layers.MoEBlock` gets it as ``mlp_layer``, with grouped-query attention as ``attn_layer``.
+The layers are built the timm way, from ``block_fn`` / ``mlp_layer`` / ``attn_layer`` factories that
+``create_model`` passes on (:class:`MLiT`): by default the MoE feed-forward's options (k, gate noise, loss weights,
+expert dropout and matmul) are set once in a ``functools.partial`` (``MLiT.mlp_layer``, which the MAE decoder reuses)
+and every :class:`~timm_mlit.layers.MoEBlock` gets it as ``mlp_layer``, with grouped-query attention as
+``attn_layer``.
 
 A training forward leaves the MoE balancing loss of mLiT Eq. 12 in the MoE layers: add ``model.moe_loss()`` (or
 ``timm_mlit.moe_loss(model)`` / ``timm_mlit.layers.aux_losses(model)['moe_loss']`` for wrapped models) to the
@@ -29,16 +31,17 @@ classification loss; timm's train.py does it by itself once timm_mlit is importe
 """
 import logging
 from functools import partial
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 from timm.layers import LayerType, calculate_drop_path_rates, get_norm_layer
 from timm.models import generate_default_cfgs, register_model
 
-from timm_mlit.layers import EXPERT_DROP_MODES, GroupedQueryAttention, MoEBlock, MoEFeedForward, NoisyTopKGate, \
-    SharedSwiGLUExperts, expert_load, moe_loss
+from timm_mlit.layers import GroupedQueryAttention, MoEBlock, MoEFeedForward, NoisyTopKGate, SharedSwiGLUExperts, \
+    expert_load, moe_loss
 from ._dummy_patch_vit import DummyPatchViT, block_count, build_dummy_patch_vit, zoo_cfg, filter_checkpoint
+from ._dummy_patch_vit import given_options
 from ._pretrained_tags import Variant, hub_repo_id, register_tags
 
 __all__ = ['MLiT', 'hidden_sizes', 'experts_per_layer', 'MODELS', 'VARIANTS', 'DEFAULT_TAG']
@@ -58,7 +61,32 @@ def experts_per_layer(depth: int, stages: Sequence[int]) -> List[int]:
 
 
 class MLiT(DummyPatchViT):
-    """mLiT encoder with a classifier head, in timm's model API."""
+    """mLiT encoder with a classifier head, in timm's model API.
+
+    Layers are composed as in timm's ``VisionTransformer``, from three factories that ``create_model`` passes on:
+
+    * ``block_fn`` (default :class:`~timm_mlit.layers.MoEBlock`): called once per layer i as ``block_fn(dim=m,
+      num_heads=H, hidden_dim=d_h[i], num_experts=t[i], qkv_bias=..., proj_bias=..., attn_drop=..., proj_drop=...,
+      drop_path=..., norm_layer=..., attn_layer=..., mlp_layer=..., device=..., dtype=...)`` and then on (B, N, m)
+      tokens. d_h[i] is layer i's hidden size (mLiT Eq. 15, :func:`hidden_sizes`) and t[i] its expert count (mLiT
+      Figure 4, :func:`experts_per_layer`).
+    * ``mlp_layer``: the block calls it as ``mlp_layer(in_features=m, hidden_features=d_h[i], num_experts=t[i],
+      device=..., dtype=...)`` (timm ``Block``'s keywords), passing ``num_experts`` only to a callable that takes it
+      (that keyword or ``**kwargs``); the module maps (B, N, m) to (B, N, m). Default: ``partial(MoEFeedForward,
+      gate_layer=partial(NoisyTopKGate, ...), experts_layer=partial(SharedSwiGLUExperts, ...))`` from the MoE
+      options below. A custom one carries its own options, e.g. ``partial(MoEFeedForward, gate_layer=...)``, or a
+      dense ``timm.layers.Mlp`` / ``SwiGLU`` (called without ``num_experts``). A training forward's auxiliary loss
+      is collected from modules that record one (:func:`timm_mlit.layers.aux_losses`).
+    * ``attn_layer``: the block calls it as ``attn_layer(m, num_heads=H, qkv_bias=..., proj_bias=..., attn_drop=...,
+      proj_drop=..., device=..., dtype=...)``, then on (B, N, m) tokens. Default: ``partial(GroupedQueryAttention,
+      num_kv_heads=num_kv_heads)``; timm's ``Attention`` fits too.
+
+    The MoE options (``top_k``, ``gate_noise_eps``, ``moe_importance_weight``, ``moe_load_weight``,
+    ``moe_cv_squared`` of :class:`~timm_mlit.layers.NoisyTopKGate`; ``expert_drop_rate``, ``expert_drop_mode``,
+    ``expert_matmul`` of :class:`~timm_mlit.layers.SharedSwiGLUExperts`) have the layers' names, defaults and checks:
+    None (not given) keeps the layer's default, and a value the layer refuses raises there, naming the option. They
+    build the default ``mlp_layer`` only; given with a custom ``mlp_layer`` they are refused (set them in it).
+    """
 
     def __init__(
             self,
@@ -73,13 +101,14 @@ class MLiT(DummyPatchViT):
             num_kv_heads: int = 3,
             hidden_dims: Tuple[int, int] = (81, 27),
             expert_stages: Sequence[int] = (3, 4, 5),
-            top_k: int = 2,
-            expert_drop_rate: float = 0.1,
-            expert_drop_mode: str = 'expert',
-            gate_noise_eps: float = 1e-2,
-            moe_importance_weight: float = 1e-2,
-            moe_load_weight: float = 1e-2,
-            moe_cv_squared: bool = False,
+            top_k: Optional[int] = None,
+            expert_drop_rate: Optional[float] = None,
+            expert_drop_mode: Optional[str] = None,
+            expert_matmul: Optional[str] = None,
+            gate_noise_eps: Optional[float] = None,
+            moe_importance_weight: Optional[float] = None,
+            moe_load_weight: Optional[float] = None,
+            moe_cv_squared: Optional[bool] = None,
             qkv_bias: bool = True,
             proj_bias: bool = True,
             drop_rate: float = 0.,
@@ -88,6 +117,9 @@ class MLiT(DummyPatchViT):
             proj_drop_rate: float = 0.,
             drop_path_rate: float = 0.,
             norm_layer: Optional[LayerType] = None,
+            block_fn: Callable[..., nn.Module] = MoEBlock,
+            mlp_layer: Optional[Callable[..., nn.Module]] = None,
+            attn_layer: Optional[Callable[..., nn.Module]] = None,
             dynamic_img_size: bool = False,
             dynamic_img_pad: bool = False,
             device=None,
@@ -104,18 +136,21 @@ class MLiT(DummyPatchViT):
             embed_dim: Embedding size m.
             depth: Number of encoder layers L.
             num_heads: Query heads H.
-            num_kv_heads: Key/value heads (attention groups) G.
+            num_kv_heads: Key/value heads (attention groups) G of the default ``attn_layer``.
             hidden_dims: (d_h of the first layer, d_h of the last layer), interpolated by mLiT Eq. 15.
             expert_stages: Experts per layer in each of the equal stages.
-            top_k: Experts chosen per token, k.
-            expert_drop_rate: Dropout on expert outputs (0.1 in the paper). Separate from ``drop_rate``, which
-                timm's train.py always sets from ``--drop``.
-            expert_drop_mode: 'expert' drops each chosen expert's output (the paper); 'combined' drops the
-                gate-weighted sum once (cheaper, same expectation).
-            gate_noise_eps: Added to the gate noise std (the reference code's 1e-2).
-            moe_importance_weight: w_importance (mLiT Eq. 11).
-            moe_load_weight: w_load (mLiT Eq. 10).
-            moe_cv_squared: Use CV² (Shazeer, reference code) instead of the paper's CV in the MoE loss.
+            top_k: Experts chosen per token, k (NoisyTopKGate: 2, the paper's).
+            expert_drop_rate: Dropout on expert outputs (SharedSwiGLUExperts: 0.1, the paper's). Separate from
+                ``drop_rate``, which timm's train.py always sets from ``--drop``.
+            expert_drop_mode: 'expert' drops each chosen expert's output (the paper, the default); 'combined'
+                drops the gate-weighted sum once (cheaper, same expectation).
+            expert_matmul: 'auto' (default), 'grouped' or 'dense': how the experts' x W_i + b_i are computed,
+                same weights and results (SharedSwiGLUExperts).
+            gate_noise_eps: Added to the gate noise std (NoisyTopKGate: the reference code's 1e-2).
+            moe_importance_weight: w_importance (mLiT Eq. 11; NoisyTopKGate: 1e-2).
+            moe_load_weight: w_load (mLiT Eq. 10; NoisyTopKGate: 1e-2).
+            moe_cv_squared: Use CV² (Shazeer, reference code) instead of the paper's CV (the default) in the MoE
+                loss.
             qkv_bias: Bias in the attention q/k/v projections.
             proj_bias: Bias in the attention output projection.
             drop_rate: Classifier (head) dropout.
@@ -124,32 +159,39 @@ class MLiT(DummyPatchViT):
             proj_drop_rate: Dropout after the attention projection.
             drop_path_rate: Stochastic depth rate (not in the paper).
             norm_layer: Normalization layer (LayerNorm).
+            block_fn: The encoder layer (class docstring).
+            mlp_layer: The feed-forward of each layer (class docstring); None builds the MoE one from the options.
+            attn_layer: The attention of each layer (class docstring); None: grouped-query attention.
             dynamic_img_size: Accept any image size, resampling the position table to its grid (timm's ViT option).
             dynamic_img_pad: With ``dynamic_img_size``, pad images whose sides are not multiples of the patch.
         """
-        if expert_drop_mode not in EXPERT_DROP_MODES:
-            raise ValueError(f'expert_drop_mode must be one of {EXPERT_DROP_MODES}, got {expert_drop_mode!r}.')
         dd = {'device': device, 'dtype': dtype}
         norm_layer = get_norm_layer(norm_layer) or nn.LayerNorm
         hidden = hidden_sizes(depth, *hidden_dims)
         experts = experts_per_layer(depth, expert_stages)
         dpr = calculate_drop_path_rates(drop_path_rate, depth)
-        # the options of the MoE feed-forward (mLiT Sec. 2.1.2) and of the attention, set once: every layer's
-        # block gets the same factories and only its own d_h (mLiT Eq. 15) and expert count (mLiT Figure 4)
-        mlp_layer = partial(
-            MoEFeedForward,
-            gate_layer=partial(
-                NoisyTopKGate,
-                top_k=top_k,
-                noise_eps=gate_noise_eps,
-                importance_weight=moe_importance_weight,
-                load_weight=moe_load_weight,
-                cv_squared=moe_cv_squared,
-            ),
-            experts_layer=partial(SharedSwiGLUExperts, drop=expert_drop_rate, drop_mode=expert_drop_mode),
-        )
-        attn_layer = partial(GroupedQueryAttention, num_kv_heads=num_kv_heads)
-        block_fn = lambda i: MoEBlock(
+        # the MoE feed-forward's options (mLiT Sec. 2.1.2), each passed only when given: the layers own the defaults
+        gate_args = given_options(
+            top_k=top_k, gate_noise_eps=gate_noise_eps, moe_importance_weight=moe_importance_weight,
+            moe_load_weight=moe_load_weight, moe_cv_squared=moe_cv_squared)
+        experts_args = given_options(
+            expert_drop_rate=expert_drop_rate, expert_drop_mode=expert_drop_mode, expert_matmul=expert_matmul)
+        if mlp_layer is None:
+            mlp_layer = partial(
+                MoEFeedForward,
+                gate_layer=partial(NoisyTopKGate, **gate_args),
+                experts_layer=partial(SharedSwiGLUExperts, **experts_args),
+            )
+        elif gate_args or experts_args:
+            raise ValueError(
+                f'{", ".join({**gate_args, **experts_args})}: MoE options of the default mlp_layer, but a custom '
+                f'mlp_layer was given ({mlp_layer!r}). Set them in it, e.g. mlp_layer=partial(MoEFeedForward, '
+                f'gate_layer=partial(NoisyTopKGate, top_k=1), experts_layer=partial(SharedSwiGLUExperts, '
+                f'expert_drop_rate=0.2)), or drop the custom mlp_layer.')
+        if attn_layer is None:
+            attn_layer = partial(GroupedQueryAttention, num_kv_heads=num_kv_heads)
+        # every layer gets the same factories and only its own d_h (mLiT Eq. 15) and expert count (mLiT Figure 4)
+        make_block = lambda i: block_fn(
             dim=embed_dim,
             num_heads=num_heads,
             hidden_dim=hidden[i],
@@ -165,7 +207,7 @@ class MLiT(DummyPatchViT):
             **dd,
         )
         super().__init__(
-            block_fn,
+            make_block,
             depth,
             img_size=img_size,
             patch_size=patch_size,
@@ -183,7 +225,7 @@ class MLiT(DummyPatchViT):
         )
         self.hidden_dims = hidden
         self.num_experts = experts
-        self.moe_layer = mlp_layer  # the MoE settings, for modules built around the encoder (the MAE decoder)
+        self.mlp_layer = mlp_layer  # the layers' feed-forward factory, for modules built around the encoder (MAE)
         self.init_weights(needs_reset=False)
 
     @torch.jit.ignore
@@ -283,7 +325,7 @@ default_cfgs = generate_default_cfgs({
 def mlit_s(pretrained: bool = False, **kwargs) -> MLiT:
     """mLiT-S (mLiT Table 1): m 144, 15 layers, d_h 144->72, 8 heads / 4 groups, experts 3-5, k 2; 2.36M params."""
     model_args = dict(
-        embed_dim=144, depth=15, num_heads=8, num_kv_heads=4, hidden_dims=(144, 72), expert_stages=(3, 4, 5), top_k=2)
+        embed_dim=144, depth=15, num_heads=8, num_kv_heads=4, hidden_dims=(144, 72), expert_stages=(3, 4, 5))
     return _create_mlit('mlit_s', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
@@ -291,7 +333,7 @@ def mlit_s(pretrained: bool = False, **kwargs) -> MLiT:
 def mlit_xs(pretrained: bool = False, **kwargs) -> MLiT:
     """mLiT-XS (mLiT Table 1): m 128, 12 layers, d_h 96->32, 8 heads / 4 groups, experts 3-5, k 2; 1.21M params."""
     model_args = dict(
-        embed_dim=128, depth=12, num_heads=8, num_kv_heads=4, hidden_dims=(96, 32), expert_stages=(3, 4, 5), top_k=2)
+        embed_dim=128, depth=12, num_heads=8, num_kv_heads=4, hidden_dims=(96, 32), expert_stages=(3, 4, 5))
     return _create_mlit('mlit_xs', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
@@ -299,5 +341,5 @@ def mlit_xs(pretrained: bool = False, **kwargs) -> MLiT:
 def mlit_xxs(pretrained: bool = False, **kwargs) -> MLiT:
     """mLiT-XXS (mLiT Table 1): m 108, 9 layers, d_h 81->27, 6 heads / 3 groups, experts 3-5, k 2; 0.66M params."""
     model_args = dict(
-        embed_dim=108, depth=9, num_heads=6, num_kv_heads=3, hidden_dims=(81, 27), expert_stages=(3, 4, 5), top_k=2)
+        embed_dim=108, depth=9, num_heads=6, num_kv_heads=3, hidden_dims=(81, 27), expert_stages=(3, 4, 5))
     return _create_mlit('mlit_xxs', pretrained=pretrained, **dict(model_args, **kwargs))

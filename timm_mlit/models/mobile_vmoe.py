@@ -25,18 +25,20 @@ probabilities, not renormalised (Mobile V-MoE Eqs. 1-2); linear layers trunc-nor
 ViT.
 """
 from functools import partial
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import LayerType, calculate_drop_path_rates, get_act_layer, get_norm_layer, trunc_normal_
+from timm.layers import Attention, LayerType, Mlp, calculate_drop_path_rates, get_act_layer, get_norm_layer, \
+    trunc_normal_
 from timm.models import checkpoint, generate_default_cfgs, register_model
 from timm.models.vision_transformer import Block
 
-from timm_mlit.layers import EXPERT_DISPATCH, MoEViTBlock, PerImageExperts, PerImageRouter, router_loss, router_stats
+from timm_mlit.layers import MoEViTBlock, PerImageExperts, PerImageRouter, router_loss, router_stats
 from timm_mlit.data.superclasses import SuperclassMap, load_superclass_map
 from ._dummy_patch_vit import DummyPatchViT, block_count, build_dummy_patch_vit, zoo_cfg, filter_checkpoint
+from ._dummy_patch_vit import given_options
 
 __all__ = ['MobileVMoE']
 
@@ -47,7 +49,33 @@ PAPER_SIZES = {  # (depth, width) -> heads (Mobile V-MoE Sec. 3.1)
 
 
 class MobileVMoE(DummyPatchViT):
-    """Dense ViT layers, one per-image router, then L MoE-ViT layers (Mobile V-MoE Fig. 2c), in timm's model API."""
+    """Dense ViT layers, one per-image router, then L MoE-ViT layers (Mobile V-MoE Fig. 2c), in timm's model API.
+
+    Layers are composed as in timm's ``VisionTransformer``, from factories that ``create_model`` passes on:
+
+    * ``block_fn`` (timm's ``Block``), the dense layers: called as timm's ``VisionTransformer`` calls it,
+      ``block_fn(dim=..., num_heads=..., mlp_ratio=..., qkv_bias=..., proj_drop=..., attn_drop=..., drop_path=...,
+      norm_layer=..., act_layer=..., mlp_layer=..., attn_layer=..., device=..., dtype=...)``, then on (B, N, D).
+    * ``moe_block_fn`` (:class:`~timm_mlit.layers.MoEViTBlock`), the last ``num_moe_layers`` layers: called with the
+      same keywords plus ``num_experts=E`` and ``mlp_layer=moe_mlp_layer``, then as ``blk(x, weights, indices)``
+      with the router's (B, k) choice.
+    * ``mlp_layer`` (timm's ``Mlp``), the dense layers' MLP: timm's ``Block`` calls it as ``mlp_layer(
+      in_features=D, hidden_features=int(D * mlp_ratio), act_layer=..., norm_layer=..., bias=..., drop=...,
+      device=..., dtype=...)``.
+    * ``moe_mlp_layer``, the MoE-ViT layers' experts: called as ``moe_mlp_layer(in_features=D,
+      hidden_features=int(D * mlp_ratio), num_experts=E, act_layer=..., drop=..., device=..., dtype=...)``, then as
+      ``mlp(x, weights, indices)``. Default: ``partial(PerImageExperts, expert_dispatch=...)``; a custom one carries
+      its own options (``expert_dispatch`` given with it is refused).
+    * ``attn_layer`` (timm's ``Attention``), every layer's attention: called as ``attn_layer(D, num_heads=...,
+      qkv_bias=..., attn_drop=..., proj_drop=..., device=..., dtype=...)``, then on (B, N, D); timm's ``Block`` adds
+      its own keywords (``qk_norm``, ``scale_norm``, ``proj_bias``, ``norm_layer``) and needs a class, not a
+      ``partial`` (it checks ``issubclass``).
+
+    The routing options (``top_k``, ``router_pool``, ``router_loss_weight``, ``router_balance_weight`` of
+    :class:`~timm_mlit.layers.PerImageRouter`) and ``expert_dispatch`` (of
+    :class:`~timm_mlit.layers.PerImageExperts`) have the layers' names, defaults and checks: None (not given) keeps the
+    layer's default, and a value the layer refuses raises there, naming the option.
+    """
 
     def __init__(
             self,
@@ -64,12 +92,12 @@ class MobileVMoE(DummyPatchViT):
             patch_bias: bool = True,
             num_moe_layers: int = 2,
             num_experts: Optional[int] = None,
-            top_k: int = 1,
-            router_pool: str = 'avg',
+            top_k: Optional[int] = None,
+            router_pool: Optional[str] = None,
             superclass_map: Optional[Union[str, Sequence[int], SuperclassMap]] = None,
-            router_loss_weight: float = 0.3,
-            router_balance_weight: float = 0.01,
-            expert_dispatch: str = 'auto',
+            router_loss_weight: Optional[float] = None,
+            router_balance_weight: Optional[float] = None,
+            expert_dispatch: Optional[str] = None,
             drop_rate: float = 0.,
             pos_drop_rate: float = 0.,
             attn_drop_rate: float = 0.,
@@ -77,6 +105,11 @@ class MobileVMoE(DummyPatchViT):
             drop_path_rate: float = 0.,
             norm_layer: Optional[LayerType] = None,
             act_layer: Optional[LayerType] = None,
+            block_fn: Callable[..., nn.Module] = Block,
+            moe_block_fn: Callable[..., nn.Module] = MoEViTBlock,
+            mlp_layer: Callable[..., nn.Module] = Mlp,
+            moe_mlp_layer: Optional[Callable[..., nn.Module]] = None,
+            attn_layer: Callable[..., nn.Module] = Attention,
             dynamic_img_size: bool = False,
             dynamic_img_pad: bool = False,
             device=None,
@@ -97,13 +130,14 @@ class MobileVMoE(DummyPatchViT):
             patch_bias: Bias in the patch projection (standard ViT: yes; mLiT's stem: no).
             num_moe_layers: L, the last layers that are MoE-ViT layers (2); 0 gives the dense twin.
             num_experts: E (10); with a super-class map, default and required: its number of super-classes.
-            top_k: Experts per image, k (1).
-            router_pool: What the router reads: 'avg' of the patch tokens or the prefix 'token'.
+            top_k: Experts per image, k (PerImageRouter: 1, the paper's).
+            router_pool: What the router reads: 'avg' of the patch tokens (the default) or the prefix 'token'.
             superclass_map: Class -> super-class map guiding the router ('cifar100', a file, a list); None routes
                 end-to-end.
-            router_loss_weight: λ of the super-class cross-entropy (0.3).
-            router_balance_weight: Weight of the importance loss when routing end-to-end.
-            expert_dispatch: 'auto' (grouped by expert in eager eval, gathered otherwise), 'grouped', 'gather'.
+            router_loss_weight: λ of the super-class cross-entropy (PerImageRouter: 0.3, the paper's).
+            router_balance_weight: Weight of the importance loss when routing end-to-end (PerImageRouter: 0.01).
+            expert_dispatch: 'auto' (the default: grouped by expert in eager eval, gathered otherwise), 'grouped',
+                'gather' (PerImageExperts).
             drop_rate: Classifier (head) dropout.
             pos_drop_rate: Dropout after the position embedding.
             attn_drop_rate: Attention-weight dropout.
@@ -111,14 +145,17 @@ class MobileVMoE(DummyPatchViT):
             drop_path_rate: Stochastic depth rate.
             norm_layer: Normalization layer (LayerNorm, eps 1e-6 as timm's ViT).
             act_layer: MLP activation (GELU).
+            block_fn: The dense layers (class docstring).
+            moe_block_fn: The MoE-ViT layers (class docstring).
+            mlp_layer: The dense layers' MLP (class docstring).
+            moe_mlp_layer: The MoE-ViT layers' experts (class docstring); None builds PerImageExperts.
+            attn_layer: Every layer's attention (class docstring).
             dynamic_img_size: Accept any image size, resampling the position table to its grid (timm's ViT option).
             dynamic_img_pad: With ``dynamic_img_size``, pad images whose sides are not multiples of the patch.
         """
         dd = {'device': device, 'dtype': dtype}
         if not 0 <= num_moe_layers <= depth:
             raise ValueError(f'num_moe_layers must be between 0 and depth={depth}, got {num_moe_layers}.')
-        if expert_dispatch not in EXPERT_DISPATCH:
-            raise ValueError(f'expert_dispatch must be one of {EXPERT_DISPATCH}, got {expert_dispatch!r}.')
         smap = load_superclass_map(superclass_map) if superclass_map is not None else None
         if smap is not None:
             if num_experts is not None and num_experts != smap.num_superclasses:
@@ -136,11 +173,18 @@ class MobileVMoE(DummyPatchViT):
         act_layer = get_act_layer(act_layer) or nn.GELU
         dpr = calculate_drop_path_rates(drop_path_rate, depth)
         num_dense = depth - num_moe_layers
+        if moe_mlp_layer is None:
+            moe_mlp_layer = partial(PerImageExperts, **given_options(expert_dispatch=expert_dispatch))
+        elif expert_dispatch is not None:
+            raise ValueError(
+                f'expert_dispatch: an option of the default moe_mlp_layer, but a custom moe_mlp_layer was given '
+                f'({moe_mlp_layer!r}). Set it in it, e.g. moe_mlp_layer=partial(PerImageExperts, '
+                f'expert_dispatch={expert_dispatch!r}), or drop the custom moe_mlp_layer.')
         common = dict(
             dim=embed_dim, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, proj_drop=proj_drop_rate,
-            attn_drop=attn_drop_rate, norm_layer=norm_layer, act_layer=act_layer, **dd)
+            attn_drop=attn_drop_rate, norm_layer=norm_layer, act_layer=act_layer, attn_layer=attn_layer, **dd)
         super().__init__(
-            lambda i: Block(drop_path=dpr[i], **common),
+            lambda i: block_fn(drop_path=dpr[i], mlp_layer=mlp_layer, **common),
             num_dense,
             img_size=img_size,
             patch_size=patch_size,
@@ -157,15 +201,18 @@ class MobileVMoE(DummyPatchViT):
             **dd,
         )
         self.num_experts = num_experts
-        self.top_k = top_k
         self.superclass_map = smap
+        # the routing options, each passed only when given: the router owns the defaults and the checks
+        router_args = given_options(
+            top_k=top_k, router_pool=router_pool, router_loss_weight=router_loss_weight,
+            router_balance_weight=router_balance_weight)
         self.router = PerImageRouter(
-            embed_dim, num_experts, top_k=top_k, pool=router_pool, num_prefix_tokens=self.num_prefix_tokens,
-            superclass_of=smap.as_tensor() if smap is not None else None, loss_weight=router_loss_weight,
-            balance_weight=router_balance_weight, **dd) if num_moe_layers > 0 else None
-        mlp_layer = partial(PerImageExperts, dispatch=expert_dispatch)  # the experts' options, set once
+            embed_dim, num_experts, num_prefix_tokens=self.num_prefix_tokens,
+            superclass_of=smap.as_tensor() if smap is not None else None, **router_args,
+            **dd) if num_moe_layers > 0 else None
+        self.top_k = self.router.top_k if self.router is not None else top_k
         self.moe_blocks = nn.ModuleList([
-            MoEViTBlock(num_experts=num_experts, drop_path=dpr[num_dense + j], mlp_layer=mlp_layer, **common)
+            moe_block_fn(num_experts=num_experts, drop_path=dpr[num_dense + j], mlp_layer=moe_mlp_layer, **common)
             for j in range(num_moe_layers)])
         reduction = self.patch_embed.feat_ratio()
         self.feature_info += [
