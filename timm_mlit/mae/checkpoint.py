@@ -9,7 +9,7 @@ the uninterrupted one would have.
 
 A checkpoint given to ``--resume`` is untrusted input: it holds only tensors and plain Python values (the NumPy RNG
 state is stored as a tensor, the arguments as a plain dict) and is read with :func:`timm_mlit._io.torch_load`
-(``torch.load(weights_only=True)``), which cannot run code from the file.
+(torch's loader with ``weights_only=True``), which cannot run code from the file.
 """
 import pickle
 import random
@@ -84,7 +84,7 @@ def save_checkpoint(path, state: Dict[str, Any]) -> Path:
 
 
 def load_checkpoint(path) -> Dict[str, Any]:
-    """Load a training checkpoint with ``torch.load(weights_only=True)`` (never unpickles code), with an error that
+    """Load a training checkpoint with :func:`timm_mlit._io.torch_load` (never unpickles code), with an error that
     names the file, says what was expected and what to do."""
     path = Path(path)
     expected = 'a last.pth written by the pre-training command'
