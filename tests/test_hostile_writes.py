@@ -6,6 +6,7 @@ Each refusal leaves the hostile thing exactly as it was (its kind, and what a fi
 file outside (``outside``, a stand-in for ``~/.cache/huggingface/token``) untouched."""
 import json
 import os
+import signal
 import stat
 from pathlib import Path
 
@@ -296,3 +297,29 @@ def test_no_command_writes_or_loads_by_hand():
              if path.name != '_io.py' and 'testing' not in path.parts
              for needle in hand_written if needle in path.read_text()]
     assert found == []
+
+
+@pytest.mark.parametrize('signum, raised', [
+    (signal.SIGTERM, SystemExit),  # a scheduler, torchrun
+    (signal.SIGHUP, SystemExit),  # the terminal closed
+    (signal.SIGINT, KeyboardInterrupt),  # Ctrl-C
+])
+def test_mlit_prepare_data_a_signal_leaves_nothing_half_written(signum, raised, tmp_path, monkeypatch):
+    from PIL import Image
+    from test_prepare_data import _npz_dir
+    from timm_mlit.data.prepare import main
+    src = _npz_dir(tmp_path / 'npz')
+    calls = []
+    save = Image.Image.save
+
+    def save_then_signal(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signum)
+        return save(self, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, 'save', save_then_signal)
+    before = signal.getsignal(signum)
+    with pytest.raises(raised):
+        main(['cifar10', '--npz-dir', str(src), '--out', str(tmp_path / 'c10'), '--no-verify'])
+    assert sorted(os.listdir(tmp_path)) == ['npz'] and signal.getsignal(signum) == before

@@ -314,7 +314,8 @@ def file_inside(root: PathLike, name: str, what: str = '', missing_ok: bool = Fa
 
 @contextlib.contextmanager
 def _open_regular(path: Path):
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | _NOFOLLOW | _CLOEXEC)
+    """``path`` opened for reading if it is a regular file (a FIFO is refused without blocking on it)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | _CLOEXEC)
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
@@ -395,7 +396,8 @@ class FolderLock:
         if not self._lock.acquire():
             raise BusyError(
                 f'{_label(self.folder, self.what)}: another run ({self._lock.holder()}) is writing this folder; two '
-                f'writers would mix their logs and checkpoints. Wait for it to end, or {self.fix or "pick another folder"}.')
+                f'writers would mix their logs and checkpoints. Wait for it to end, or pick another '
+                f'{self.what or "folder"}.')
         if self.fresh:
             found = sorted(p.name for p in self.folder.iterdir() if p.name != self.NAME)
             if found:

@@ -20,9 +20,10 @@ Splits (the paper does not name them; these are the usual ones):
 The tree is written to ``OUT.partial`` and renamed when complete, so an interrupted run never leaves a tree that
 looks finished; a failed run (TERM, HUP and INT included) removes ``OUT.partial``. An ``OUT.partial`` that another
 run is writing is refused, one a killed run of this command left is replaced, and any other is the user's and left
-alone (``--overwrite`` removes it only if it has the shape of a tree this command writes). ``--overwrite`` replaces only a tree of the shape this command
-writes (``train/`` and ``validation/`` of class folders of .png / .jpg files) or an empty folder, and ``--out`` may not be ``--root`` / ``--npz-dir``
-or a folder holding it, so the source data cannot be deleted.
+alone (``--overwrite`` removes it only if it has the shape of a tree this command writes). ``--overwrite`` replaces
+only a tree of the shape this command writes (``train/`` and ``validation/`` of class folders of .png / .jpg files)
+or an empty folder, and ``--out`` may not be ``--root`` / ``--npz-dir`` or a folder holding it, so the source data
+cannot be deleted.
 """
 import argparse
 import shutil

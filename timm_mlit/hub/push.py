@@ -153,7 +153,8 @@ def write_repo_files(model, model_name: str, repo_id: str, run: RunInfo, folder,
 
 def push(model, model_name: str, repo_id: str, run: RunInfo, token: Optional[str] = None,
          endpoint: Optional[str] = None, private: bool = False, revision: Optional[str] = None,
-         commit_message: Optional[str] = None, card_out=None, deviations: Sequence[str] = (), overwrite: bool = False):
+         commit_message: Optional[str] = None, card_out=None, deviations: Sequence[str] = (),
+         overwrite: bool = False):
     """Create ``repo_id`` if needed and commit the weights, config and card. Returns the commit info. ``card_out``
     also gets the card as ``<model>.md``; an existing one is replaced only with ``overwrite``."""
     card = Path(card_out) / f'{model_name}.md' if card_out else None
