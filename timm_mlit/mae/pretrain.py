@@ -17,16 +17,17 @@ cosine counts from update 0 over all the epochs and the linear warm-up (from 0) 
 of the warm-up the cosine takes over at 0.5 x (1 + cos(0.05 pi)) = 99.4% of the peak LR (MAE's code instead fits
 its cosine into the epochs after the warm-up).
 
-The output folder gets: ``log.csv`` and ``log.jsonl`` (per epoch: losses, LR, speed; the JSON adds the expert
-load), ``steps.csv`` (every update's loss), ``loss_curve.png`` (log-log, Figure 6) and ``expert_load.png`` when matplotlib is installed,
-``recon_epochNNNNN.png`` every ``--recon-interval`` epochs, ``last.pth`` (resumable) and ``encoder.safetensors``
-(the encoder alone, for timm) at every checkpoint. A new run refuses a folder that already holds a run, and a run
-holds a lock on its folder (``.mlit-lock``) while it lives, so a second writer is refused.
-``--resume OUTPUT/RUN/last.pth`` (or ``--resume auto``) continues exactly: a run killed mid-epoch restarts that epoch
-from the last checkpoint's state. Arguments not given again are taken from the checkpoint (the command line, then
-``--config``, then the checkpoint's run, then the defaults). The LR schedule is a function of the run's epochs, warm-up, LR and updates per epoch (global batch): resumed with a
-different batch size, process count, epoch count or LR, it is rebuilt for the new run and continued at the finished
-epochs (the log names what changed); unchanged, the checkpoint's schedule is restored exactly.
+The output folder gets: ``log.csv`` and ``log.jsonl`` (per epoch: losses, LR, speed; the JSON adds the expert load),
+``steps.csv`` (every update's loss), ``loss_curve.png`` (log-log, Figure 6) and ``expert_load.png`` when matplotlib
+is installed, ``recon_epochNNNNN.png`` every ``--recon-interval`` epochs, ``last.pth`` (resumable) and
+``encoder.safetensors`` (the encoder alone, for timm) at every checkpoint. A new run refuses a folder that already
+holds a run, and a run holds a lock on its folder (``.mlit-lock``) while it lives, so a second writer is refused.
+``--resume OUTPUT/RUN/last.pth`` (or ``--resume auto``) continues exactly: a run killed mid-epoch restarts that
+epoch from the last checkpoint's state. Arguments not given again are taken from the checkpoint (the command line,
+then ``--config``, then the checkpoint's run, then the defaults). The LR schedule is a function of the run's epochs,
+warm-up, LR and updates per epoch (global batch): resumed with a different batch size, process count, epoch count or
+LR, it is rebuilt for the new run and continued at the finished epochs (the log names what changed); unchanged, the
+checkpoint's schedule is restored exactly.
 
 The code follows MAE's main_pretrain.py / engine_pretrain.py split: :func:`main` parses the arguments, resumes,
 builds the data, model, optimiser and schedule and runs the epoch loop; :func:`train_one_epoch` is one epoch of
