@@ -319,7 +319,12 @@ def test_mlit_prepare_data_a_signal_leaves_nothing_half_written(signum, raised, 
         return save(self, *args, **kwargs)
 
     monkeypatch.setattr(Image.Image, 'save', save_then_signal)
-    before = signal.getsignal(signum)
-    with pytest.raises(raised):
-        main(['cifar10', '--npz-dir', str(src), '--out', str(tmp_path / 'c10'), '--no-verify'])
-    assert sorted(os.listdir(tmp_path)) == ['npz'] and signal.getsignal(signum) == before
+    # as in a terminal (a background job of a script starts with INT ignored, and an ignored signal stays ignored)
+    before = signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+    try:
+        with pytest.raises(raised):
+            main(['cifar10', '--npz-dir', str(src), '--out', str(tmp_path / 'c10'), '--no-verify'])
+        assert sorted(os.listdir(tmp_path)) == ['npz']
+        assert signal.getsignal(signum) in (signal.default_int_handler, signal.SIG_DFL)  # the handler is back
+    finally:
+        signal.signal(signum, before)
