@@ -24,6 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TOP = 'timm_mlit'
 
 RANKS: Dict[str, int] = {
+    # -1: the one writer of files and reader of untrusted checkpoints, which everything else may use
+    'timm_mlit._io': -1,
     # 0: building blocks that know no model: layers, data (incl. the super-class maps), the shipped recipes
     'timm_mlit.configs': 0,
     'timm_mlit.recipes': 0,  # the recipe files by name (configs' lookup; its main is mlit-config)
@@ -47,7 +49,7 @@ RANKS: Dict[str, int] = {
     'timm_mlit.__main__': 3,
     TOP: 3,  # the package itself, as an import target (see the module docstring)
 }
-RANK_NAMES = {0: 'layers/data', 1: 'models', 2: 'built on models', 3: 'scripts'}
+RANK_NAMES = {-1: 'I/O', 0: 'layers/data', 1: 'models', 2: 'built on models', 3: 'scripts'}
 
 
 def _modules() -> Dict[str, Tuple[Path, bool]]:

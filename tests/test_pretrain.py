@@ -18,6 +18,7 @@ from safetensors import safe_open
 from timm.task import ClassificationTask
 
 from helpers import train_epochs
+from timm_mlit import _io
 from timm_mlit.mae import checkpoint as ckpt
 from timm_mlit.mae.pretrain import main as pretrain_main
 from timm_mlit.mae.pretrain import parse_args
@@ -329,7 +330,7 @@ def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
     (tmp_path / 'last.pth.tmp-99999999').write_bytes(b'x')  # no such process
     (tmp_path / f'last.pth.tmp-{os.getpid()}').write_bytes(b'x')  # a live writer: kept
     (tmp_path / 'notes.tmp-draft').write_bytes(b'x')  # not ours
-    removed = ckpt.remove_stale_temporaries(tmp_path)
+    removed = _io.remove_stale_temporaries(tmp_path)
     assert [p.name for p in removed] == ['last.pth.tmp-99999999']
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f'last.pth.tmp-{os.getpid()}', 'notes.tmp-draft'])
 

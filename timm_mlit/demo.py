@@ -15,8 +15,10 @@
 """
 import argparse
 import csv
+import io
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -32,6 +34,7 @@ from timm.scheduler import create_scheduler_v2
 from timm.task import ClassificationTask
 from tqdm import tqdm
 
+from timm_mlit._io import atomic_write, command, write_text
 from timm_mlit.data.shapes import SHAPE_CLASSES, write_shapes
 from timm_mlit.testing.local_hub import LocalHubServer
 from timm_mlit.mae.visualize import have_matplotlib
@@ -76,7 +79,7 @@ def fine_tune(encoder_file: Path, data_dir: Path, out: Path, model_name: str, ep
     args = dict(model=model_name, dataset='shapes', val_split='validation', epochs=epochs, batch_size=batch_size,
                 opt='adamw', lr=lr, weight_decay=0.05, layer_decay=0.9, sched='cosine', warmup_epochs=1,
                 scale=[0.8, 1.0], hflip=0.5, smoothing=0.0, model_ema=False, pretrained_path=str(encoder_file))
-    (out / 'args.yaml').write_text(yaml.safe_dump(args))
+    write_text(out / 'args.yaml', yaml.safe_dump(args), overwrite=True)
     rows, best, updates = [], -1.0, 0
     for epoch in range(epochs):
         model.train()
@@ -94,12 +97,13 @@ def fine_tune(encoder_file: Path, data_dir: Path, out: Path, model_name: str, ep
         print(f'  fine-tune epoch {epoch + 1}/{epochs}: loss {rows[-1][1]:.3f}, validation top-1 {top1:.1f}%')
         if top1 > best:
             best = top1
-            torch.save({'epoch': epoch, 'arch': model_name, 'state_dict': model.state_dict(), 'metric': top1},
-                       out / 'model_best.pth.tar')
-    with open(out / 'summary.csv', 'w', newline='') as f:
-        w = csv.writer(f)
-        w.writerow(['epoch', 'train_loss', 'eval_loss', 'eval_top1', 'eval_top5', 'lr'])
-        w.writerows(rows)
+            state = {'epoch': epoch, 'arch': model_name, 'state_dict': model.state_dict(), 'metric': top1}
+            atomic_write(out / 'model_best.pth.tar', lambda tmp: torch.save(state, tmp), overwrite=True)
+    summary = io.StringIO()
+    w = csv.writer(summary)
+    w.writerow(['epoch', 'train_loss', 'eval_loss', 'eval_top1', 'eval_top5', 'lr'])
+    w.writerows(rows)
+    write_text(out / 'summary.csv', summary.getvalue(), overwrite=True)
     return out
 
 
@@ -138,6 +142,7 @@ print(repr(top1))
 '''
 
 
+@command
 def main(argv: Optional[Sequence[str]] = None) -> float:
     p = argparse.ArgumentParser(prog='mlit-demo (or python -m timm_mlit)', description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -150,8 +155,19 @@ def main(argv: Optional[Sequence[str]] = None) -> float:
     p.add_argument('--train-per-class', type=int, default=100)
     p.add_argument('--val-per-class', type=int, default=30)
     p.add_argument('--workers', type=int, default=2)
+    p.add_argument('--overwrite', action='store_true', help="replace an earlier demo's runs in --output")
     args = p.parse_args(argv)
     out = Path(args.output).resolve()
+    runs = [out / 'mae' / args.model, out / 'finetune']
+    for run in runs:
+        if run.is_symlink() or run.exists() and not run.is_dir():
+            p.error(f'--output {out}: {run} is not a folder of an earlier demo; pass another --output.')
+    if any(run.exists() for run in runs):
+        if not args.overwrite:
+            p.error(f'--output {out} holds an earlier demo\'s runs ({", ".join(str(r) for r in runs if r.exists())}); '
+                    f'pass --overwrite to replace them, or another --output.')
+        for run in runs:
+            shutil.rmtree(run, ignore_errors=True)
     start = time.time()
     for name in ('httpx', 'httpx2'):  # no per-request lines from huggingface_hub's HTTP client
         logging.getLogger(name).setLevel(logging.WARNING)

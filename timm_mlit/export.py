@@ -3,7 +3,8 @@ ONNX export with a dynamic batch, int8 dynamic quantisation in PyTorch and in on
 deployed copy computes what the PyTorch model computes.
 
 Export goes through timm's own ``timm.utils.onnx.onnx_export`` (the function behind timm's ``onnx_export.py``),
-written to a temporary name and renamed, so a failed export leaves no half-written file.
+written by :func:`timm_mlit._io.atomic_write` (a temporary name, renamed), so a failed export leaves no half-written
+file, and a device, FIFO or symlink at the path is refused, never replaced.
 
 int8 is *dynamic* quantisation (weights int8, activations quantised per batch at run time; no calibration data):
 every ``nn.Linear`` (PyTorch) or MatMul / Gemm (onnxruntime) is quantised **except the routing**: mLiT's gates
@@ -17,8 +18,6 @@ nothing more.
 """
 import copy
 import logging
-import os
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple, Union
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from timm_mlit._io import atomic_write
 from timm_mlit.layers import NoisyTopKGate, PerImageRouter
 
 __all__ = [
@@ -111,10 +111,8 @@ def export_onnx(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     was_training = model.training
-    fd, tmp = tempfile.mkstemp(suffix='.onnx', prefix=f'.{path.stem}.', dir=path.parent)
-    os.close(fd)
     try:
-        onnx_export(
+        return atomic_write(path, lambda tmp: onnx_export(
             model,
             tmp,
             input_size=_input_size(model, input_size),
@@ -124,13 +122,9 @@ def export_onnx(
             opset=opset,
             check=check,
             external_data=False,
-        )
-        os.replace(tmp, path)
+        ), overwrite=True, suffix='.onnx')
     finally:
         model.train(was_training)
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
 
 
 def _gemm_to_matmul(graph) -> None:
@@ -218,9 +212,8 @@ def quantize_onnx(
     weighted, routed = _weight_nodes(proto.graph, routing_weights(model) if model is not None else {})
     nodes = [n for n in weighted if n not in set(routed)]
     dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix='.onnx', prefix=f'.{dst.stem}.', dir=dst.parent)
-    os.close(fd)
-    try:
+
+    def write(tmp):
         root = logging.getLogger()
         level = root.level
         root.setLevel(max(level, logging.ERROR))  # silence its per-call advice to pre-process (optional here)
@@ -230,11 +223,7 @@ def quantize_onnx(
                 op_types_to_quantize=['MatMul', 'Gemm', 'Conv'])
         finally:
             root.setLevel(level)
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return dst
+    return atomic_write(dst, write, overwrite=True, suffix='.onnx')
 
 
 def onnx_session(path: Union[str, Path], num_threads: Optional[int] = None):

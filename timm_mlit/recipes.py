@@ -14,10 +14,10 @@ timm's ``train.py --config`` takes a file path, hence the printed path; ``mlit-p
 import argparse
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import List, Optional, Sequence, Union
 
+from timm_mlit._io import UserInputError, command, copy_file
 from timm_mlit.configs import RECIPE_DIR
 
 __all__ = ['RECIPE_DIR', 'list_recipes', 'recipe_path', 'write_recipe', 'main']
@@ -53,27 +53,18 @@ def recipe_path(name_or_path: Union[str, os.PathLike]) -> Path:
 
 def write_recipe(name: str, out: Union[str, os.PathLike], overwrite: bool = False) -> Path:
     """Write the shipped recipe ``name`` to ``out`` (a file, or a folder to hold ``NAME.yaml``), byte for byte and
-    atomically (a temp file renamed into place). Refuses to replace an existing file unless ``overwrite``."""
+    atomically (:func:`timm_mlit._io.atomic_write`). Refuses to replace an existing file unless ``overwrite``, and
+    never replaces a device, FIFO, socket or symlink."""
     src = recipe_path(name)
     dest = Path(out).expanduser()
     if dest.is_dir():
         dest = dest / src.name
-    if dest.exists() and not overwrite:
-        raise FileExistsError(f'{dest} exists; pass --overwrite (overwrite=True) to replace it, or another --out')
     if not dest.parent.is_dir():
         raise FileNotFoundError(f'--out {out}: folder {dest.parent} does not exist; create it first')
-    fd, tmp = tempfile.mkstemp(prefix=f'.{dest.name}.', dir=dest.parent)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            f.write(src.read_bytes())
-        os.replace(tmp, dest)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return dest
+    return copy_file(src, dest, overwrite=overwrite, what='--out')
 
 
+@command
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog='mlit-config', description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -91,7 +82,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         p.error('name a recipe (e.g. mlit-config table6_scratch_cifar10) or pass --list')
     try:
         path = write_recipe(args.name, args.out, args.overwrite) if args.out else recipe_path(args.name)
-    except (FileNotFoundError, FileExistsError, ValueError) as e:
+    except (FileNotFoundError, FileExistsError, UserInputError, ValueError) as e:
         p.error(str(e))
     print(path)
     return 0

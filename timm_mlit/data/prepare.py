@@ -18,13 +18,15 @@ Splits (the paper does not name them; these are the usual ones):
   * Flowers102: train + val (2,040) -> train, test (6,149) -> validation.
 
 The tree is written to ``OUT.partial`` and renamed when complete, so an interrupted run never leaves a tree that
-looks finished; a failed run removes ``OUT.partial``. ``--overwrite`` replaces only a tree of the shape this command
-writes (``train/`` and ``validation/`` of class folders of .png / .jpg files) or an empty folder, and ``--out`` may not be ``--root`` / ``--npz-dir``
-or a folder holding it, so the source data cannot be deleted.
+looks finished; a failed run (TERM, HUP and INT included) removes ``OUT.partial``. An ``OUT.partial`` that another
+run is writing is refused, one a killed run of this command left is replaced, and any other is the user's and left
+alone (``--overwrite`` removes it only if it has the shape of a tree this command writes). ``--overwrite`` replaces
+only a tree of the shape this command writes (``train/`` and ``validation/`` of class folders of .png / .jpg files)
+or an empty folder, and ``--out`` may not be ``--root`` / ``--npz-dir`` or a folder holding it, so the source data
+cannot be deleted.
 """
 import argparse
 import shutil
-import signal
 import sys
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
@@ -33,6 +35,7 @@ from PIL import Image
 from timm.utils.misc import natural_key
 from tqdm import tqdm
 
+from timm_mlit._io import PartialFolder, command
 from .cifar10 import DataSourceError, ImageSplit, read_cifar10_npz, read_cifar10_torchvision
 
 __all__ = ['prepare_svhn', 'prepare_flowers102', 'squash', 'prepare_cifar10', 'write_image_folder_tree', 'PREPARERS', 'main']
@@ -89,22 +92,19 @@ def _check_paths(out: Path, sources: Dict[str, Path], overwrite: bool) -> None:
 
 def _write_tree(out: str, overwrite: bool, write: Callable[[Path], None],
                 sources: Optional[Dict[str, Path]] = None) -> Path:
-    """Run ``write`` into ``OUT.partial`` and rename it to ``OUT`` when it finished; remove it if it failed (also on
-    SIGTERM)."""
+    """Run ``write`` into ``OUT.partial`` and rename it to ``OUT`` when it finished; remove it if it failed (signals
+    included, under :func:`timm_mlit._io.signals_unwind`). With ``overwrite`` an old ``OUT`` of this command's
+    shape is swapped out only once the new tree is complete."""
     out = Path(out).expanduser()
     _check_paths(out, sources or {}, overwrite)
-    partial = out.with_name(out.name + '.partial')
-    if partial.exists():
-        shutil.rmtree(partial)  # left by a run that was killed
-    try:
-        partial.mkdir(parents=True)
-        write(partial)
-        if out.exists():
-            shutil.rmtree(out)
-        return partial.rename(out)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def ours(folder: Path) -> bool:  # what --overwrite may replace: a tree of the shape this command writes
+        return overwrite and _is_prepared_tree(folder)
+
+    with PartialFolder(out.with_name(out.name + '.partial'), '--out', may_remove=ours) as partial:
+        write(partial.path)
+        return partial.commit(out, replace=ours)
 
 
 def _check_root(root) -> Path:
@@ -238,16 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _raise_on_sigterm(signum, frame):
-    raise SystemExit(128 + signum)  # unwinds through _write_tree, which removes OUT.partial
-
-
+@command  # TERM / HUP unwind through _write_tree, which removes OUT.partial
 def main(argv: Optional[List[str]] = None) -> Path:
     args = build_parser().parse_args(argv)
-    try:
-        previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
-    except ValueError:  # not the main thread
-        previous = None
     try:
         if args.dataset == 'cifar10':
             out = prepare_cifar10(args.out, npz_dir=args.npz_dir, root=args.root, download=args.download,
@@ -261,9 +254,6 @@ def main(argv: Optional[List[str]] = None) -> Path:
     except OSError as e:  # --out not writable, disk full, ...
         sys.exit(f'mlit-prepare-data {args.dataset}: error: could not write --out {args.out} ({e}); nothing was left '
                  f'behind. Pass a writable --out with room for the images.')
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
     print(f'wrote {out}: train with `--data-dir {out}` (train.py\'s default --dataset \'\', and mlit-pretrain\'s)')
     return out
 

@@ -10,6 +10,8 @@ from typing import Callable, Dict
 import numpy as np
 from PIL import Image, ImageDraw
 
+from timm_mlit._io import write_text
+
 __all__ = ['SHAPE_CLASSES', 'draw_shape', 'write_shapes']
 
 Draw = Callable[[ImageDraw.ImageDraw, np.random.RandomState, int, int, int, tuple], None]
@@ -98,5 +100,5 @@ def write_shapes(out, train_per_class: int = 100, val_per_class: int = 30, seed:
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(n):
                 draw_shape(name, rng).save(folder / f'{i:05d}.png')
-    done.write_text(f'{train_per_class} {val_per_class} {seed}')
+    write_text(done, f'{train_per_class} {val_per_class} {seed}', overwrite=True)
     return out

@@ -23,6 +23,8 @@ from typing import Optional, Sequence, Union
 import torch
 from timm.utils.misc import natural_key
 
+from timm_mlit._io import write_text
+
 __all__ = ['SuperclassMap', 'load_superclass_map', 'BUILTIN_MAPS', 'CIFAR100_FINE', 'CIFAR100_COARSE']
 
 CIFAR100_FINE = (
@@ -112,12 +114,10 @@ class SuperclassMap:
             out['class_names'] = list(self.class_names)
         return out
 
-    def save(self, path: Union[str, Path]) -> None:
-        """Write the JSON form atomically (a temporary file renamed into place)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + '.partial')
-        tmp.write_text(json.dumps(self.to_json(), indent=1) + '\n')
-        tmp.replace(path)
+    def save(self, path: Union[str, Path], overwrite: bool = True) -> None:
+        """Write the JSON form atomically (:func:`timm_mlit._io.write_text`); an existing file is replaced only with
+        ``overwrite``, a symlink or special file never."""
+        write_text(path, json.dumps(self.to_json(), indent=1) + '\n', overwrite=overwrite, what='--output')
 
 
 BUILTIN_MAPS = {

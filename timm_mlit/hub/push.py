@@ -23,8 +23,6 @@ The endpoint and token are huggingface_hub's: ``HF_ENDPOINT`` and ``HF_TOKEN`` (
 import argparse
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -33,6 +31,9 @@ import torch
 from huggingface_hub import HfApi
 from timm.models import get_arch_pretrained_cfgs, load_checkpoint, save_for_hf
 
+from timm_mlit._io import (
+    PartialFolder, UserInputError, check_target, command, copy_inside, file_inside, load_safetensors, move_file,
+    temporary_folder, torch_load, write_bytes, write_text)
 from timm_mlit.models import CheckpointMismatchError, family_filter_fn  # importing the models registers them
 from timm_mlit.profiling import count_macs
 from .card import render_card
@@ -60,10 +61,8 @@ def read_checkpoint(path, use_ema: bool = False) -> Dict[str, torch.Tensor]:
                         f'again, or pass another checkpoint of the run.')
     try:
         if path.suffix == '.safetensors':
-            from safetensors.torch import load_file
-            return load_file(str(path))
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            state = torch.load(path, map_location='cpu', weights_only=True)
+            return load_safetensors(path)
+        state = torch_load(path)
     except Exception as e:
         unsafe = 'Unsupported global' in str(e) or 'weights_only' in str(e).split('\n')[0]
         reason = ('it holds pickled Python objects besides tensors, which are not loaded because unpickling them '
@@ -148,25 +147,29 @@ def write_repo_files(model, model_name: str, repo_id: str, run: RunInfo, folder,
     save_for_hf(model, str(folder), safe_serialization=True)
     macs = count_macs(model, torch.randn(1, *model.pretrained_cfg['input_size']))
     card = render_card(model_name, model, repo_id, run, macs=macs, deviations=deviations)
-    (folder / 'README.md').write_text(card, encoding='utf-8')
+    write_text(folder / 'README.md', card)
     return folder
 
 
 def push(model, model_name: str, repo_id: str, run: RunInfo, token: Optional[str] = None,
          endpoint: Optional[str] = None, private: bool = False, revision: Optional[str] = None,
-         commit_message: Optional[str] = None, card_out=None, deviations: Sequence[str] = ()):
-    """Create ``repo_id`` if needed and commit the weights, config and card. Returns the commit info."""
+         commit_message: Optional[str] = None, card_out=None, deviations: Sequence[str] = (),
+         overwrite: bool = False):
+    """Create ``repo_id`` if needed and commit the weights, config and card. Returns the commit info. ``card_out``
+    also gets the card as ``<model>.md``; an existing one is replaced only with ``overwrite``."""
+    card = Path(card_out) / f'{model_name}.md' if card_out else None
+    if card is not None:
+        check_target(card, overwrite, '--card-out')  # before anything is uploaded
     api = HfApi(endpoint=endpoint, token=token, library_name='timm', library_version=timm.__version__)
     repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-    with tempfile.TemporaryDirectory() as tmp:
+    with temporary_folder() as tmp:
         folder = write_repo_files(model, model_name, repo_id, run, tmp, deviations=deviations)
         info = api.upload_folder(
-            repo_id=repo_id, folder_path=tmp, revision=revision,
+            repo_id=repo_id, folder_path=str(tmp), revision=revision,
             commit_message=commit_message or f'Add {model_name} weights (timm_mlit)')
-        if card_out:  # the record of what was published, once it is
-            Path(card_out).mkdir(parents=True, exist_ok=True)
-            card = Path(card_out) / f'{model_name}.md'
-            os.replace(shutil.copy(folder / 'README.md', card.with_name(f'.{card.name}.tmp-{os.getpid()}')), card)
+        if card is not None:  # the record of what was published, once it is
+            card.parent.mkdir(parents=True, exist_ok=True)
+            write_bytes(card, (folder / 'README.md').read_bytes(), overwrite=overwrite, what='--card-out')
         return info
 
 
@@ -189,8 +192,11 @@ def stage(model_name: str, run_dir, stage_dir, checkpoint=None, overwrite: bool 
     records match the tag in everything, atomically. Returns the folder."""
     variant, run_dir, checkpoint = _run_and_checkpoint(model_name, run_dir, checkpoint)
     target = Path(stage_dir) / model_name
-    if target.exists() and not overwrite:
+    if os.path.lexists(target) and not overwrite:
         raise PushError(f'{target} exists already. Pass --overwrite to replace it with this run.')
+    if os.path.lexists(target) and not _is_staged_folder(target):
+        raise PushError(f'{target} exists and is not a staged folder (only {", ".join(REPO_FILES)}): --overwrite '
+                        f'replaces only what staging wrote. Remove it yourself, or pass another --stage-dir.')
     run = read_run(run_dir, checkpoint=checkpoint)
     check_against_tag(run, model_name, variant, run_dir, strict=True)
     missing = [k for k, v in (('hardware', run.hardware), ('wall_time_s', run.wall_time_s)) if not v]
@@ -219,24 +225,17 @@ def stage(model_name: str, run_dir, stage_dir, checkpoint=None, overwrite: bool 
     model = load_for_push(model_name, checkpoint, use_ema=use_ema)
     run.ema = use_ema
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f'.{model_name}.tmp-', dir=target.parent))
-    old = None
-    try:
-        write_repo_files(model, model_name, hub_repo_id(*model_name.split('.', 1)), run, tmp)
-        verify_staged(tmp, model_name)
-        os.chmod(tmp, 0o755)
-        if target.exists():
-            old = target.with_name(f'.{model_name}.old-{os.getpid()}')
-            os.replace(target, old)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and not target.exists():
-            os.replace(old, target)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    return target
+    with PartialFolder(target.parent / f'.{model_name}.tmp-{os.getpid()}', '--stage-dir') as tmp:
+        write_repo_files(model, model_name, hub_repo_id(*model_name.split('.', 1)), run, tmp.path)
+        verify_staged(tmp.path, model_name)
+        return tmp.commit(target, replace=lambda old: overwrite and _is_staged_folder(old))
+
+
+def _is_staged_folder(folder: Path) -> bool:
+    """A real folder holding nothing but (some of) the staged files, each a regular file: what staging writes."""
+    if folder.is_symlink() or not folder.is_dir():
+        return False
+    return all(p.name in REPO_FILES and p.is_file() and not p.is_symlink() for p in folder.iterdir())
 
 
 def verify_staged(folder, model_name: Optional[str] = None):
@@ -263,8 +262,7 @@ def verify_staged(folder, model_name: Optional[str] = None):
         raise PushError(f'{folder} is named {name}, but its config.json is of {arch}.')
     model = timm.create_model(arch, num_classes=config.get('num_classes', 0))
     try:
-        from safetensors.torch import load_file
-        model.load_state_dict(load_file(str(folder / 'model.safetensors')), strict=True)
+        model.load_state_dict(load_safetensors(folder / 'model.safetensors'), strict=True)
     except Exception as e:
         raise PushError(f'{folder / "model.safetensors"} does not load into {arch} with {config.get("num_classes")} '
                         f'classes ({e.__class__.__name__}: {str(e)[:300]}). Stage the folder again.') from e
@@ -275,22 +273,27 @@ def publish_staged(folder, repo_id: Optional[str] = None, token: Optional[str] =
                    endpoint: Optional[str] = None, private: bool = False, revision: Optional[str] = None,
                    commit_message: Optional[str] = None):
     """Upload a staged folder's three files, after :func:`verify_staged`, to ``repo_id`` (default: the tag's); then
-    write its card beside the folder as ``<model>.<tag>.md``, the record of a published repo."""
+    write its card beside the folder as ``<model>.<tag>.md``, the record of a published repo. Each file must be a
+    regular file inside the folder (a symlink out of it is refused, never published), and what is uploaded is a
+    copy taken of the verified files."""
+    for file in REPO_FILES:
+        file_inside(folder, file, '--staged', missing_ok=True)
     name, _ = verify_staged(folder)
     if repo_id is None:
         if find_variant(name) is None:
             raise PushError(f'{folder} is not named <model>.<tag> of a zoo tag, so it has no default repo: pass '
                             f'--repo-id ORG/NAME.')
         repo_id = hub_repo_id(*name.split('.', 1))
-    api = HfApi(endpoint=endpoint, token=token, library_name='timm', library_version=timm.__version__)
-    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-    info = api.upload_folder(
-        repo_id=repo_id, folder_path=str(folder), revision=revision, allow_patterns=list(REPO_FILES),
-        commit_message=commit_message or f'Add {name} weights (timm_mlit)')
     card = Path(folder).parent / f'{name}.md'
-    tmp = card.with_name(f'.{card.name}.tmp-{os.getpid()}')
-    tmp.write_bytes((Path(folder) / 'README.md').read_bytes())
-    os.replace(tmp, card)
+    check_target(card, overwrite=True)  # the record of the last publish may be replaced; a special file may not
+    with temporary_folder() as snapshot:
+        copy_inside(folder, REPO_FILES, snapshot, '--staged')
+        api = HfApi(endpoint=endpoint, token=token, library_name='timm', library_version=timm.__version__)
+        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        info = api.upload_folder(
+            repo_id=repo_id, folder_path=str(snapshot), revision=revision, allow_patterns=list(REPO_FILES),
+            commit_message=commit_message or f'Add {name} weights (timm_mlit)')
+        write_bytes(card, (snapshot / 'README.md').read_bytes(), overwrite=True)
     return repo_id, info
 
 
@@ -313,7 +316,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--run-dir', default=None, help="the run's output folder (default: the checkpoint's folder)")
     p.add_argument('--stage-dir', default=None, metavar='DIR',
                    help=f'stage the run as DIR/<model>.<tag>/ (e.g. {STAGE_DIR}/) instead of uploading')
-    p.add_argument('--overwrite', action='store_true', help='--stage-dir: replace an existing staged folder')
+    p.add_argument('--overwrite', action='store_true',
+                   help='replace an existing staged folder (--stage-dir), or existing files in --dry-run / --card-out')
     p.add_argument('--staged', default=None, metavar='DIR',
                    help='publish a staged folder (e.g. hub_cards/mlit_xxs.c10)')
     p.add_argument('--dataset', default=None, help="dataset key for the card when the run's records lack one "
@@ -358,6 +362,10 @@ def _main(args, p: argparse.ArgumentParser):
         return folder
     if not args.checkpoint or not (args.repo_id or args.dry_run):
         p.error('pushing needs --checkpoint and --repo-id (or --dry-run DIR); or use --stage-dir / --staged')
+    for name in REPO_FILES if args.dry_run else ():  # before any work: the user's files are never replaced unasked
+        check_target(Path(args.dry_run) / name, args.overwrite, '--dry-run')
+    if args.card_out and not args.dry_run:
+        check_target(Path(args.card_out) / f'{args.model}.md', args.overwrite, '--card-out')
     run_dir = Path(args.run_dir or Path(args.checkpoint).parent)
     use_ema = _run_uses_ema(run_dir) if args.use_ema is None else args.use_ema
     model = load_for_push(args.model, args.checkpoint, use_ema=use_ema, num_classes=args.num_classes)
@@ -375,19 +383,22 @@ def _main(args, p: argparse.ArgumentParser):
     if args.dry_run:
         folder = Path(args.dry_run)
         folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=folder, prefix='.dry-run-') as tmp:  # all three files, or none
-            write_repo_files(model, args.model, repo_id, run, tmp, deviations=deviations)
+        with PartialFolder(folder / f'.dry-run-{os.getpid()}', '--dry-run') as tmp:  # all three files, or none
+            write_repo_files(model, args.model, repo_id, run, tmp.path, deviations=deviations)
             for name in REPO_FILES:
-                os.replace(Path(tmp) / name, folder / name)
+                check_target(folder / name, args.overwrite, '--dry-run')
+            for name in REPO_FILES:
+                move_file(tmp.path / name, folder / name, overwrite=args.overwrite, what='--dry-run')
         print(f'wrote {", ".join(REPO_FILES)} to {folder}')
         return None
     info = push(model, args.model, repo_id, run, token=args.token, endpoint=args.endpoint,
                 private=args.private, revision=args.revision, commit_message=args.commit_message,
-                card_out=args.card_out, deviations=deviations)
+                card_out=args.card_out, deviations=deviations, overwrite=args.overwrite)
     print(f'pushed {args.model} to {repo_id}: {getattr(info, "commit_url", info)}')
     return info
 
 
+@command
 def main(argv: Optional[List[str]] = None):
     """``mlit-push``: see the module docstring or ``--help``. Input it refuses exits with status 2 and a message
     that names the input, what was expected and the fix."""
@@ -395,7 +406,7 @@ def main(argv: Optional[List[str]] = None):
     args = p.parse_args(argv)
     try:
         return _main(args, p)
-    except (PushError, RunRecordError) as e:
+    except (PushError, RunRecordError, UserInputError) as e:
         p.exit(2, f'{p.prog}: error: {e}\n')
 
 

@@ -21,14 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-import numpy as np
-import torch
 import yaml
 
+from timm_mlit._io import torch_load
 from timm_mlit.models._pretrained_tags import Variant
 from .variants import DATASETS, config_path
 
-__all__ = ['RunInfo', 'RunRecordError', 'read_run', 'read_run_info', 'check_against_tag', 'RECIPE_KEYS']
+__all__ = ['RunInfo', 'RunRecordError', 'read_run', 'read_run_info', 'check_run_info', 'check_against_tag',
+           'RECIPE_KEYS']
 
 # train.py arguments worth stating on a card, in this order
 _CARD_KEYS = (
@@ -142,6 +142,11 @@ def read_run_info(run_dir) -> Dict[str, Any]:
         info = json.loads(path.read_text(encoding='utf-8'))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise RunRecordError(f'{path} is not JSON ({e}). Write it with mlit-run-info (from a clone: python -m timm_mlit.hub.run_info).') from e
+    return check_run_info(info, path)
+
+
+def check_run_info(info: Any, path) -> Dict[str, Any]:
+    """``info`` (what ``path``, a run_info.json, holds or will hold) if its fields are what staging reads."""
     if not isinstance(info, dict):
         raise RunRecordError(f'{path} holds a {type(info).__name__}, not an object.')
     if 'hardware' in info and (not isinstance(info['hardware'], str) or not info['hardware'].strip()):
@@ -162,8 +167,7 @@ def _checkpoint_epoch(checkpoint: Optional[Path]) -> Optional[int]:
     if checkpoint is None or checkpoint.suffix == '.safetensors' or not checkpoint.is_file():
         return None
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            state = torch.load(checkpoint, map_location='cpu', weights_only=True, mmap=True)
+        state = torch_load(checkpoint, mmap=True)
     except Exception:  # the weights' loader reports what is wrong with the file
         return None
     epoch = state.get('epoch') if isinstance(state, dict) else None
@@ -202,15 +206,11 @@ def _read_train_py(run: Path, checkpoint: Optional[Path]) -> RunInfo:
 
 
 def _mae_args(path: Path) -> Dict[str, Any]:
-    """The ``args`` of an MAE ``last.pth``, unpickled with ``weights_only=True`` (numpy RNG arrays allowed)."""
+    """The ``args`` of an MAE ``last.pth``, unpickled by :func:`timm_mlit._io.torch_load` (tensors and plain data)."""
     if not path.is_file():
         return {}
-    dtypes = [type(np.dtype(t)) for t in ('uint32', 'float64', 'int64')]
-    multiarray = getattr(np, '_core', None) or np.core  # numpy 2 / 1
-    allowed = [multiarray.multiarray._reconstruct, np.ndarray, np.dtype, *dtypes, argparse.Namespace]
     try:
-        with torch.serialization.safe_globals(allowed):
-            state = torch.load(path, map_location='cpu', weights_only=True)
+        state = torch_load(path)
     except Exception as e:
         raise RunRecordError(
             f'{path} is not a readable pre-training checkpoint ({e.__class__.__name__}: {str(e)[:300]}). It is not '

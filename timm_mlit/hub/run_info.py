@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from .records import read_run_info
+from timm_mlit._io import UserInputError, signals_unwind, write_text
+from .records import RunRecordError, check_run_info
 from .variants import DATASETS
 
 __all__ = ['detect_hardware', 'write_run_info', 'main']
@@ -40,8 +41,9 @@ def detect_hardware() -> str:
 
 def write_run_info(run_dir, wall_time_s: float, hardware: Optional[str] = None, dataset: Optional[str] = None,
                    jpeg_copy: bool = False, command: Optional[List[str]] = None) -> Path:
-    """Write ``run_dir/run_info.json`` (atomically) and return its path; the fields are checked as staging reads
-    them."""
+    """Write ``run_dir/run_info.json`` (atomically) and return its path. The fields are checked as staging reads
+    them before anything is written, so a bad record never replaces a good one; an existing record is replaced
+    (it is this command's), a symlink or special file there is refused."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f'No run folder at {run_dir}: pass the train.py output folder (--output/--experiment).')
@@ -52,14 +54,11 @@ def write_run_info(run_dir, wall_time_s: float, hardware: Optional[str] = None, 
     if command:
         info['command'] = command
     path = run_dir / 'run_info.json'
-    tmp = path.with_name(f'run_info.json.tmp-{os.getpid()}')
-    try:
-        tmp.write_text(json.dumps(info, indent=2) + '\n', encoding='utf-8')
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    read_run_info(run_dir)  # the same checks staging makes
-    return path
+    check_run_info(info, path)  # the same checks staging makes, before the old record is touched
+    text = json.dumps(info, indent=2, allow_nan=False) + '\n'
+    with signals_unwind():
+        return write_text(path, text, overwrite=True, check=lambda tmp: check_run_info(
+            json.loads(Path(tmp).read_text(encoding='utf-8')), path))
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -88,7 +87,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         if not (Path(args.run_dir) / 'summary.csv').is_file():
             p.exit(2, f'run_info: {args.run_dir} has no summary.csv after the command: it is not the run\'s output '
                       f'folder (train.py writes OUTPUT/EXPERIMENT). Nothing recorded.\n')
-    path = write_run_info(args.run_dir, wall, args.hardware, args.dataset, args.jpeg_copy, command or None)
+    try:
+        path = write_run_info(args.run_dir, wall, args.hardware, args.dataset, args.jpeg_copy, command or None)
+    except (UserInputError, RunRecordError, FileNotFoundError) as e:
+        p.exit(2, f'{p.prog}: error: {e}\n')
     print(f'wrote {path}')
     return 0
 

@@ -1,65 +1,38 @@
 """Checkpoints that survive a kill: atomic writes, exact resume, and the encoder handed to timm as safetensors.
 
-Every file is written to a temporary name in the same folder, flushed to disk and renamed over the target
-(``os.replace`` is atomic on POSIX and Windows), so a process that dies mid-write leaves the previous complete
-file in place and a stray ``*.tmp-PID``; :func:`remove_stale_temporaries` deletes those of dead processes when a
-run starts or resumes. A training checkpoint holds the model, optimizer, GradScaler and scheduler states, the number
-of finished epochs, every RNG state (Python, NumPy, torch CPU and CUDA) and the run's arguments, so a resumed run
-continues exactly as the uninterrupted one would have.
+Every file is written through :func:`timm_mlit._io.atomic_write` (a temporary name in the same folder, flushed to
+disk and renamed over the target), so a process that dies mid-write leaves the previous complete file in place and
+a stray ``*.tmp-PID``, which :func:`timm_mlit._io.remove_stale_temporaries` deletes when the run resumes. A
+training checkpoint holds the model, optimizer, GradScaler and scheduler states, the number of finished epochs,
+every RNG state (Python, NumPy, torch CPU and CUDA) and the run's arguments, so a resumed run continues exactly as
+the uninterrupted one would have.
 
 A checkpoint given to ``--resume`` is untrusted input: it holds only tensors and plain Python values (the NumPy RNG
-state is stored as a tensor, the arguments as a plain dict) and is read with ``torch.load(weights_only=True)``,
-which cannot run code from the file.
+state is stored as a tensor, the arguments as a plain dict) and is read with :func:`timm_mlit._io.torch_load`
+(torch's loader with ``weights_only=True``), which cannot run code from the file.
 """
-import errno
-import os
 import pickle
 import random
-import re
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from timm_mlit._io import atomic_write, torch_load
+
 __all__ = [
-    'atomic_write', 'save_checkpoint', 'load_checkpoint', 'export_encoder', 'rng_state', 'set_rng_state',
-    'CheckpointError', 'remove_stale_temporaries', 'plain_args', 'RESUME_HINT',
+    'save_checkpoint', 'load_checkpoint', 'export_encoder', 'rng_state', 'set_rng_state', 'CheckpointError',
+    'plain_args', 'RESUME_HINT',
 ]
 
 RESUME_HINT = ('run `mlit-pretrain --resume OUTPUT/RUN/last.pth` (from a clone: '
                '`python train_scripts/pretrain_mae.py --resume OUTPUT/RUN/last.pth`)')
-_TMP_NAME = re.compile(r'.+\.tmp-(\d+)$')
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be resumed from; the message names the file, what was expected and the fix."""
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except OSError as e:
-        return e.errno == errno.EPERM  # exists, owned by someone else
-    return True
-
-
-def remove_stale_temporaries(folder) -> list:
-    """Delete the ``NAME.tmp-PID`` files in ``folder`` that :func:`atomic_write` left when its process was killed
-    (SIGKILL, power loss) mid-write; files of a process still alive are kept. Returns the removed paths."""
-    folder = Path(folder)
-    removed = []
-    if not folder.is_dir():
-        return removed
-    for path in folder.iterdir():
-        match = _TMP_NAME.fullmatch(path.name)
-        if match and path.is_file() and not _pid_alive(int(match.group(1))):
-            path.unlink(missing_ok=True)
-            removed.append(path)
-    return removed
 
 
 def _plain(value):
@@ -77,31 +50,6 @@ def _plain(value):
 def plain_args(args) -> Dict[str, Any]:
     """An ``argparse.Namespace`` (or dict) as a plain dict for a checkpoint."""
     return _plain(dict(vars(args)) if not isinstance(args, dict) else dict(args))
-
-
-def atomic_write(path, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)``, fsync the file and rename it to ``path``; on failure remove the temporary."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'{path.name}.tmp-{os.getpid()}')
-    try:
-        write(str(tmp))
-        with open(tmp, 'rb+') as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
-    return path
 
 
 def rng_state() -> Dict[str, Any]:
@@ -132,22 +80,11 @@ def set_rng_state(state: Dict[str, Any]) -> None:
 
 
 def save_checkpoint(path, state: Dict[str, Any]) -> Path:
-    return atomic_write(path, lambda tmp: torch.save(state, tmp))
-
-
-def _numpy_globals():
-    """The NumPy types an older checkpoint (NumPy's RNG state as an array) needs: array and dtype reconstruction
-    only, nothing that calls code named by the file."""
-    names = [np.ndarray, np.dtype, type(np.dtype(np.uint32))]
-    try:
-        names.append(np._core.multiarray._reconstruct)
-    except AttributeError:  # NumPy < 2
-        names.append(np.core.multiarray._reconstruct)
-    return names
+    return atomic_write(path, lambda tmp: torch.save(state, tmp), overwrite=True)
 
 
 def load_checkpoint(path) -> Dict[str, Any]:
-    """Load a training checkpoint with ``torch.load(weights_only=True)`` (never unpickles code), with an error that
+    """Load a training checkpoint with :func:`timm_mlit._io.torch_load` (never unpickles code), with an error that
     names the file, says what was expected and what to do."""
     path = Path(path)
     expected = 'a last.pth written by the pre-training command'
@@ -162,13 +99,7 @@ def load_checkpoint(path) -> Dict[str, Any]:
             f'--resume {path}: the file is empty (0 bytes); expected {expected}. It was cut short (disk full or a '
             f'copy that failed); resume from an intact copy, or start afresh without --resume.')
     try:
-        try:
-            state = torch.load(path, map_location='cpu', weights_only=True)
-        except pickle.UnpicklingError as e:
-            if 'numpy' not in str(e):
-                raise
-            with torch.serialization.safe_globals(_numpy_globals()):  # checkpoints of earlier versions
-                state = torch.load(path, map_location='cpu', weights_only=True)
+        state = torch_load(path)  # earlier versions stored NumPy's RNG state as an array: allowed
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f'--resume {path}: the file holds Python objects other than tensors and plain values, which are not '
@@ -198,4 +129,4 @@ def export_encoder(encoder: torch.nn.Module, path, metadata: Optional[Dict[str, 
     pretrained_cfg_overlay=dict(file=path))`` and train.py's ``--pretrained-path`` load."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in encoder.state_dict().items()}
     meta = {'format': 'pt', **{k: str(v) for k, v in (metadata or {}).items()}}
-    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta), overwrite=True)

@@ -17,15 +17,17 @@ cosine counts from update 0 over all the epochs and the linear warm-up (from 0) 
 of the warm-up the cosine takes over at 0.5 x (1 + cos(0.05 pi)) = 99.4% of the peak LR (MAE's code instead fits
 its cosine into the epochs after the warm-up).
 
-The output folder gets: ``log.csv`` and ``log.jsonl`` (per epoch: losses, LR, speed; the JSON adds the expert
-load), ``steps.csv`` (every update's loss), ``loss_curve.png`` (log-log, Figure 6) and ``expert_load.png`` when matplotlib is installed,
-``recon_epochNNNNN.png`` every ``--recon-interval`` epochs, ``last.pth`` (resumable) and ``encoder.safetensors``
-(the encoder alone, for timm) at every checkpoint. ``--resume OUTPUT/RUN/last.pth`` (or ``--resume auto``) continues
-exactly: a run killed mid-epoch restarts that epoch from the last checkpoint's state. Arguments not given again are
-taken from the checkpoint (the command line, then ``--config``, then the checkpoint's run, then the defaults). The LR
-schedule is a function of the run's epochs, warm-up, LR and updates per epoch (global batch): resumed with a
-different batch size, process count, epoch count or LR, it is rebuilt for the new run and continued at the finished
-epochs (the log names what changed); unchanged, the checkpoint's schedule is restored exactly.
+The output folder gets: ``log.csv`` and ``log.jsonl`` (per epoch: losses, LR, speed; the JSON adds the expert load),
+``steps.csv`` (every update's loss), ``loss_curve.png`` (log-log, Figure 6) and ``expert_load.png`` when matplotlib
+is installed, ``recon_epochNNNNN.png`` every ``--recon-interval`` epochs, ``last.pth`` (resumable) and
+``encoder.safetensors`` (the encoder alone, for timm) at every checkpoint. A new run refuses a folder that already
+holds a run, and a run holds a lock on its folder (``.mlit-lock``) while it lives, so a second writer is refused.
+``--resume OUTPUT/RUN/last.pth`` (or ``--resume auto``) continues exactly: a run killed mid-epoch restarts that
+epoch from the last checkpoint's state. Arguments not given again are taken from the checkpoint (the command line,
+then ``--config``, then the checkpoint's run, then the defaults). The LR schedule is a function of the run's epochs,
+warm-up, LR and updates per epoch (global batch): resumed with a different batch size, process count, epoch count or
+LR, it is rebuilt for the new run and continued at the finished epochs (the log names what changed); unchanged, the
+checkpoint's schedule is restored exactly.
 
 The code follows MAE's main_pretrain.py / engine_pretrain.py split: :func:`main` parses the arguments, resumes,
 builds the data, model, optimiser and schedule and runs the epoch loop; :func:`train_one_epoch` is one epoch of
@@ -34,12 +36,12 @@ checkpoints (:func:`save_epoch_checkpoint`).
 """
 import argparse
 import csv
+import io
 import json
 import logging
 import math
-import signal
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
@@ -54,11 +56,12 @@ from timm.utils import NativeScaler, init_distributed_device, random_seed
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
+from timm_mlit._io import FolderLock, append_text, remove_stale_temporaries, signals_unwind, write_text
 from timm_mlit.layers import expert_load
 from timm_mlit.recipes import recipe_path
 from .checkpoint import (
-    RESUME_HINT, CheckpointError, export_encoder, load_checkpoint, plain_args, remove_stale_temporaries, rng_state,
-    save_checkpoint, set_rng_state)
+    RESUME_HINT, CheckpointError, export_encoder, load_checkpoint, plain_args, rng_state, save_checkpoint,
+    set_rng_state)
 from .model import create_mae
 from .visualize import have_matplotlib, plot_expert_load, plot_loss_curve, save_reconstructions
 
@@ -297,25 +300,27 @@ class RunLog:
         self._rewrite(steps)
 
     def _rewrite(self, steps) -> None:
-        with open(self.out / 'log.csv', 'w', newline='') as f:
-            w = csv.DictWriter(f, fieldnames=LOG_FIELDS, extrasaction='ignore')
-            w.writeheader()
-            w.writerows(self.history)
-        with open(self.out / 'log.jsonl', 'w') as f:
-            f.writelines(json.dumps(row) + '\n' for row in self.history)
-        with open(self.out / 'steps.csv', 'w', newline='') as f:
-            w = csv.DictWriter(f, fieldnames=['epoch', 'step', 'loss'])
-            w.writeheader()
-            w.writerows(steps)
+        """The logs cut back to the checkpoint's epochs, each replaced atomically: a kill now keeps the old ones."""
+        log, step_log = io.StringIO(), io.StringIO()
+        w = csv.DictWriter(log, fieldnames=LOG_FIELDS, extrasaction='ignore')
+        w.writeheader()
+        w.writerows(self.history)
+        w = csv.DictWriter(step_log, fieldnames=['epoch', 'step', 'loss'])
+        w.writeheader()
+        w.writerows(steps)
+        write_text(self.out / 'log.csv', log.getvalue(), overwrite=True)
+        write_text(self.out / 'log.jsonl', ''.join(json.dumps(row) + '\n' for row in self.history), overwrite=True)
+        write_text(self.out / 'steps.csv', step_log.getvalue(), overwrite=True)
 
     def append(self, row: dict, step_losses: List[float]) -> None:
         self.history.append(row)
-        with open(self.out / 'log.csv', 'a', newline='') as f:
-            csv.DictWriter(f, fieldnames=LOG_FIELDS, extrasaction='ignore').writerow(row)
-        with open(self.out / 'log.jsonl', 'a') as f:
-            f.write(json.dumps(row) + '\n')
-        with open(self.out / 'steps.csv', 'a', newline='') as f:
-            csv.writer(f).writerows([row['epoch'], i, loss] for i, loss in enumerate(step_losses))
+        log, step_log = io.StringIO(), io.StringIO()
+        csv.DictWriter(log, fieldnames=LOG_FIELDS, extrasaction='ignore').writerow(row)
+        csv.writer(step_log).writerows(
+            [row['epoch'], i, loss] for i, loss in enumerate(step_losses))
+        append_text(self.out / 'log.csv', log.getvalue())
+        append_text(self.out / 'log.jsonl', json.dumps(row) + '\n')
+        append_text(self.out / 'steps.csv', step_log.getvalue())
 
     def plot(self, model_name: str) -> None:
         if not have_matplotlib():
@@ -382,24 +387,6 @@ def _schedule_changes(state: dict, args, updates_per_epoch: int) -> List[str]:
     return changes
 
 
-@contextmanager
-def _sigterm_unwinds():
-    """torchrun and schedulers stop with SIGTERM: turn it into ``SystemExit`` so that ``finally`` blocks (and the
-    checkpoint writer's temporaries) unwind; the previous handler comes back on exit."""
-    def raise_on_sigterm(signum, frame):
-        raise SystemExit(128 + signum)
-
-    try:
-        previous = signal.signal(signal.SIGTERM, raise_on_sigterm)
-    except ValueError:  # not the main thread
-        previous = None
-    try:
-        yield
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-
-
 class Step(NamedTuple):
     """What one update needs besides the model and the batch: mixed precision and the optimiser's state."""
     optimizer: torch.optim.Optimizer
@@ -412,7 +399,7 @@ def main(argv: Optional[List[str]] = None) -> Path:
     """The pre-training run: arguments and resume, data, model, optimiser and schedule, then the epochs, each one
     :func:`train_one_epoch` followed by :func:`write_epoch_outputs`. Returns the run's output folder."""
     logging.basicConfig(level=logging.INFO, format='%(message)s')
-    with _sigterm_unwinds():
+    with signals_unwind(), ExitStack() as held:  # TERM / HUP unwind; the run folder's lock is held to the end
         args, state = _parse(argv)
         run_args = plain_args(args)  # as given (before the Table 3 defaults): what a resume takes over
         _check_resumed_model(args, state)
@@ -445,6 +432,7 @@ def main(argv: Optional[List[str]] = None) -> Path:
 
         if primary:  # only now, so that a run that fails to start leaves no folder behind
             out.mkdir(parents=True, exist_ok=True)
+            held.enter_context(FolderLock(out, '--output/--experiment', fresh=state is None, fix=_NEW_RUN_FIX))
             for path in remove_stale_temporaries(out):
                 _logger.info(f'removed {path}, left by a run killed while saving')
         log = RunLog(out, start_epoch) if primary else None
@@ -484,7 +472,14 @@ def _output_folder(args, resumed: bool) -> Path:
         if folder.exists() and not folder.is_dir():
             raise UsageError(f'--output {args.output}: {folder} is a file; expected a folder for the run\'s logs '
                              f'and checkpoints: pass another --output.')
+    if not resumed and out.is_dir() and any(p.name != FolderLock.NAME for p in out.iterdir()):
+        raise UsageError(f'--output/--experiment {out} holds a run already: a new run would overwrite its last.pth, '
+                         f'encoder.safetensors and logs; nothing was changed. {_NEW_RUN_FIX}')
     return out
+
+
+_NEW_RUN_FIX = ('Continue that run with --resume OUTPUT/EXPERIMENT/last.pth (or --resume auto), or start a new one '
+                'under another --experiment.')
 
 
 def _create_model(args, device: torch.device) -> nn.Module:

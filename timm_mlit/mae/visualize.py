@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import make_grid
 
-from .checkpoint import atomic_write
+from timm_mlit._io import atomic_write
 from .model import MaskedAutoencoder, patchify, unpatchify
 
 __all__ = ['save_reconstructions', 'plot_loss_curve', 'plot_expert_load', 'have_matplotlib', 'RECON_CELL_PX']
@@ -64,7 +64,7 @@ def save_reconstructions(model: MaskedAutoencoder, imgs: torch.Tensor, mean, std
     cell = cells.shape[-2] + _PAD
     for i, (label, _) in enumerate(rows):
         draw.multiline_text((8, _PAD + i * cell + 8), label, fill='black', font=font, spacing=6)
-    return atomic_write(path, lambda tmp: canvas.save(tmp, format='png'))
+    return atomic_write(path, lambda tmp: canvas.save(tmp, format='png'), overwrite=True)
 
 
 def have_matplotlib() -> bool:
@@ -95,7 +95,7 @@ def _save(plt, fig, path) -> Path:
     def write(tmp):
         fig.savefig(tmp, format='png', dpi=120, bbox_inches='tight')
     try:
-        return atomic_write(path, write)
+        return atomic_write(path, write, overwrite=True)
     finally:
         plt.close(fig)
 

@@ -24,9 +24,10 @@ import numpy as np
 import timm
 import timm.data
 import torch
-from timm.models import get_pretrained_cfg_value, load_state_dict
+from timm.models import clean_state_dict, get_pretrained_cfg_value
 from tqdm import tqdm
 
+from timm_mlit._io import UserInputError, check_target, command, load_weights, write_text
 from timm_mlit.data.superclasses import SuperclassMap
 from timm_mlit.models import family_filter_fn  # importing the zoo's models registers them
 
@@ -230,7 +231,7 @@ def load_classifier(model_name: str, checkpoint, num_classes: Optional[int] = No
     if not checkpoint.is_file():
         raise FileNotFoundError(f'No checkpoint at {checkpoint}: pass the trained dense model\'s checkpoint.')
     try:
-        state = load_state_dict(str(checkpoint), use_ema=use_ema)
+        state = _state_dict(load_weights(checkpoint), use_ema)
     except Exception as e:  # truncated, not a checkpoint, or objects weights_only loading refuses
         detail = str(e).splitlines()[0] if str(e) else ''
         raise ValueError(
@@ -254,10 +255,14 @@ def load_classifier(model_name: str, checkpoint, num_classes: Optional[int] = No
     return model.eval()
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + '.partial')
-    tmp.write_text(text)
-    tmp.replace(path)
+def _state_dict(checkpoint, use_ema: bool) -> dict:
+    """The weights in a loaded checkpoint, picked as timm's ``load_state_dict`` picks them (the EMA's with
+    ``use_ema`` when present, else ``state_dict`` / ``model``, else the file itself), ``module.`` prefixes dropped."""
+    if not isinstance(checkpoint, dict):
+        raise TypeError(f'it holds a {type(checkpoint).__name__}, not a state dict')
+    keys = (('state_dict_ema', 'model_ema') if use_ema else ()) + ('state_dict', 'model')
+    key = next((k for k in keys if checkpoint.get(k) is not None), None)
+    return clean_state_dict(checkpoint[key] if key else checkpoint)
 
 
 def _summary(mapping: SuperclassMap, cm: torch.Tensor) -> str:
@@ -297,6 +302,7 @@ def _check_held_out_split(args, data_dir: Path) -> None:
         print(message, file=sys.stderr)
 
 
+@command
 def main(argv: Optional[List[str]] = None) -> SuperclassMap:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 prog='mlit-derive-superclasses')
@@ -314,6 +320,7 @@ def main(argv: Optional[List[str]] = None) -> SuperclassMap:
     p.add_argument('--seed', type=int, default=0, help='k-means seed')
     p.add_argument('--output', required=True, help='the map, PATH.json (the confusion matrix goes to '
                                                    'PATH.confusion.csv beside it)')
+    p.add_argument('--overwrite', action='store_true', help='replace an existing --output map and confusion matrix')
     args = p.parse_args(argv)
 
     output = Path(args.output).expanduser()
@@ -321,6 +328,12 @@ def main(argv: Optional[List[str]] = None) -> SuperclassMap:
         p.error(f'--output must be a .json path (load_superclass_map reads maps by suffix); got {output}.')
     if args.num_superclasses < 2:
         p.error(f'--num-superclasses must be at least 2; got {args.num_superclasses}.')
+    csv = output.with_name(output.stem + '.confusion.csv')
+    for path in (output, csv):  # before the evaluation: the user's files are never replaced unasked
+        try:
+            check_target(path, args.overwrite, '--output')
+        except UserInputError as e:
+            p.error(str(e))
     data_dir = Path(args.data_dir).expanduser()
     if not args.dataset and not data_dir.is_dir():
         raise FileNotFoundError(f'--data-dir {data_dir}: no such folder; expected the dataset root (an ImageFolder '
@@ -349,9 +362,9 @@ def main(argv: Optional[List[str]] = None) -> SuperclassMap:
     mapping, cm = derive_superclasses(
         model, loader, num_classes, args.num_superclasses, class_names=class_names, device=device, seed=args.seed)
     output.parent.mkdir(parents=True, exist_ok=True)
-    mapping.save(output)
-    csv = output.with_name(output.stem + '.confusion.csv')
-    _atomic_write_text(csv, '\n'.join(','.join(str(int(v)) for v in row) for row in cm.tolist()) + '\n')
+    mapping.save(output, overwrite=args.overwrite)
+    write_text(csv, '\n'.join(','.join(str(int(v)) for v in row) for row in cm.tolist()) + '\n',
+               overwrite=args.overwrite, what='--output')
     print(_summary(mapping, cm))
     print(f'wrote {output} and {csv}')
     return mapping
