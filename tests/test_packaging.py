@@ -91,6 +91,21 @@ def test_timm_outside_the_checked_range_is_refused_at_import(version, ok):
             timm_mlit._check_timm(version)
 
 
+def test_declared_floors_are_the_ones_ci_tests():
+    """Declared = tested: pyproject.toml's lower bounds for torch, torchvision and timm are exactly the versions
+    .ci/run pins in its floor venv, and timm's is timm_mlit.TIMM_RANGE's low end."""
+    pyproject = (ROOT / 'pyproject.toml').read_text()
+    deps = re.search(r'^dependencies = \[(.*?)^\]', pyproject, re.S | re.M).group(1)
+    declared = {name: re.search(rf'"{name}>=([\d.]+)[,"]', deps) for name in ('torch', 'torchvision', 'timm')}
+    assert all(declared.values()), f'pyproject.toml dependencies lack a lower bound: {declared}'
+    declared = {name: m.group(1) for name, m in declared.items()}
+    pins = re.search(r'^FLOOR_PINS=\((.*?)\)', (ROOT / '.ci' / 'run').read_text(), re.M)
+    assert pins, '.ci/run has no FLOOR_PINS=(...) line'
+    pinned = dict(pin.split('==') for pin in pins.group(1).split())
+    assert pinned == declared
+    assert declared['timm'] == '.'.join(map(str, timm_mlit.TIMM_RANGE[0]))
+
+
 def test_import_refuses_an_unsupported_timm_in_a_fresh_process():
     code = 'import timm; timm.__version__ = "1.1.0"; import timm_mlit'
     env = {**os.environ, 'PYTHONPATH': str(ROOT)}
