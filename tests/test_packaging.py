@@ -80,14 +80,14 @@ def test_recipe_command(tmp_path, capsys):
 
 
 @pytest.mark.parametrize('version,ok', [
-    ('1.0.24', True), ('1.0.31', True), ('1.0.32.dev0', True), ('1.0.23', False), ('1.1.0', False),
+    ('1.0.31', True), ('1.0.32.dev0', True), ('1.0.30', False), ('1.0.24', False), ('1.1.0', False),
     ('1.1.0.dev0', False), ('0.9.16', False), ('2.0.0', False), ('garbage', False)])
 def test_timm_outside_the_checked_range_is_refused_at_import(version, ok):
     if ok:
         timm_mlit._check_timm(version)
     else:
-        with pytest.raises(ImportError, match=rf'needs timm>=1\.0\.24,<1\.1 .*timm {re.escape(version)} is installed'
-                                              rf'.*pip install "timm>=1\.0\.24,<1\.1"'):
+        with pytest.raises(ImportError, match=rf'needs timm>=1\.0\.31,<1\.1 .*timm {re.escape(version)} is installed'
+                                              rf'.*pip install "timm>=1\.0\.31,<1\.1"'):
             timm_mlit._check_timm(version)
 
 
