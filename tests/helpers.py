@@ -1,6 +1,15 @@
 """Small helpers shared by the test files."""
 from typing import Callable, List, Optional
 
+import pytest
+import torch
+import torch.nn.functional as F
+
+# the grouped expert matmul (timm_mlit::grouped_expert_mm) needs torch.nn.functional.grouped_mm, which older torch
+# releases lack; there the layers take the dense matmul (expert_matmul='auto') and refuse expert_matmul='grouped'
+needs_grouped_mm = pytest.mark.skipif(
+    not hasattr(F, 'grouped_mm'), reason=f'torch {torch.__version__} has no torch.nn.functional.grouped_mm')
+
 
 def train_epochs(task, optimizer, loader, epochs: int, after_step: Optional[Callable[[], None]] = None) -> List[float]:
     """timm's training-task loop at its simplest: task loss, backward, step; returns every step's loss."""

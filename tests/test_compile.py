@@ -10,6 +10,10 @@ from timm_mlit.layers import SharedSwiGLUExperts, moe_loss
 from timm_mlit.mae import create_mae
 from timm_mlit.mae.pretrain import parse_args
 
+from helpers import needs_grouped_mm
+
+GROUPED = pytest.param('grouped', marks=needs_grouped_mm)
+
 
 def _graph_ops(model, *args):
     """Dynamo's graphs for ``model(*args)`` (one per compiled region) and the targets they call."""
@@ -31,7 +35,7 @@ def _expert_matmul(model, expert_matmul: str):
     return model
 
 
-@pytest.mark.parametrize('expert_matmul', ['auto', 'grouped'])
+@pytest.mark.parametrize('expert_matmul', ['auto', GROUPED])
 @pytest.mark.parametrize('training', [True, False])
 def test_mlit_compiles_as_one_graph_and_keeps_the_moe_loss(training, expert_matmul):
     torch.manual_seed(0)
@@ -65,7 +69,7 @@ def test_mae_compiles_as_one_graph_in_training():
     assert torch.allclose(out.loss, mae(x).loss, atol=1e-5)
 
 
-@pytest.mark.parametrize('expert_matmul', ['dense', 'grouped'])
+@pytest.mark.parametrize('expert_matmul', ['dense', GROUPED])
 def test_compiled_training_step_backpropagates_through_the_custom_ops(expert_matmul):
     torch.manual_seed(0)
     model = _expert_matmul(timm.create_model('mlit_xxs', depth=3).train(), expert_matmul)

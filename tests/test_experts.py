@@ -11,7 +11,9 @@ from timm_mlit.layers import MoEFeedForward, NoisyTopKGate, SharedSwiGLUExperts
 from timm_mlit.layers.grouped_expert_mm import grouped_expert_mm, grouped_mm_supported, grouped_pays_on_cpu
 from timm_mlit.testing.dispatch_reference import DispatchSwiGLUExperts
 
-MATMULS = ['dense', 'grouped']
+from helpers import needs_grouped_mm
+
+MATMULS = ['dense', pytest.param('grouped', marks=needs_grouped_mm)]
 
 
 class FixedMask(nn.Module):
@@ -129,6 +131,7 @@ def _starve_last_expert(gate, x):
     return x
 
 
+@needs_grouped_mm
 @pytest.mark.parametrize('training,per_expert_drop', [(True, False), (True, True), (False, False)])
 @pytest.mark.parametrize('t,k,dim,hidden', [(5, 2, 24, 27), (3, 2, 21, 81), (4, 1, 16, 10), (4, 3, 12, 33)])
 def test_grouped_matmul_equals_dense_and_reference_with_an_idle_expert(t, k, dim, hidden, training, per_expert_drop):
@@ -173,6 +176,7 @@ def test_grouped_matmul_equals_dense_and_reference_with_an_idle_expert(t, k, dim
     torch.testing.assert_close(y_g, y_r, atol=1e-5, rtol=1e-5)
 
 
+@needs_grouped_mm
 @pytest.mark.parametrize('n,m,t,d_h,k', [(50, 24, 5, 27, 2), (37, 21, 4, 81, 2), (40, 16, 4, 12, 3), (30, 8, 6, 5, 1),
                                          (1, 8, 3, 4, 2)])
 def test_grouped_expert_mm_op(n, m, t, d_h, k):
@@ -194,6 +198,7 @@ def test_grouped_expert_mm_op(n, m, t, d_h, k):
     torch.library.opcheck(torch.ops.timm_mlit.grouped_expert_mm.default, (x, w, b, top_idx, t))
 
 
+@needs_grouped_mm
 @pytest.mark.filterwarnings('ignore:`torch.jit.trace')
 def test_expert_matmul_selection():
     """'auto' takes the grouped GEMM on CPU float32 where it pays ((t − k)·d_h ≥ 64·k) in eager/compiled forwards:
@@ -229,6 +234,18 @@ def test_expert_matmul_selection():
     torch.testing.assert_close(traced(x), moe(x))
 
 
+def test_without_grouped_mm_auto_is_dense_and_grouped_is_refused(monkeypatch):
+    """On a torch without F.grouped_mm (older releases) 'auto' takes the dense matmul and 'grouped' is refused by
+    name; run on every torch by hiding the function."""
+    monkeypatch.delattr(F, 'grouped_mm', raising=False)
+    layer = SharedSwiGLUExperts(16, 72, 5)
+    assert not grouped_mm_supported(torch.device('cpu'), torch.float32)
+    assert not layer.use_grouped(torch.randn(3, 16), 2)
+    with pytest.raises(ValueError, match='grouped_mm'):
+        SharedSwiGLUExperts(16, 72, 5, expert_matmul='grouped')
+
+
+@needs_grouped_mm
 def test_flop_counter_counts_the_grouped_matmul_as_the_chosen_experts_only():
     """torch's flop counter (count_macs, the MACs the demo, summary and cards print) sees the grouped op: k·N·m·d_h
     multiply-adds forward, where the dense path does t·N·m·d_h; the backward counts dW and dx alike."""

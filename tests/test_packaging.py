@@ -80,15 +80,30 @@ def test_recipe_command(tmp_path, capsys):
 
 
 @pytest.mark.parametrize('version,ok', [
-    ('1.0.24', True), ('1.0.31', True), ('1.0.32.dev0', True), ('1.0.23', False), ('1.1.0', False),
+    ('1.0.31', True), ('1.0.32.dev0', True), ('1.0.30', False), ('1.0.24', False), ('1.1.0', False),
     ('1.1.0.dev0', False), ('0.9.16', False), ('2.0.0', False), ('garbage', False)])
 def test_timm_outside_the_checked_range_is_refused_at_import(version, ok):
     if ok:
         timm_mlit._check_timm(version)
     else:
-        with pytest.raises(ImportError, match=rf'needs timm>=1\.0\.24,<1\.1 .*timm {re.escape(version)} is installed'
-                                              rf'.*pip install "timm>=1\.0\.24,<1\.1"'):
+        with pytest.raises(ImportError, match=rf'needs timm>=1\.0\.31,<1\.1 .*timm {re.escape(version)} is installed'
+                                              rf'.*pip install "timm>=1\.0\.31,<1\.1"'):
             timm_mlit._check_timm(version)
+
+
+def test_declared_floors_are_the_ones_ci_tests():
+    """Declared = tested: pyproject.toml's lower bounds for torch, torchvision and timm are exactly the versions
+    .ci/run pins in its floor venv, and timm's is timm_mlit.TIMM_RANGE's low end."""
+    pyproject = (ROOT / 'pyproject.toml').read_text()
+    deps = re.search(r'^dependencies = \[(.*?)^\]', pyproject, re.S | re.M).group(1)
+    declared = {name: re.search(rf'"{name}>=([\d.]+)[,"]', deps) for name in ('torch', 'torchvision', 'timm')}
+    assert all(declared.values()), f'pyproject.toml dependencies lack a lower bound: {declared}'
+    declared = {name: m.group(1) for name, m in declared.items()}
+    pins = re.search(r'^FLOOR_PINS=\((.*?)\)', (ROOT / '.ci' / 'run').read_text(), re.M)
+    assert pins, '.ci/run has no FLOOR_PINS=(...) line'
+    pinned = dict(pin.split('==') for pin in pins.group(1).split())
+    assert pinned == declared
+    assert declared['timm'] == '.'.join(map(str, timm_mlit.TIMM_RANGE[0]))
 
 
 def test_import_refuses_an_unsupported_timm_in_a_fresh_process():
