@@ -217,6 +217,8 @@ def _save(model, folder: Path) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(torch.__version__.startswith('2.5.'), reason="torch 2.5's dynamo ONNX exporter writes a Reshape "
+                    'that onnxruntime rejects for a dynamic image size (seen on 2.5.1)')
 def test_dynamic_img_size_onnx(tmp_path):
     """ONNX with dynamic batch, height and width (dynamo exporter): equal to PyTorch at three sizes; the TorchScript
     exporter and a fixed-size model are refused with the fix named."""

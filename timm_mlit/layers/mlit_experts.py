@@ -61,6 +61,16 @@ EXPERT_DROP_MODES = ('expert', 'combined')
 EXPERT_MATMULS = ('auto', 'grouped', 'dense')
 
 
+def chosen_rows(top_idx: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """Row n·t + i of the (N·t, d_h) table ``x W`` for each token n's chosen experts i (``top_idx``, (N, k)),
+    flattened to (N·k,)."""
+    return (torch.arange(top_idx.shape[0], device=top_idx.device).unsqueeze(-1) * num_experts + top_idx).reshape(-1)
+
+
+# FX keeps the call whole: torch.fx of torch 2.5.1 cannot trace arange() on a traced size and device
+torch.fx.wrap('chosen_rows')
+
+
 class SharedSwiGLUExperts(nn.Module):
     """t SwiGLU experts of hidden size d_h sharing V and W2 (mLiT Sec. 2.1.2), in the fused form."""
     per_expert_drop: Final[bool]
@@ -161,7 +171,7 @@ class SharedSwiGLUExperts(nn.Module):
             h_k = self._grouped_h(x, gate.top_idx)  # x W_i + b_i of the k chosen experts only
         else:
             h = self.w(x).reshape(n * t, d_h)  # x W_i + b_i for every expert i, row n·t + i
-            rows = (torch.arange(n, device=x.device).unsqueeze(-1) * t + gate.top_idx).reshape(-1)
+            rows = chosen_rows(gate.top_idx, t)
             h_k = h.index_select(0, rows).reshape(n, k, d_h)  # the k chosen experts' rows (whole-row copies)
         v = self.v(x)  # x V + b_V
         if self.per_expert_drop and self.training and self.drop.p > 0.:
