@@ -204,4 +204,5 @@ def main(argv: Optional[Sequence[str]] = None) -> float:
 
 
 if __name__ == '__main__':
-    main()
+    from timm_mlit.errors import run_command
+    run_command('mlit-demo', main)

@@ -34,6 +34,7 @@ from huggingface_hub import HfApi
 from timm.models import get_arch_pretrained_cfgs, load_checkpoint, save_for_hf
 
 from timm_mlit.models import CheckpointMismatchError, family_filter_fn  # importing the models registers them
+from timm_mlit.errors import UserInputError
 from timm_mlit.profiling import count_macs
 from .card import render_card
 from .records import RunInfo, RunRecordError, check_against_tag, read_run
@@ -45,7 +46,7 @@ __all__ = ['PushError', 'read_checkpoint', 'load_for_push', 'write_repo_files', 
 REPO_FILES = ('model.safetensors', 'config.json', 'README.md')
 
 
-class PushError(ValueError):
+class PushError(UserInputError):
     """The push or staging command refuses its input; the message says why and what to do."""
 
 
@@ -400,4 +401,5 @@ def main(argv: Optional[List[str]] = None):
 
 
 if __name__ == '__main__':
-    main()
+    from timm_mlit.errors import run_command
+    run_command('mlit-push', main)

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import yaml
 
+from timm_mlit.errors import UserInputError
 from .variants import DATASETS, Variant, config_path
 
 __all__ = ['RunInfo', 'RunRecordError', 'read_run', 'read_run_info', 'check_against_tag', 'RECIPE_KEYS']
@@ -46,7 +47,7 @@ RECIPE_KEYS = (
 )
 
 
-class RunRecordError(ValueError):
+class RunRecordError(UserInputError):
     """A run's records are missing, unreadable, or contradict the tag they would be published under."""
 
 

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from timm_mlit.errors import UserInputError
+
 __all__ = [
     'atomic_write', 'save_checkpoint', 'load_checkpoint', 'export_encoder', 'rng_state', 'set_rng_state',
     'CheckpointError', 'remove_stale_temporaries', 'plain_args', 'RESUME_HINT',
@@ -33,7 +35,7 @@ RESUME_HINT = ('run `mlit-pretrain --resume OUTPUT/RUN/last.pth` (from a clone: 
 _TMP_NAME = re.compile(r'.+\.tmp-(\d+)$')
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserInputError, RuntimeError):
     """A checkpoint that cannot be resumed from; the message names the file, what was expected and the fix."""
 
 

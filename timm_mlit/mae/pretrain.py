@@ -55,6 +55,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from timm_mlit.layers import expert_load
+from timm_mlit.errors import UserInputError
 from timm_mlit.recipes import recipe_path
 from .checkpoint import (
     RESUME_HINT, CheckpointError, export_encoder, load_checkpoint, plain_args, remove_stale_temporaries, rng_state,
@@ -144,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-class UsageError(ValueError):
+class UsageError(UserInputError):
     """An argument or input of the pre-training command that cannot work; the message names it and the fix."""
 
 
@@ -694,4 +695,5 @@ def save_epoch_checkpoint(
 
 
 if __name__ == '__main__':
-    main()
+    from timm_mlit.errors import run_command
+    run_command('mlit-pretrain', main)

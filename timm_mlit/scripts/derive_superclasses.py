@@ -358,4 +358,5 @@ def main(argv: Optional[List[str]] = None) -> SuperclassMap:
 
 
 if __name__ == '__main__':
-    main()
+    from timm_mlit.errors import run_command
+    run_command('mlit-derive-superclasses', main)
