@@ -145,6 +145,9 @@ def check_img_size(img_size, patch_size, where: str, padded: bool = False) -> No
     without a word), unless the model pads them (``dynamic_img_pad``)."""
     sizes = img_size if isinstance(img_size, (list, tuple)) else (img_size, img_size)
     patches = patch_size if isinstance(patch_size, (list, tuple)) else (patch_size, patch_size)
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (*sizes, *patches)):
+        raise ArgumentError(f'{where}: image size {img_size!r} and patch size {patch_size!r}; expected positive '
+                            f'integers (or pairs of them). Fix the values.')
     if padded or all(s % p == 0 for s, p in zip(sizes, patches)):
         return
     fits = sorted({(s // p) * p for s, p in zip(sizes, patches)} | {(s // p + 1) * p for s, p in zip(sizes, patches)})

@@ -31,6 +31,7 @@ from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq, resolv
 from timm.models._features import feature_take_indices
 from timm.models.vision_transformer import global_pool_nlc
 
+from timm_mlit.argtypes import check_img_size, check_model_kwargs
 from timm_mlit.layers._tracing import is_graph_capture
 from ._load_errors import CheckpointMismatchError, check_data_config, check_tag, explain_load_error, \
     unpublished_on_public_hub
@@ -103,6 +104,10 @@ class DummyPatchViT(nn.Module):
         dd = {'device': device, 'dtype': dtype}
         if global_pool not in GLOBAL_POOLS:
             raise ValueError(f'global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}.')
+        name = type(self).__name__
+        check_model_kwargs(dict(drop_rate=drop_rate, pos_drop_rate=pos_drop_rate), name)
+        check_img_size(img_size, patch_size, f'{name}(img_size={img_size!r}, patch_size={patch_size!r})',
+                       padded=dynamic_img_pad)
         norm_layer = get_norm_layer(norm_layer) or nn.LayerNorm
 
         self.num_classes = num_classes

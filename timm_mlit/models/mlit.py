@@ -36,6 +36,7 @@ import torch.nn as nn
 from timm.layers import LayerType, calculate_drop_path_rates, get_norm_layer
 from timm.models import generate_default_cfgs, register_model
 
+from timm_mlit.argtypes import check_model_kwargs
 from timm_mlit.layers import EXPERT_DROP_MODES, GroupedQueryAttention, MoEBlock, MoEFeedForward, NoisyTopKGate, \
     SharedSwiGLUExperts, expert_load, moe_loss
 from ._dummy_patch_vit import DummyPatchViT, block_count, build_dummy_patch_vit, zoo_cfg, filter_checkpoint
@@ -129,6 +130,8 @@ class MLiT(DummyPatchViT):
         """
         if expert_drop_mode not in EXPERT_DROP_MODES:
             raise ValueError(f'expert_drop_mode must be one of {EXPERT_DROP_MODES}, got {expert_drop_mode!r}.')
+        check_model_kwargs(dict(expert_drop_rate=expert_drop_rate, attn_drop_rate=attn_drop_rate,
+                                proj_drop_rate=proj_drop_rate, drop_path_rate=drop_path_rate), type(self).__name__)
         dd = {'device': device, 'dtype': dtype}
         norm_layer = get_norm_layer(norm_layer) or nn.LayerNorm
         hidden = hidden_sizes(depth, *hidden_dims)
