@@ -79,7 +79,7 @@ def _int8(state):
 
 
 def _fill(argv, tmp_path: Path, staged: Path):
-    return [a.format(tmp=tmp_path, staged=staged) for a in argv]
+    return [a.replace('{tmp}', str(tmp_path)).replace('{staged}', str(staged)) for a in argv]
 
 
 def _refused(command, argv, capsys, expected):
