@@ -100,7 +100,7 @@ def check_hub_config(config: Any, where: str, folder: Optional[Path] = None) -> 
         cfg = dict(config.get('pretrained_cfg') or {}) if isinstance(config.get('pretrained_cfg'), dict) else {}
         if 'num_classes' in config:
             cfg['num_classes'] = config['num_classes']
-        check_data_config(cfg, where)
+        check_data_config(cfg, where, unknown_classes_ok=False)
     elif folder is not None:
         found = _weights_family(folder / WEIGHTS_FILE)
         if found:

@@ -55,12 +55,14 @@ def _numbers(value, length: Optional[int] = None) -> bool:
         isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
 
 
-def check_data_config(cfg: Dict[str, Any], where: str) -> None:
+def check_data_config(cfg: Dict[str, Any], where: str, unknown_classes_ok: bool = True) -> None:
     """Refuse a pretrained cfg (timm's ``pretrained_cfg``: a registry tag's, or a config.json's) whose data config
     would make wrong predictions without a word: ``input_size`` not (C, H, W) positive integers, ``mean`` / ``std``
     not C finite numbers, a ``std`` that is not > 0 (the normalisation divides by it), a ``crop_pct`` outside
     (0, 1], or a ``num_classes`` that is not an integer from 0 (no classifier) to :data:`MAX_CLASSES`. ``where``
-    names the source in the message (e.g. 'config.json of local-dir:hub_cards/mlit_xxs.c10')."""
+    names the source in the message (e.g. 'config.json of local-dir:hub_cards/mlit_xxs.c10'). ``num_classes=-1`` is
+    timm's 'unknown' (train.py's ``--pretrained-path`` overlay sets it): allowed unless ``unknown_classes_ok`` is
+    False (a config.json records the classes of the weights it comes with)."""
     problems = []
     size = cfg.get('input_size')
     chans = None
@@ -82,8 +84,8 @@ def check_data_config(cfg: Dict[str, Any], where: str) -> None:
     if crop is not None and not (isinstance(crop, (int, float)) and not isinstance(crop, bool) and 0 < crop <= 1):
         problems.append(f'crop_pct {crop!r} is not in (0, 1]')
     classes = cfg.get('num_classes')
-    if classes is not None and not (isinstance(classes, int) and not isinstance(classes, bool)
-                                    and 0 <= classes <= MAX_CLASSES):
+    if classes is not None and not (isinstance(classes, int) and not isinstance(classes, bool) and (
+            0 <= classes <= MAX_CLASSES or (unknown_classes_ok and classes == -1))):
         problems.append(f'num_classes {classes!r} is not an integer from 0 (no classifier) to {MAX_CLASSES}')
     if problems:
         raise PretrainedWeightsError(
