@@ -46,7 +46,7 @@ def run_command(prog: str, main: Callable[[Optional[Sequence[str]]], Any],
                 argv: Optional[Sequence[str]] = None) -> int:
     """Run ``main(argv)``; a :class:`UserInputError` becomes one line on stderr and exit status 2. Returns 0."""
     try:
-        main(None if argv is None else list(argv))
+        main() if argv is None else main(list(argv))  # main() reads sys.argv[1:] itself
     except UserInputError as e:
         exit_usage(prog, str(e) or type(e).__name__)
     return 0
