@@ -27,6 +27,8 @@ RANKS: Dict[str, int] = {
     # -1: the one writer of files and reader of untrusted checkpoints, which everything else may use
     'timm_mlit._io': -1,
     # 0: building blocks that know no model: layers, data (incl. the super-class maps), the shipped recipes
+    'timm_mlit.errors': -2,  # UserInputError and run_command: what every command refuses input with
+    'timm_mlit.argtypes': 0,  # the argparse type= functions every command checks its arguments with
     'timm_mlit.configs': 0,
     'timm_mlit.recipes': 0,  # the recipe files by name (configs' lookup; its main is mlit-config)
     'timm_mlit.layers': 0,

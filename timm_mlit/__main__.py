@@ -1,3 +1,4 @@
 from timm_mlit.demo import main
+from timm_mlit.errors import run_command
 
-main()
+run_command('mlit-demo', main)

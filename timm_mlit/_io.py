@@ -36,6 +36,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Union
 
+from timm_mlit.errors import UserInputError
+
 try:
     import fcntl
 except ImportError:  # Windows: no advisory locks; FolderLock then only marks the folder
@@ -52,10 +54,6 @@ PathLike = Union[str, os.PathLike]
 _TMP_NAME = re.compile(r'.+\.tmp-(\d+)(\.[A-Za-z0-9]+)?$')
 _NOFOLLOW = getattr(os, 'O_NOFOLLOW', 0)
 _CLOEXEC = getattr(os, 'O_CLOEXEC', 0)
-
-
-class UserInputError(ValueError):
-    """Input a command refuses: the message names the input, what was expected and the fix."""
 
 
 class UnsafePathError(UserInputError):

@@ -35,6 +35,7 @@ from timm.task import ClassificationTask
 from tqdm import tqdm
 
 from timm_mlit._io import atomic_write, command, write_text
+from timm_mlit.argtypes import nonneg_int, positive_float, positive_int
 from timm_mlit.data.shapes import SHAPE_CLASSES, write_shapes
 from timm_mlit.testing.local_hub import LocalHubServer
 from timm_mlit.mae.visualize import have_matplotlib
@@ -148,13 +149,13 @@ def main(argv: Optional[Sequence[str]] = None) -> float:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--output', default='output/demo', help='where the data, runs and the Hub cache go')
     p.add_argument('--model', default='mlit_xxs')
-    p.add_argument('--mae-epochs', type=int, default=3)
-    p.add_argument('--epochs', type=int, default=6, help='fine-tuning epochs')
-    p.add_argument('--batch-size', type=int, default=32, help='fine-tuning batch (MAE pre-training uses twice it)')
-    p.add_argument('--lr', type=float, default=3e-3, help='fine-tuning learning rate')
-    p.add_argument('--train-per-class', type=int, default=100)
-    p.add_argument('--val-per-class', type=int, default=30)
-    p.add_argument('--workers', type=int, default=2)
+    p.add_argument('--mae-epochs', type=positive_int, default=3)
+    p.add_argument('--epochs', type=positive_int, default=6, help='fine-tuning epochs')
+    p.add_argument('--batch-size', type=positive_int, default=32, help='fine-tuning batch (MAE pre-training uses twice it)')
+    p.add_argument('--lr', type=positive_float, default=3e-3, help='fine-tuning learning rate')
+    p.add_argument('--train-per-class', type=positive_int, default=100)
+    p.add_argument('--val-per-class', type=positive_int, default=30)
+    p.add_argument('--workers', type=nonneg_int, default=2)
     p.add_argument('--overwrite', action='store_true', help="replace an earlier demo's runs in --output")
     args = p.parse_args(argv)
     out = Path(args.output).resolve()
@@ -220,4 +221,5 @@ def main(argv: Optional[Sequence[str]] = None) -> float:
 
 
 if __name__ == '__main__':
-    main()
+    from timm_mlit.errors import run_command
+    run_command('mlit-demo', main)

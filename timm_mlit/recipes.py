@@ -15,40 +15,14 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import List, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
-from timm_mlit._io import UserInputError, command, copy_file
-from timm_mlit.configs import RECIPE_DIR
+from timm_mlit._io import command, copy_file
+from timm_mlit.argtypes import check_train_recipe
+from timm_mlit.configs import RECIPE_DIR, TRAIN_PY_KEYS, list_recipes, recipe_path
+from timm_mlit.errors import run_command
 
-__all__ = ['RECIPE_DIR', 'list_recipes', 'recipe_path', 'write_recipe', 'main']
-
-_SUFFIX = '.yaml'
-
-
-def list_recipes() -> List[str]:
-    """The names (file stems) of the shipped recipes, sorted."""
-    return sorted(p.stem for p in RECIPE_DIR.glob(f'*{_SUFFIX}'))
-
-
-def recipe_path(name_or_path: Union[str, os.PathLike]) -> Path:
-    """The YAML file for a recipe name (``table6_scratch_cifar10``, with or without ``.yaml``) or an existing path.
-
-    An existing file wins over a shipped recipe of the same name. Raises ``FileNotFoundError`` naming the input and the
-    shipped names when it is neither."""
-    text = os.fspath(name_or_path)
-    if not text:
-        raise ValueError('recipe: got an empty name; pass a recipe name (mlit-config --list) or a YAML file path')
-    given = Path(text).expanduser()
-    if given.is_file():
-        return given
-    stem = text[:-len(_SUFFIX)] if text.endswith(_SUFFIX) else text
-    if os.sep not in stem and '/' not in stem:
-        shipped = RECIPE_DIR / f'{stem}{_SUFFIX}'
-        if shipped.is_file():
-            return shipped
-    raise FileNotFoundError(
-        f"recipe {text!r}: no such file and no shipped recipe of that name. Shipped recipes (mlit-config --list): "
-        f"{', '.join(list_recipes())}; or pass the path of a YAML file.")
+__all__ = ['RECIPE_DIR', 'TRAIN_PY_KEYS', 'list_recipes', 'recipe_path', 'write_recipe', 'main']
 
 
 def write_recipe(name: str, out: Union[str, os.PathLike], overwrite: bool = False) -> Path:
@@ -81,12 +55,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not args.name:
         p.error('name a recipe (e.g. mlit-config table6_scratch_cifar10) or pass --list')
     try:
+        given = recipe_path(args.name)
+        if given.resolve().parent != RECIPE_DIR:  # a file given by path must be a train.py recipe (shipped ones are)
+            check_train_recipe(str(given), TRAIN_PY_KEYS)
         path = write_recipe(args.name, args.out, args.overwrite) if args.out else recipe_path(args.name)
-    except (FileNotFoundError, FileExistsError, UserInputError, ValueError) as e:
+    except (FileNotFoundError, FileExistsError, ValueError) as e:  # UserInputError and ArgumentError are ValueErrors
         p.error(str(e))
     print(path)
     return 0
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(run_command('mlit-config', main))

@@ -8,6 +8,7 @@ from typing import Optional, Sequence
 import timm
 import torch
 
+from timm_mlit.argtypes import positive_int
 from timm_mlit.profiling import count_macs, count_params, inference_fn, time_ms, train_step_fn
 
 # Table 1 (encoder, no head) and Table 8 (with a 100-class head), in millions
@@ -17,7 +18,7 @@ PAPER_PARAMS_M = {'mlit_s': (2.36, 2.38), 'mlit_xs': (1.21, 1.22), 'mlit_xxs': (
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog='python -m timm_mlit.summary', description=__doc__.splitlines()[0])
     parser.add_argument('--models', nargs='+', default=list(PAPER_PARAMS_M))
-    parser.add_argument('--batch-size', type=int, default=64)
+    parser.add_argument('--batch-size', type=positive_int, default=64)
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--no-timing', action='store_true', help='parameters and MACs only')
     args = parser.parse_args(argv)

@@ -20,6 +20,8 @@ from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
+from timm_mlit.errors import UserInputError
+
 __all__ = ['ImageSplit', 'read_cifar10_npz', 'read_cifar10_torchvision', 'CIFAR10_CLASSES', 'NPZ_FILES',
            'NPZ_SHA256', 'DataSourceError']
 
@@ -34,7 +36,7 @@ NPZ_SHA256 = {
 _CLASS_NAME = re.compile(r'[A-Za-z0-9][A-Za-z0-9_\- ]*')
 
 
-class DataSourceError(ValueError):
+class DataSourceError(UserInputError):
     """A data source that cannot be read; the message names the file, what was expected and the fix."""
 
 

@@ -27,7 +27,6 @@ cannot be deleted.
 """
 import argparse
 import shutil
-import sys
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
@@ -36,6 +35,8 @@ from timm.utils.misc import natural_key
 from tqdm import tqdm
 
 from timm_mlit._io import PartialFolder, command
+from timm_mlit.argtypes import int_in
+from timm_mlit.errors import exit_usage
 from .cifar10 import DataSourceError, ImageSplit, read_cifar10_npz, read_cifar10_torchvision
 
 __all__ = ['prepare_svhn', 'prepare_flowers102', 'squash', 'prepare_cifar10', 'write_image_folder_tree', 'PREPARERS', 'main']
@@ -228,7 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=f'{name} from torchvision\'s files under --root')
         p.add_argument('--root', required=True, help="torchvision's root folder for the dataset")
         if name == 'flowers102':
-            p.add_argument('--size', type=int, default=None,
+            p.add_argument('--size', type=int_in(1, 4096, expected='an image side in pixels, 1 to 4096'),
+                           default=None,
                            help='resize each whole photo to SIZE x SIZE (the recipes: 36, as the paper); default: '
                                 'copy the JPEGs as they are')
     for p in sub.choices.values():
@@ -250,13 +252,14 @@ def main(argv: Optional[List[str]] = None) -> Path:
             out = PREPARERS[args.dataset](args.root, args.out, download=args.download, overwrite=args.overwrite,
                                           **sized)
     except (DataSourceError, FileExistsError, ValueError) as e:
-        sys.exit(f'mlit-prepare-data {args.dataset}: error: {e}')
+        exit_usage(f'mlit-prepare-data {args.dataset}', str(e))
     except OSError as e:  # --out not writable, disk full, ...
-        sys.exit(f'mlit-prepare-data {args.dataset}: error: could not write --out {args.out} ({e}); nothing was left '
-                 f'behind. Pass a writable --out with room for the images.')
+        exit_usage(f'mlit-prepare-data {args.dataset}', f'could not write --out {args.out} ({e}); nothing was left '
+                   f'behind. Pass a writable --out with room for the images.')
     print(f'wrote {out}: train with `--data-dir {out}` (train.py\'s default --dataset \'\', and mlit-pretrain\'s)')
     return out
 
 
 if __name__ == '__main__':
-    main()
+    from timm_mlit.errors import run_command
+    run_command('mlit-prepare-data', main)

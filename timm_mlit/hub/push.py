@@ -32,9 +32,12 @@ from huggingface_hub import HfApi
 from timm.models import get_arch_pretrained_cfgs, load_checkpoint, save_for_hf
 
 from timm_mlit._io import (
-    PartialFolder, UserInputError, check_target, command, copy_inside, file_inside, load_safetensors, move_file,
-    temporary_folder, torch_load, write_bytes, write_text)
-from timm_mlit.models import CheckpointMismatchError, family_filter_fn  # importing the models registers them
+    PartialFolder, check_target, command, copy_inside, file_inside, load_safetensors, move_file, temporary_folder,
+    torch_load, write_bytes, write_text)
+from timm_mlit.argtypes import hub_repo_id as repo_id_arg, num_classes as num_classes_arg
+from timm_mlit.errors import UserInputError
+from timm_mlit.models import (  # importing the models registers them
+    CheckpointMismatchError, PretrainedWeightsError, family_filter_fn, verify_hub_folder)
 from timm_mlit.profiling import count_macs
 from .card import render_card
 from .records import RunInfo, RunRecordError, check_against_tag, read_run
@@ -46,7 +49,7 @@ __all__ = ['PushError', 'read_checkpoint', 'load_for_push', 'write_repo_files', 
 REPO_FILES = ('model.safetensors', 'config.json', 'README.md')
 
 
-class PushError(ValueError):
+class PushError(UserInputError):
     """The push or staging command refuses its input; the message says why and what to do."""
 
 
@@ -164,6 +167,7 @@ def push(model, model_name: str, repo_id: str, run: RunInfo, token: Optional[str
     repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
     with temporary_folder() as tmp:
         folder = write_repo_files(model, model_name, repo_id, run, tmp, deviations=deviations)
+        verify_staged(folder, model_name)  # what pretrained=True will check, before anything is uploaded
         info = api.upload_folder(
             repo_id=repo_id, folder_path=str(tmp), revision=revision,
             commit_message=commit_message or f'Add {model_name} weights (timm_mlit)')
@@ -239,8 +243,10 @@ def _is_staged_folder(folder: Path) -> bool:
 
 
 def verify_staged(folder, model_name: Optional[str] = None):
-    """Check a staged folder before it is published: the three files, a config.json that is timm's, and weights
-    that load strictly into the model it names. Returns (model name with tag, config)."""
+    """Check a staged folder before it is published: the three files, and then what ``pretrained=True`` will check
+    when it is loaded (:func:`~timm_mlit.models.verify_hub_folder`: a config.json of a zoo architecture with a sane
+    data config; finite floating-point weights that the family's checkpoint filter and a strict load put into the
+    model config.json describes, the classifier included). Returns (model name with tag, config)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise PushError(f'No staged folder at {folder}: stage one with {PUSH_CMD} --model MODEL.TAG --run-dir RUN '
@@ -253,20 +259,33 @@ def verify_staged(folder, model_name: Optional[str] = None):
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise PushError(f'{folder / "config.json"} is not JSON ({e}): it must be the config.json timm\'s save_for_hf '
                         f'writes. Stage the folder again.') from e
-    arch = config.get('architecture') if isinstance(config, dict) else None
-    if not isinstance(arch, str) or not timm.is_model(arch):
-        raise PushError(f'{folder / "config.json"} names no timm_mlit architecture ("architecture": {arch!r}). '
-                        f'Stage the folder again.')
     name = model_name or folder.name
-    if name.split('.')[0] != arch:
-        raise PushError(f'{folder} is named {name}, but its config.json is of {arch}.')
-    model = timm.create_model(arch, num_classes=config.get('num_classes', 0))
-    try:
-        model.load_state_dict(load_safetensors(folder / 'model.safetensors'), strict=True)
-    except Exception as e:
-        raise PushError(f'{folder / "model.safetensors"} does not load into {arch} with {config.get("num_classes")} '
-                        f'classes ({e.__class__.__name__}: {str(e)[:300]}). Stage the folder again.') from e
+    try:  # the checks pretrained=True runs on the folder (local-dir:), and a strict head
+        verify_hub_folder(folder, name)
+    except PretrainedWeightsError as e:
+        raise PushError(f'{folder} would not load as published: {e}') from e
     return name, config
+
+
+def _check_repo_id(repo_id: str, flag: str) -> None:
+    try:
+        repo_id_arg(repo_id)
+    except argparse.ArgumentTypeError as e:
+        raise PushError(f'{flag} {repo_id!r}: {e}. Fix the repo id.') from None
+
+
+def _check_card_names(folder, repo_id: str) -> None:
+    """The card (README.md) tells readers ``timm.create_model('hf-hub:REPO', ...)``: it must name the repo it is
+    published to."""
+    card = (Path(folder) / 'README.md').read_text(encoding='utf-8', errors='replace')
+    if f"hf-hub:{repo_id}'" not in card:
+        import re
+        named = sorted(set(re.findall(r"hf-hub:([^'\s)]+)'", card)))
+        raise PushError(
+            f'{Path(folder) / "README.md"} names {" and ".join(named) or "no hf-hub: repo"}, not {repo_id}, the repo '
+            f'it would be published to: its usage lines would load another repo. Publish the folder to the repo its '
+            f'card names (drop --repo-id), or push the run\'s checkpoint to {repo_id} with {PUSH_CMD} --model MODEL.TAG '
+            f'--checkpoint CKPT --repo-id {repo_id}, which writes a card for it.')
 
 
 def publish_staged(folder, repo_id: Optional[str] = None, token: Optional[str] = None,
@@ -284,6 +303,8 @@ def publish_staged(folder, repo_id: Optional[str] = None, token: Optional[str] =
             raise PushError(f'{folder} is not named <model>.<tag> of a zoo tag, so it has no default repo: pass '
                             f'--repo-id ORG/NAME.')
         repo_id = hub_repo_id(*name.split('.', 1))
+    _check_repo_id(repo_id, '--repo-id')
+    _check_card_names(folder, repo_id)
     card = Path(folder).parent / f'{name}.md'
     check_target(card, overwrite=True)  # the record of the last publish may be replaced; a special file may not
     with temporary_folder() as snapshot:
@@ -312,7 +333,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--checkpoint', default=None,
                    help="train.py checkpoint (.pth.tar) or MAE encoder.safetensors (staging: default the run's "
                         "last.pth.tar / encoder.safetensors)")
-    p.add_argument('--repo-id', default=None, help='ORG/NAME on the Hub (--staged: default timm-mlit/<model>.<tag>)')
+    p.add_argument('--repo-id', default=None, type=repo_id_arg,
+                   help='ORG/NAME on the Hub (--staged: default timm-mlit/<model>.<tag>)')
     p.add_argument('--run-dir', default=None, help="the run's output folder (default: the checkpoint's folder)")
     p.add_argument('--stage-dir', default=None, metavar='DIR',
                    help=f'stage the run as DIR/<model>.<tag>/ (e.g. {STAGE_DIR}/) instead of uploading')
@@ -324,7 +346,8 @@ def _parser() -> argparse.ArgumentParser:
                                                    "(an ImageFolder run); it may not contradict them")
     p.add_argument('--use-ema', action=argparse.BooleanOptionalAction, default=None,
                    help="push the EMA weights (default: when the run trained with --model-ema)")
-    p.add_argument('--num-classes', type=int, default=None, help='untagged models: default from the checkpoint')
+    p.add_argument('--num-classes', type=num_classes_arg, default=None,
+                   help='untagged models: default from the checkpoint')
     p.add_argument('--off-recipe', action='store_true',
                    help="push a run whose epochs or recipe differ from the tag's; the card says so at the top "
                         "(never for --stage-dir)")
@@ -406,9 +429,10 @@ def main(argv: Optional[List[str]] = None):
     args = p.parse_args(argv)
     try:
         return _main(args, p)
-    except (PushError, RunRecordError, UserInputError) as e:
-        p.exit(2, f'{p.prog}: error: {e}\n')
+    except UserInputError as e:  # PushError, RunRecordError, PretrainedWeightsError, ...
+        p.exit(2, f'{p.prog}: error: {" ".join(str(e).splitlines())}\n')
 
 
 if __name__ == '__main__':
-    main()
+    from timm_mlit.errors import run_command
+    run_command('mlit-push', main)

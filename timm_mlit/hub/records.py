@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Optional
 import yaml
 
 from timm_mlit._io import torch_load
+from timm_mlit.errors import UserInputError
 from timm_mlit.models._pretrained_tags import Variant
 from .variants import DATASETS, config_path
 
@@ -47,7 +48,7 @@ RECIPE_KEYS = (
 )
 
 
-class RunRecordError(ValueError):
+class RunRecordError(UserInputError):
     """A run's records are missing, unreadable, or contradict the tag they would be published under."""
 
 

@@ -21,7 +21,9 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from timm_mlit._io import UserInputError, signals_unwind, write_text
+from timm_mlit._io import signals_unwind, write_text
+from timm_mlit.argtypes import positive_float
+from timm_mlit.errors import MissingInputError, UserInputError
 from .records import RunRecordError, check_run_info
 from .variants import DATASETS
 
@@ -46,7 +48,7 @@ def write_run_info(run_dir, wall_time_s: float, hardware: Optional[str] = None, 
     (it is this command's), a symlink or special file there is refused."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise FileNotFoundError(f'No run folder at {run_dir}: pass the train.py output folder (--output/--experiment).')
+        raise MissingInputError(f'No run folder at {run_dir}: pass the train.py output folder (--output/--experiment).')
     info: Dict[str, Any] = {'hardware': hardware or detect_hardware(), 'wall_time_s': round(float(wall_time_s), 1)}
     if dataset:
         info['dataset'] = dataset
@@ -66,7 +68,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                                 prog='python -m timm_mlit.hub.run_info')
     p.add_argument('run_dir', help="the run's output folder (train.py's --output/--experiment)")
     p.add_argument('--hardware', default=None, help='default: the GPUs torch sees here, or the CPU')
-    p.add_argument('--wall-time-s', type=float, default=None, help='a finished run\'s wall time (no command given)')
+    p.add_argument('--wall-time-s', type=positive_float, default=None, help='a finished run\'s wall time (no command given)')
     p.add_argument('--dataset', default=None, choices=sorted(DATASETS), help='the data, for an ImageFolder run')
     p.add_argument('--jpeg-copy', action='store_true', help='the images are the JPEG copy of CIFAR')
     p.add_argument('--', dest='command', metavar='COMMAND', help='then the training command to run and time')
@@ -77,6 +79,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         p.error('give either the training command (after --) or --wall-time-s of a finished run')
     if args.wall_time_s is not None and args.wall_time_s <= 0:
         p.error(f'--wall-time-s must be positive, got {args.wall_time_s}')
+    if not command and not Path(args.run_dir).is_dir():
+        p.error(f'run_dir {args.run_dir}: no such folder; expected the run\'s output folder (train.py\'s '
+                f'--output/--experiment). Fix the path.')
+    if args.hardware is not None and not args.hardware.strip():
+        p.error('--hardware is empty; expected what the run trained on, e.g. --hardware "1x NVIDIA H100 80GB" (or '
+                'leave it out to record this machine\'s).')
     wall = args.wall_time_s
     if command:
         start = time.monotonic()
@@ -96,4 +104,5 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-    main()
+    from timm_mlit.errors import run_command
+    run_command('mlit-run-info', main)

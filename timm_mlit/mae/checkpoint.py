@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import save_file
 
 from timm_mlit._io import atomic_write, torch_load
+from timm_mlit.errors import UserInputError
 
 __all__ = [
     'save_checkpoint', 'load_checkpoint', 'export_encoder', 'rng_state', 'set_rng_state', 'CheckpointError',
@@ -31,7 +32,7 @@ RESUME_HINT = ('run `mlit-pretrain --resume OUTPUT/RUN/last.pth` (from a clone: 
                '`python train_scripts/pretrain_mae.py --resume OUTPUT/RUN/last.pth`)')
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserInputError, RuntimeError):
     """A checkpoint that cannot be resumed from; the message names the file, what was expected and the fix."""
 
 

@@ -57,6 +57,10 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from timm_mlit._io import FolderLock, append_text, remove_stale_temporaries, signals_unwind, write_text
+from timm_mlit.argtypes import (
+    ArgumentError, check_model_kwargs, check_warmup, finite_float, float_in, fraction, model_kwargs as model_kwargs_arg,
+    nonneg_float, nonneg_int, positive_float, positive_int, probability)
+from timm_mlit.errors import UserInputError
 from timm_mlit.layers import expert_load
 from timm_mlit.recipes import recipe_path
 from .checkpoint import (
@@ -77,18 +81,6 @@ TABLE3 = {
 }
 
 
-def _yaml_mapping(text: str) -> dict:
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise argparse.ArgumentTypeError(f'{text!r} is not YAML ({str(e).splitlines()[0]}); expected a mapping such '
-                                         f'as \'{{decoder_num_experts: 0}}\'')
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f'{text!r} is a {type(value).__name__}; expected a mapping such as '
-                                         f'\'{{decoder_num_experts: 0}}\'')
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, prog='mlit-pretrain')
@@ -99,35 +91,36 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "(DATA/train/<class>/*), torch/cifar100 torchvision's files")
     d.add_argument('--train-split', default='train')
     d.add_argument('--dataset-download', action='store_true', default=False)
-    d.add_argument('--workers', type=int, default=4)
-    d.add_argument('--scale', type=float, nargs=2, default=[0.6, 1.0], help='random-resized-crop scale (Table 3)')
-    d.add_argument('--ratio', type=float, nargs=2, default=[3 / 4, 4 / 3])
-    d.add_argument('--hflip', type=float, default=0.5)
-    d.add_argument('--mean', type=float, nargs=3, default=[0.5, 0.5, 0.5])
-    d.add_argument('--std', type=float, nargs=3, default=[0.5, 0.5, 0.5])
+    d.add_argument('--workers', type=nonneg_int, default=4)
+    d.add_argument('--scale', type=float_in(0, 1, lo_open=True), nargs=2, default=[0.6, 1.0],
+                   help='random-resized-crop scale (Table 3)')
+    d.add_argument('--ratio', type=positive_float, nargs=2, default=[3 / 4, 4 / 3])
+    d.add_argument('--hflip', type=probability, default=0.5)
+    d.add_argument('--mean', type=finite_float, nargs=3, default=[0.5, 0.5, 0.5])
+    d.add_argument('--std', type=positive_float, nargs=3, default=[0.5, 0.5, 0.5])
     d.add_argument('--train-interpolation', default='bicubic')
     m = p.add_argument_group('model')
     m.add_argument('--model', default='mlit_xxs', help='encoder: any registered mLiT, or maevit_c100')
-    m.add_argument('--mask-ratio', type=float, default=0.75)
-    m.add_argument('--alpha', type=float, default=0.1, help='weight of the loss on visible patches (mLiT Eq. 16)')
-    m.add_argument('--beta', type=float, default=0.5, help='weight of the MoE loss (mLiT Eq. 16)')
+    m.add_argument('--mask-ratio', type=fraction, default=0.75)
+    m.add_argument('--alpha', type=nonneg_float, default=0.1, help='weight of the loss on visible patches (mLiT Eq. 16)')
+    m.add_argument('--beta', type=nonneg_float, default=0.5, help='weight of the MoE loss (mLiT Eq. 16)')
     m.add_argument('--decoder-pos', default='encoder', choices=['encoder', 'separate'],
                    help="'encoder': the text's reading (no decoder table); 'separate': a 145x108 decoder table")
     m.add_argument('--encoder-pos-to', default='mask', choices=['mask', 'all'],
                    help='with --decoder-pos encoder: add the encoder positions to the mask tokens only, or to all')
-    m.add_argument('--model-kwargs', type=_yaml_mapping, default={}, help='encoder kwargs as a YAML/JSON dict')
+    m.add_argument('--model-kwargs', type=model_kwargs_arg, default={}, help='encoder kwargs as a YAML/JSON dict')
     o = p.add_argument_group('optimisation (Table 3)')
-    o.add_argument('--epochs', type=int, default=None, help='default: Table 3 for the size')
-    o.add_argument('--batch-size', type=int, default=None, help='per process; default: Table 3 / world size')
-    o.add_argument('--lr', type=float, default=None,
+    o.add_argument('--epochs', type=positive_int, default=None, help='default: Table 3 for the size')
+    o.add_argument('--batch-size', type=positive_int, default=None, help='per process; default: Table 3 / world size')
+    o.add_argument('--lr', type=positive_float, default=None,
                    help='absolute LR; default lr-base x global batch / 256 (mLiT Eq. 17)')
-    o.add_argument('--lr-base', type=float, default=3e-4)
-    o.add_argument('--lr-base-size', type=int, default=256)
-    o.add_argument('--warmup-epochs', type=int, default=None, help='default: 5%% of the epochs')
-    o.add_argument('--min-lr', type=float, default=0.0)
+    o.add_argument('--lr-base', type=positive_float, default=3e-4)
+    o.add_argument('--lr-base-size', type=positive_int, default=256)
+    o.add_argument('--warmup-epochs', type=nonneg_int, default=None, help='default: 5%% of the epochs')
+    o.add_argument('--min-lr', type=nonneg_float, default=0.0)
     o.add_argument('--opt', default='adamw')
-    o.add_argument('--opt-betas', type=float, nargs=2, default=[0.9, 0.95])
-    o.add_argument('--weight-decay', type=float, default=0.05)
+    o.add_argument('--opt-betas', type=float_in(0, 1, hi_open=True), nargs=2, default=[0.9, 0.95])
+    o.add_argument('--weight-decay', type=nonneg_float, default=0.05)
     o.add_argument('--amp', action='store_true', default=False, help='mixed precision (float16 + GradScaler)')
     o.add_argument('--amp-dtype', default='float16', choices=['float16', 'bfloat16'])
     r = p.add_argument_group('run')
@@ -135,11 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument('--experiment', default='', help='subfolder name (default: <model>-<time>)')
     r.add_argument('--resume', default='', help="a last.pth to continue from, or 'auto' for OUTPUT/EXPERIMENT/last.pth; "
                                                 "arguments not given are taken from it")
-    r.add_argument('--checkpoint-interval', type=int, default=1, help='epochs between checkpoints')
-    r.add_argument('--keep-every', type=int, default=0, help='also keep encoder-epochNNNNN.safetensors every N')
-    r.add_argument('--recon-interval', type=int, default=50, help='epochs between reconstruction grids')
-    r.add_argument('--plot-interval', type=int, default=10, help='epochs between plot updates')
-    r.add_argument('--seed', type=int, default=42)
+    r.add_argument('--checkpoint-interval', type=positive_int, default=1, help='epochs between checkpoints')
+    r.add_argument('--keep-every', type=nonneg_int, default=0, help='also keep encoder-epochNNNNN.safetensors every N')
+    r.add_argument('--recon-interval', type=positive_int, default=50, help='epochs between reconstruction grids')
+    r.add_argument('--plot-interval', type=positive_int, default=10, help='epochs between plot updates')
+    r.add_argument('--seed', type=nonneg_int, default=42)
     r.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     r.add_argument('--no-progress', action='store_true', default=False, help='no tqdm progress bar')
     r.add_argument('--torchcompile', nargs='?', default=None, const='inductor',
@@ -147,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-class UsageError(ValueError):
+class UsageError(UserInputError):
     """An argument or input of the pre-training command that cannot work; the message names it and the fix."""
 
 
@@ -184,19 +177,35 @@ def _read_config(path: str, parser: argparse.ArgumentParser) -> dict:
 
 def _config_value_problem(action: argparse.Action, value) -> str:
     """'' when ``value`` fits ``action`` (YAML gives typed values, which argparse does not check), else what it
-    should be."""
+    should be. Numbers go through the argument's own type, so a YAML value has the command line's range."""
     if value is None or isinstance(value, str) and action.type not in (None, str) and action.nargs is None:
         return ''  # None keeps the default; argparse converts (and checks) a string default itself
     if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
         return '' if isinstance(value, bool) else 'true or false'
-    number = {int: (int,), float: (int, float)}.get(action.type)
-    if number is not None:
-        def ok(v):
-            return isinstance(v, number) and not isinstance(v, bool)
+    if action.type is model_kwargs_arg:
+        if not isinstance(value, dict):
+            return 'a mapping of model arguments'
+        try:
+            check_model_kwargs(value, 'model_kwargs')
+        except ArgumentError as e:
+            return f'usable ({e})'
+        return ''
+    if action.type not in (None, str):
+        expected = getattr(action.type, '__name__', 'a number')
         if isinstance(action.nargs, int):
-            fits = isinstance(value, list) and len(value) == action.nargs and all(map(ok, value))
-            return '' if fits else f'a list of {action.nargs} {action.type.__name__}s'
-        return '' if ok(value) else f'a {action.type.__name__}'
+            if not (isinstance(value, list) and len(value) == action.nargs):
+                return f'a list of {action.nargs} values, each {expected}'
+            values = value
+        else:
+            values = [value]
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                return expected
+            try:
+                action.type(str(v))
+            except argparse.ArgumentTypeError:
+                return expected
+        return ''
     if action.choices is not None and value not in action.choices:
         return f'one of {list(action.choices)}'
     if action.type is None and not isinstance(value, str):
@@ -222,6 +231,16 @@ def _validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None
     if not isinstance(args.model_kwargs, dict):
         parser.error(f'--model-kwargs {args.model_kwargs!r}: expected a YAML/JSON mapping such as '
                      f'\'{{"decoder_num_experts": 0}}\'.')
+    for name in ('scale', 'ratio'):
+        low, high = getattr(args, name)
+        if low > high:
+            parser.error(f'--{name} {low} {high}: expected MIN MAX with MIN <= MAX; swap them.')
+    try:
+        check_model_kwargs(args.model_kwargs, f'--model-kwargs {args.model_kwargs!r}')
+        # the run's length: --epochs, else Table 3's for the size (the default warm-up, 5%, always fits)
+        check_warmup(args.warmup_epochs, args.epochs or TABLE3.get(args.model, {}).get('epochs', 800))
+    except ArgumentError as e:
+        parser.error(str(e))
 
 
 def _parse(argv: Optional[List[str]] = None):
@@ -689,4 +708,5 @@ def save_epoch_checkpoint(
 
 
 if __name__ == '__main__':
-    main()
+    from timm_mlit.errors import run_command
+    run_command('mlit-pretrain', main)

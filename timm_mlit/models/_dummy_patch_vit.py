@@ -31,8 +31,10 @@ from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq, resolv
 from timm.models._features import feature_take_indices
 from timm.models.vision_transformer import global_pool_nlc
 
+from timm_mlit.argtypes import check_img_size, check_model_kwargs
 from timm_mlit.layers._tracing import is_graph_capture
-from ._load_errors import CheckpointMismatchError, explain_load_error, unpublished_on_public_hub
+from ._load_errors import CheckpointMismatchError, check_data_config, check_tag, explain_load_error, \
+    unpublished_on_public_hub
 
 __all__ = ['DummyPatchViT', 'GLOBAL_POOLS', 'filter_checkpoint', 'block_count', 'build_dummy_patch_vit', 'zoo_cfg',
            'family_filter_fn', 'given_options']
@@ -108,6 +110,10 @@ class DummyPatchViT(nn.Module):
         dd = {'device': device, 'dtype': dtype}
         if global_pool not in GLOBAL_POOLS:
             raise ValueError(f'global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}.')
+        name = type(self).__name__
+        check_model_kwargs(dict(drop_rate=drop_rate, pos_drop_rate=pos_drop_rate), name)
+        check_img_size(img_size, patch_size, f'{name}(img_size={img_size!r}, patch_size={patch_size!r})',
+                       padded=dynamic_img_pad)
         norm_layer = get_norm_layer(norm_layer) or nn.LayerNorm
 
         self.num_classes = num_classes
@@ -509,10 +515,17 @@ def block_count(state_dict: Dict[str, torch.Tensor], prefix: str = 'blocks.') ->
 def build_dummy_patch_vit(
         model_cls: type, variant: str, pretrained: bool, filter_fn: Callable, **kwargs) -> DummyPatchViT:
     """``build_model_with_cfg`` as every family here calls it: its checkpoint filter, features through
-    ``forward_intermediates`` (feature_cls 'getter'). With ``pretrained=True`` an unpublished tag of ours is refused
-    before any download, and an error about the weights (missing, offline, corrupt, of another model) becomes a
-    :class:`~timm_mlit.models._load_errors.PretrainedWeightsError` naming the file or repo and the fix."""
+    ``forward_intermediates`` (feature_cls 'getter'). An unknown tag is refused listing the valid ones. With
+    ``pretrained=True`` an unpublished tag of ours is refused before any download, a data config that cannot be
+    right (std <= 0, mean/std of the wrong length, num_classes out of range) is refused, and an error about the
+    weights (missing, offline, corrupt, of another model) becomes a
+    :class:`~timm_mlit.models._load_errors.PretrainedWeightsError` naming the file or repo and the fix.
+
+    ``num_classes`` other than the cfg's: timm would drop the file's classifier whatever its size. Here the filter
+    decides instead (the cfg's num_classes is set to the model's for the load, then put back): a file whose head has
+    the asked-for classes keeps it, any other head is replaced by a new one with a warning naming both counts."""
     out_indices = kwargs.pop('out_indices', 3)
+    check_tag(variant, kwargs.get('pretrained_cfg'))
     build = functools.partial(
         build_model_with_cfg,
         model_cls,
@@ -530,6 +543,13 @@ def build_dummy_patch_vit(
     unpublished = unpublished_on_public_hub(variant, cfg)
     if unpublished is not None:
         raise unpublished
+    check_data_config(cfg, _cfg_source(variant, cfg))
+    asked = kwargs.get('num_classes')
+    if asked is not None and asked != cfg.get('num_classes') and not kwargs.get('features_only'):
+        # let the filter (_fit_head) judge the file's head against the model's, not the cfg's class count
+        overlay = dict(kwargs.get('pretrained_cfg_overlay') or {}, num_classes=asked)
+        build = functools.partial(build, pretrained_cfg_overlay=overlay)
+        build = functools.partial(_restore_num_classes, build, cfg.get('num_classes'))
     try:
         return build()
     except Exception as e:  # say which weights failed and what to do, for the errors that are about the weights
@@ -537,6 +557,22 @@ def build_dummy_patch_vit(
         if explained is None:
             raise
         raise explained from e
+
+
+def _cfg_source(variant: str, cfg: Dict[str, Any]) -> str:
+    if cfg.get('source') == 'local-dir':
+        return f"config.json of local-dir:{cfg.get('file')}"
+    if cfg.get('source') == 'hf-hub':
+        return f"config.json of hf-hub:{cfg.get('hf_hub_id')}"
+    return f"the pretrained cfg of {variant}{'.' + cfg['tag'] if cfg.get('tag') else ''}"
+
+
+def _restore_num_classes(build: Callable[[], nn.Module], num_classes: Optional[int]) -> nn.Module:
+    model = build()
+    cfg = getattr(model, 'pretrained_cfg', None)
+    if isinstance(cfg, dict):  # the weights' class count, as timm records it
+        cfg['num_classes'] = num_classes
+    return model
 
 
 def family_filter_fn(model: nn.Module) -> Optional[Callable]:

@@ -10,17 +10,87 @@ import pickle
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+from timm_mlit.errors import UserInputError
 from . import _pretrained_tags as tags
 
-__all__ = ['PretrainedWeightsError', 'CheckpointMismatchError', 'explain_load_error', 'unpublished_on_public_hub']
+__all__ = ['PretrainedWeightsError', 'CheckpointMismatchError', 'UnknownTagError', 'explain_load_error',
+           'unpublished_on_public_hub', 'check_tag', 'check_data_config', 'MAX_CLASSES']
 
 
-class PretrainedWeightsError(RuntimeError):
+class PretrainedWeightsError(UserInputError, RuntimeError):
     """Pretrained weights could not be loaded; the message says why and what to do."""
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(UserInputError):
     """A checkpoint belongs to another architecture or model size."""
+
+
+class UnknownTagError(UserInputError, RuntimeError):
+    """``model.tag`` names a tag the architecture does not have (a RuntimeError as timm's own 'Invalid pretrained
+    tag'); the message lists the valid tags."""
+
+
+MAX_CLASSES = 100_000  # more than any classification dataset (ImageNet-21k: 21,841): a larger count is a typo
+
+
+def check_tag(architecture: str, pretrained_cfg: Any) -> None:
+    """Refuse ``pretrained_cfg`` when it is a tag (the part after the dot of ``mlit_xxs.c10``) that ``architecture``
+    does not have, listing the tags it has. Anything else (None, a dict, a PretrainedCfg) passes."""
+    if not isinstance(pretrained_cfg, str) or not pretrained_cfg:
+        return
+    from timm.models import get_arch_pretrained_cfgs
+    valid = [name.partition('.')[2] for name in get_arch_pretrained_cfgs(architecture)]
+    if pretrained_cfg in valid:
+        return
+    example = f' (e.g. {architecture}.{valid[0]}, the default, which the bare name {architecture} also loads)' \
+        if valid else ''
+    raise UnknownTagError(
+        f'{architecture}.{pretrained_cfg}: {architecture} has no pretrained tag {pretrained_cfg!r}; its tags are '
+        f'{", ".join(valid) or "none"}. Use one of them{example}.')
+
+
+def _numbers(value, length: Optional[int] = None) -> bool:
+    import math
+    return isinstance(value, (list, tuple)) and (length is None or len(value) == length) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+
+
+def check_data_config(cfg: Dict[str, Any], where: str, unknown_classes_ok: bool = True) -> None:
+    """Refuse a pretrained cfg (timm's ``pretrained_cfg``: a registry tag's, or a config.json's) whose data config
+    would make wrong predictions without a word: ``input_size`` not (C, H, W) positive integers, ``mean`` / ``std``
+    not C finite numbers, a ``std`` that is not > 0 (the normalisation divides by it), a ``crop_pct`` outside
+    (0, 1], or a ``num_classes`` that is not an integer from 0 (no classifier) to :data:`MAX_CLASSES`. ``where``
+    names the source in the message (e.g. 'config.json of local-dir:hub_cards/mlit_xxs.c10'). ``num_classes=-1`` is
+    timm's 'unknown' (train.py's ``--pretrained-path`` overlay sets it): allowed unless ``unknown_classes_ok`` is
+    False (a config.json records the classes of the weights it comes with)."""
+    problems = []
+    size = cfg.get('input_size')
+    chans = None
+    if size is not None:
+        if _numbers(size, 3) and all(isinstance(v, int) and v > 0 for v in size):
+            chans = size[0]
+        else:
+            problems.append(f'input_size {size!r} is not (channels, height, width), three positive integers')
+    for key in ('mean', 'std'):
+        value = cfg.get(key)
+        if value is None:
+            continue
+        if not _numbers(value) or (chans is not None and len(value) != chans):
+            problems.append(f'{key} {value!r} is not {chans or "one per channel"} finite numbers'
+                            f'{" (one per input channel)" if chans else ""}')
+        elif key == 'std' and not all(v > 0 for v in value):
+            problems.append(f'std {value!r} has a value that is not > 0 (the normalisation divides by it)')
+    crop = cfg.get('crop_pct')
+    if crop is not None and not (isinstance(crop, (int, float)) and not isinstance(crop, bool) and 0 < crop <= 1):
+        problems.append(f'crop_pct {crop!r} is not in (0, 1]')
+    classes = cfg.get('num_classes')
+    if classes is not None and not (isinstance(classes, int) and not isinstance(classes, bool) and (
+            0 <= classes <= MAX_CLASSES or (unknown_classes_ok and classes == -1))):
+        problems.append(f'num_classes {classes!r} is not an integer from 0 (no classifier) to {MAX_CLASSES}')
+    if problems:
+        raise PretrainedWeightsError(
+            f'{where}: the data config is not usable: {"; ".join(problems)}. Fix these fields (timm.models.save_for_hf '
+            f'writes them from the model\'s pretrained_cfg), or stage the folder again.')
 
 
 def _source(cfg: Dict[str, Any]) -> str:
@@ -146,6 +216,10 @@ def explain_load_error(model_name: str, cfg: Dict[str, Any], error: BaseExceptio
         return PretrainedWeightsError(
             f'{where} does not hold a state dict ({error}): pass a file saved from model.state_dict(), a train.py '
             f'checkpoint or a safetensors file.')
+    if isinstance(error, RuntimeError) and 'No suitable checkpoints found' in str(error):
+        return PretrainedWeightsError(
+            f'{where} holds no weights file for {full_name} (no model.safetensors or pytorch_model.bin): stage the '
+            f'folder again (mlit-push --stage-dir), or copy the weights into it as model.safetensors.')
     if isinstance(error, hf_errors.HfHubHTTPError):
         return PretrainedWeightsError(f'Downloading {full_name} from {where} failed: {error}')
     return None

@@ -38,6 +38,7 @@ import torch.nn as nn
 from timm.layers import LayerType, calculate_drop_path_rates, get_norm_layer
 from timm.models import generate_default_cfgs, register_model
 
+from timm_mlit.argtypes import check_model_kwargs
 from timm_mlit.layers import GroupedQueryAttention, MoEBlock, MoEFeedForward, NoisyTopKGate, SharedSwiGLUExperts, \
     expert_load, moe_loss
 from ._dummy_patch_vit import DummyPatchViT, block_count, build_dummy_patch_vit, zoo_cfg, filter_checkpoint
@@ -165,6 +166,8 @@ class MLiT(DummyPatchViT):
             dynamic_img_size: Accept any image size, resampling the position table to its grid (timm's ViT option).
             dynamic_img_pad: With ``dynamic_img_size``, pad images whose sides are not multiples of the patch.
         """
+        check_model_kwargs(dict(attn_drop_rate=attn_drop_rate, proj_drop_rate=proj_drop_rate,
+                                drop_path_rate=drop_path_rate), type(self).__name__)
         dd = {'device': device, 'dtype': dtype}
         norm_layer = get_norm_layer(norm_layer) or nn.LayerNorm
         hidden = hidden_sizes(depth, *hidden_dims)

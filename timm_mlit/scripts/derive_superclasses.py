@@ -27,8 +27,10 @@ import torch
 from timm.models import clean_state_dict, get_pretrained_cfg_value
 from tqdm import tqdm
 
-from timm_mlit._io import UserInputError, check_target, command, load_weights, write_text
+from timm_mlit._io import check_target, command, load_weights, write_text
+from timm_mlit.argtypes import MAX_CLASSES, int_in, nonneg_int, num_classes as num_classes_arg, positive_int
 from timm_mlit.data.superclasses import SuperclassMap
+from timm_mlit.errors import MissingInputError, UserInputError
 from timm_mlit.models import family_filter_fn  # importing the zoo's models registers them
 
 _logger = logging.getLogger(__name__)
@@ -229,29 +231,34 @@ def load_classifier(model_name: str, checkpoint, num_classes: Optional[int] = No
     defaults to the checkpoint's classifier; a different value is an error."""
     checkpoint = Path(checkpoint).expanduser()
     if not checkpoint.is_file():
-        raise FileNotFoundError(f'No checkpoint at {checkpoint}: pass the trained dense model\'s checkpoint.')
+        raise MissingInputError(f'No checkpoint at {checkpoint}: pass the trained dense model\'s checkpoint.')
     try:
         state = _state_dict(load_weights(checkpoint), use_ema)
     except Exception as e:  # truncated, not a checkpoint, or objects weights_only loading refuses
         detail = str(e).splitlines()[0] if str(e) else ''
-        raise ValueError(
+        raise UserInputError(
             f'--checkpoint {checkpoint} is not a readable checkpoint ({type(e).__name__}: {detail}); expected '
             f'train.py\'s model_best.pth.tar / last.pth.tar or a .safetensors state dict of the trained dense '
             f'model.') from e
     outputs = _classifier_outputs(model_name, state)
     if outputs is None:
-        raise ValueError(
+        raise UserInputError(
             f'{checkpoint} holds no classifier weights (e.g. an MAE encoder export); super-classes come from a '
             f'trained classifier\'s confusions, so pass a fine-tuned checkpoint.')
     if num_classes is not None and num_classes != outputs:
-        raise ValueError(f'{checkpoint} is a {outputs}-class classifier but --num-classes is {num_classes}.')
+        raise UserInputError(f'{checkpoint} is a {outputs}-class classifier but --num-classes is {num_classes}.')
     model = timm.create_model(model_name, pretrained=False, num_classes=outputs)
     # the model family's own filter (timm's convention: checkpoint_filter_fn beside the model class) checks the
     # architecture and adapts positions; a timm-format checkpoint otherwise passes through unchanged
     filter_fn = family_filter_fn(model)
     if filter_fn is not None:
         state = filter_fn(state, model)
-    model.load_state_dict(state, strict=True)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise UserInputError(f'--checkpoint {checkpoint} does not fit --model {model_name} '
+                             f'({str(e).splitlines()[0]}): pass the checkpoint of that model, or the --model it was '
+                             f'trained as.') from e
     return model.eval()
 
 
@@ -289,7 +296,7 @@ def _check_held_out_split(args, data_dir: Path) -> None:
     if not args.dataset:
         names = _EVAL_NAMES if split in _EVAL_NAMES else _TRAIN_NAMES if split in _TRAIN_NAMES else ()
         if not (data_dir / split).is_dir() and not any((data_dir / n).is_dir() for n in names):
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f'--data-dir {data_dir} has no {split}/ folder (--split {args.split}); timm would then read the whole '
                 f'folder, training images included, and the confusions would be measured on what the model was '
                 f'trained on. Pass --split NAME of the held-out folder (e.g. validation), or --split . if '
@@ -312,12 +319,12 @@ def main(argv: Optional[List[str]] = None) -> SuperclassMap:
     p.add_argument('--data-dir', required=True, help='dataset root')
     p.add_argument('--dataset', default='', help="timm dataset name (default '': ImageFolder)")
     p.add_argument('--split', default='validation', help='the held-out split (default: validation)')
-    p.add_argument('--num-classes', type=int, default=None, help="default: the checkpoint's classifier")
-    p.add_argument('--num-superclasses', type=int, default=10, help='E, one per expert (default: 10)')
-    p.add_argument('--batch-size', type=int, default=256)
-    p.add_argument('--workers', type=int, default=2)
+    p.add_argument('--num-classes', type=num_classes_arg, default=None, help="default: the checkpoint's classifier")
+    p.add_argument('--num-superclasses', type=int_in(2, MAX_CLASSES, expected='an integer >= 2'), default=10, help='E, one per expert (default: 10)')
+    p.add_argument('--batch-size', type=positive_int, default=256)
+    p.add_argument('--workers', type=nonneg_int, default=2)
     p.add_argument('--device', default='cpu')
-    p.add_argument('--seed', type=int, default=0, help='k-means seed')
+    p.add_argument('--seed', type=nonneg_int, default=0, help='k-means seed')
     p.add_argument('--output', required=True, help='the map, PATH.json (the confusion matrix goes to '
                                                    'PATH.confusion.csv beside it)')
     p.add_argument('--overwrite', action='store_true', help='replace an existing --output map and confusion matrix')
@@ -328,6 +335,9 @@ def main(argv: Optional[List[str]] = None) -> SuperclassMap:
         p.error(f'--output must be a .json path (load_superclass_map reads maps by suffix); got {output}.')
     if args.num_superclasses < 2:
         p.error(f'--num-superclasses must be at least 2; got {args.num_superclasses}.')
+    if not timm.is_model(args.model):
+        p.error(f'--model {args.model}: not a registered timm model; expected the dense baseline, e.g. maevit_c100 '
+                f'(timm.list_models() lists them). Fix the name.')
     csv = output.with_name(output.stem + '.confusion.csv')
     for path in (output, csv):  # before the evaluation: the user's files are never replaced unasked
         try:
@@ -336,7 +346,7 @@ def main(argv: Optional[List[str]] = None) -> SuperclassMap:
             p.error(str(e))
     data_dir = Path(args.data_dir).expanduser()
     if not args.dataset and not data_dir.is_dir():
-        raise FileNotFoundError(f'--data-dir {data_dir}: no such folder; expected the dataset root (an ImageFolder '
+        raise MissingInputError(f'--data-dir {data_dir}: no such folder; expected the dataset root (an ImageFolder '
                                 f'with a {args.split}/ folder of class folders, or torchvision\'s files with --dataset).')
     _check_held_out_split(args, data_dir)
     device = torch.device(args.device)
@@ -344,12 +354,12 @@ def main(argv: Optional[List[str]] = None) -> SuperclassMap:
     model = load_classifier(args.model, args.checkpoint, num_classes=args.num_classes, use_ema=args.use_ema)
     num_classes = model.num_classes if hasattr(model, 'num_classes') else args.num_classes
     if not args.num_superclasses <= num_classes:
-        raise ValueError(f'--num-superclasses {args.num_superclasses} exceeds the {num_classes} classes.')
+        raise UserInputError(f'--num-superclasses {args.num_superclasses} exceeds the {num_classes} classes.')
 
     dataset = timm.data.create_dataset(args.dataset, root=str(data_dir), split=args.split, is_training=False)
     class_names = dataset_class_names(dataset)
     if class_names is not None and len(class_names) != num_classes:
-        raise ValueError(
+        raise UserInputError(
             f'The {args.split!r} split has {len(class_names)} classes but the model is a {num_classes}-class '
             f'classifier; the map would not match the model\'s labels.')
     config = timm.data.resolve_data_config({}, model=model)
@@ -371,4 +381,5 @@ def main(argv: Optional[List[str]] = None) -> SuperclassMap:
 
 
 if __name__ == '__main__':
-    main()
+    from timm_mlit.errors import run_command
+    run_command('mlit-derive-superclasses', main)
