@@ -47,8 +47,8 @@ def test_mlit_macs_are_the_readmes_on_any_torch(name):
 
 @pytest.mark.parametrize('fused', [True, False], ids=['sdpa', 'matmuls'])
 def test_a_model_whose_only_work_is_attention_counts_qk_and_av(fused):
-    """B·H·L²·(d_k + d_v) MACs, whether the attention is F.scaled_dot_product_attention (on the CPU its fused kernel,
-    which torch's own counter skips) or written out as matmuls."""
+    """B·H·L²·(d_k + d_v) MACs, whether the attention is F.scaled_dot_product_attention (on the CPU its fused
+    kernel, which torch's own counter skips) or written out as matmuls."""
     B, H, L, d = 2, 3, 17, 8
     macs = count_macs(_AttentionOnly(H, fused), torch.randn(B, L, 3 * H * d))
     assert macs == B * H * L * L * (d + d) > 0
