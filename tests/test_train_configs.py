@@ -310,3 +310,10 @@ def test_cosine_is_not_shifted_past_the_warmup(path):
     assert f'{100 * 0.5 * (1 + math.cos(math.pi * warm / total)):.1f}% of the peak' in path.read_text()
     before = scheduler._get_lr(t - 1)[0]  # the warm-up's last value: (t-1)/t of the way to the peak
     assert before == pytest.approx(args.warmup_lr + (t - 1) / t * (1 - args.warmup_lr))
+
+
+def test_the_package_knows_the_same_train_py_keys_as_these_tests():
+    """mlit-config checks a user's recipe against timm_mlit.configs.TRAIN_PY_KEYS, a copy of train.py's arguments:
+    it must not drift from the record these tests build train.py's args from."""
+    from timm_mlit.configs import TRAIN_PY_KEYS
+    assert TRAIN_PY_KEYS == frozenset(TRAIN_PY_DEFAULTS)
