@@ -91,3 +91,13 @@ def smooth_folder(tmp_path):
     for i, img in enumerate(smooth_images(128)):
         Image.fromarray(img).save(folder / f'{i:05d}.png')
     return tmp_path / 'smooth'
+
+
+@pytest.fixture
+def outside(tmp_path):
+    """A file outside the folder under test (a stand-in for ~/.cache/huggingface/token), for symlink escapes."""
+    folder = tmp_path / 'elsewhere'
+    folder.mkdir()
+    secret = folder / 'token'
+    secret.write_text('hf_secret')
+    return secret

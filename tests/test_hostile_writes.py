@@ -19,15 +19,6 @@ from timm_mlit import _io
 from test_io import make, snapshot
 
 
-@pytest.fixture
-def outside(tmp_path):
-    folder = tmp_path / 'elsewhere'
-    folder.mkdir()
-    secret = folder / 'token'
-    secret.write_text('hf_secret')
-    return secret
-
-
 def _refused(run, target: Path, outside: Path, exceptions=(SystemExit,)):
     """``run()`` refuses (raises one of ``exceptions``, a SystemExit with status 2) and changes nothing."""
     before = snapshot(target) if os.path.lexists(target) else None

@@ -56,15 +56,6 @@ SPECIAL = ['fifo', 'socket', 'folder', 'symlink to a file', 'symlink to a folder
            'character device']
 
 
-@pytest.fixture
-def outside(tmp_path):
-    folder = tmp_path / 'elsewhere'
-    folder.mkdir()
-    secret = folder / 'token'
-    secret.write_text('hf_secret')
-    return secret
-
-
 @pytest.mark.parametrize('overwrite', [False, True])
 @pytest.mark.parametrize('kind', SPECIAL)
 def test_atomic_write_never_replaces_what_is_not_a_regular_file(kind, overwrite, tmp_path, outside):
