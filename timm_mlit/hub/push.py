@@ -251,6 +251,8 @@ def verify_staged(folder, model_name: Optional[str] = None):
     if not folder.is_dir():
         raise PushError(f'No staged folder at {folder}: stage one with {PUSH_CMD} --model MODEL.TAG --run-dir RUN '
                         f'--stage-dir {STAGE_DIR}/ (from a clone: {PUSH_SCRIPT} ...).')
+    for file in REPO_FILES:  # each a regular file of the folder: a symlink out of it is never read or published
+        file_inside(folder, file, '--staged', missing_ok=True)
     missing = [f for f in REPO_FILES if not (folder / f).is_file()]
     if missing:
         raise PushError(f'{folder} lacks {", ".join(missing)}: it is not a complete staged folder. Stage it again.')
@@ -295,8 +297,6 @@ def publish_staged(folder, repo_id: Optional[str] = None, token: Optional[str] =
     write its card beside the folder as ``<model>.<tag>.md``, the record of a published repo. Each file must be a
     regular file inside the folder (a symlink out of it is refused, never published), and what is uploaded is a
     copy taken of the verified files."""
-    for file in REPO_FILES:
-        file_inside(folder, file, '--staged', missing_ok=True)
     name, _ = verify_staged(folder)
     if repo_id is None:
         if find_variant(name) is None:

@@ -21,6 +21,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 import torch.nn as nn
 
+from timm_mlit._io import load_safetensors
 from ._load_errors import PretrainedWeightsError, check_data_config
 
 __all__ = ['WEIGHTS_FILE', 'check_hub_config', 'verify_hub_folder', 'install_source_checks', 'is_zoo_model']
@@ -197,7 +198,6 @@ def verify_hub_folder(folder, model_name: Optional[str] = None) -> Tuple[str, Di
     must be of the config's architecture. Returns (architecture, config, the loaded model); raises
     :class:`~._load_errors.PretrainedWeightsError` naming the file and the fix."""
     import timm
-    from safetensors.torch import load_file
     folder = Path(folder)
     where = f'config.json of local-dir:{folder}'
     if not (folder / 'config.json').is_file():
@@ -214,7 +214,7 @@ def verify_hub_folder(folder, model_name: Optional[str] = None) -> Tuple[str, Di
     if not (folder / WEIGHTS_FILE).is_file():
         raise PretrainedWeightsError(f'{folder} has no {WEIGHTS_FILE}; expected {_FOLDER_HINT}.')
     model = timm.create_model(f'local-dir:{folder}', pretrained=True)
-    file_head = _head(load_file(str(folder / WEIGHTS_FILE)))
+    file_head = _head(load_safetensors(folder / WEIGHTS_FILE))
     model_head = _head(model.state_dict())
     classes = config.get('num_classes')
     if set(file_head) != set(model_head) or any(not torch.equal(file_head[k], model_head[k]) for k in file_head):
