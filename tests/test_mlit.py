@@ -13,6 +13,8 @@ import timm_mlit
 from timm_mlit.layers import MoEFeedForward
 from timm_mlit.models.mlit import checkpoint_filter_fn, experts_per_layer, hidden_sizes
 
+from helpers import needs_grouped_mm
+
 # name: (params without head: Table 1, with a 100-class head: Table 8)
 PAPER_PARAMS = {'mlit_s': (2.36e6, 2.38e6), 'mlit_xs': (1.21e6, 1.22e6), 'mlit_xxs': (0.66e6, 0.67e6)}
 # exact counts of this implementation (the README quotes them)
@@ -344,32 +346,46 @@ def _count_grouped_calls(monkeypatch):
     return calls
 
 
-def test_expert_matmul_is_a_create_model_argument(monkeypatch):
-    """create_model(..., expert_matmul='dense') reaches every expert layer, takes the dense matmul only and gives
-    'auto''s outputs and MoE loss at a fixed seed; 'grouped' (and 'auto' where it pays) take the grouped GEMM."""
-    calls = _count_grouped_calls(monkeypatch)
-    x = _x()
+def _matmul_runs(model_name, matmuls, calls, x):
+    """Per expert_matmul: (state dict, eval output, train output, MoE loss, grouped-GEMM calls) at fixed seeds."""
     runs = {}
-    for matmul in ('auto', 'dense', 'grouped'):
+    for matmul in matmuls:
         torch.manual_seed(0)
-        model = timm.create_model('mlit_xxs', expert_matmul=matmul)
-        assert [blk.mlp.experts.expert_matmul for blk in model.blocks] == [matmul] * 9
+        model = timm.create_model(model_name, expert_matmul=matmul)
+        assert [blk.mlp.experts.expert_matmul for blk in model.blocks] == [matmul] * len(model.blocks)
         calls.clear()
         with torch.no_grad():
             eval_out = model.eval()(x)
         torch.manual_seed(1)
         train_out = model.train()(x)
         runs[matmul] = (model.state_dict(), eval_out, train_out.detach(), model.moe_loss().detach(), len(calls))
+    return runs
+
+
+def test_expert_matmul_is_a_create_model_argument(monkeypatch):
+    """create_model(..., expert_matmul='dense') reaches every expert layer, takes the dense matmul only and gives
+    'auto''s state dict, outputs and MoE loss at a fixed seed (on every torch: no mLiT-XXS layer pays for the
+    grouped GEMM, so 'auto' is dense too)."""
+    calls = _count_grouped_calls(monkeypatch)
+    runs = _matmul_runs('mlit_xxs', ('auto', 'dense'), calls, _x())
     (auto_sd, *auto_out, auto_calls), (dense_sd, *dense_out, dense_calls) = runs['auto'], runs['dense']
-    assert dense_calls == 0 and auto_calls == 0  # no XXS layer pays for the grouped GEMM: 'auto' is dense too
-    assert runs['grouped'][-1] == 2 * 9  # eval and train forward, every layer
+    assert dense_calls == 0 and auto_calls == 0
     assert auto_sd.keys() == dense_sd.keys() and all(torch.equal(auto_sd[k], dense_sd[k]) for k in auto_sd)
     for a, d in zip(auto_out, dense_out):
         assert torch.equal(a, d)
-    for a, g in zip(auto_out, runs['grouped'][1:4]):
+
+
+@needs_grouped_mm
+def test_expert_matmul_grouped_through_create_model(monkeypatch):
+    """'grouped' takes the grouped GEMM in every layer with 'auto''s results up to rounding; on mlit_s, where 'auto'
+    takes it on a CPU, 'dense' turns it off with the same outputs up to rounding."""
+    calls = _count_grouped_calls(monkeypatch)
+    x = _x()
+    runs = _matmul_runs('mlit_xxs', ('auto', 'grouped'), calls, x)
+    assert runs['grouped'][-1] == 2 * 9  # eval and train forward, every layer
+    for a, g in zip(runs['auto'][1:4], runs['grouped'][1:4]):
         torch.testing.assert_close(a, g, atol=1e-5, rtol=1e-4)
 
-    # mlit_s, where 'auto' takes the grouped GEMM on a CPU: 'dense' turns it off, same outputs up to rounding
     outs = {}
     for matmul in ('auto', 'dense'):
         torch.manual_seed(0)
