@@ -18,8 +18,8 @@ from huggingface_hub import HfApi
 from safetensors.torch import save_file
 
 import timm_mlit  # noqa: F401  registers the models
-from timm_mlit.models._pretrained_tags import PUBLISHED, hub_repo_id
-from timm_mlit.models.mlit import VARIANTS
+from timm_mlit.models._pretrained_tags import PUBLISHED, STAGED, hub_repo_id
+from timm_mlit.models.mlit import TAGS
 from timm_mlit.testing.local_hub import LocalHubServer
 from timm_mlit.models.mlit import default_cfgs
 
@@ -71,13 +71,16 @@ def _push(hub, home, args, token=True):
 COMPARE = '''
 import sys, torch, timm, timm_mlit
 from safetensors.torch import load_file
+from timm_mlit.testing.tag_states import tag_states
 expected = load_file({expected!r})
-for how in {hows!r}:
-    model = timm.create_model(how, pretrained=True)
-    state = model.state_dict()
-    assert set(state) == set(expected), how
-    assert all(torch.equal(state[k], expected[k]) for k in expected), how
-    print('identical', how)
+with tag_states(published={published!r}):  # the package as it is once the tag is published (PUBLISHED)
+    assert timm.is_model_pretrained('mlit_xxs.c10') == bool({published!r})
+    for how in {hows!r}:
+        model = timm.create_model(how, pretrained=True)
+        state = model.state_dict()
+        assert set(state) == set(expected), how
+        assert all(torch.equal(state[k], expected[k]) for k in expected), how
+        print('identical', how)
 '''
 
 
@@ -94,7 +97,8 @@ def test_push_then_load_bit_for_bit_online_and_offline(hub, tmp_path):
     assert config['architecture'] == 'mlit_xxs' and config['num_classes'] == 10
     assert files['README.md'].decode() == (tmp_path / 'cards' / 'mlit_xxs.c10.md').read_text()
 
-    code = COMPARE.format(expected=str(run / 'expected.safetensors'), hows=['mlit_xxs.c10', f'hf-hub:{repo}'])
+    code = COMPARE.format(expected=str(run / 'expected.safetensors'), hows=['mlit_xxs.c10', f'hf-hub:{repo}'],
+                          published=['mlit_xxs.c10'])
     online = _client(hub, home, code)
     assert online.returncode == 0, online.stderr
     assert online.stdout.count('identical') == 2
@@ -194,7 +198,8 @@ def test_load_errors_name_the_repo_and_the_fix(hub, tmp_path, case):
         expect = [r'Hub repo me/model .* does not hold mlit_xxs weights', 'embed_dim=144 and 15 blocks']
     elif case == 'unpublished':
         name = 'mlit_xxs.svhn'
-        expect = ['No weights are published yet for mlit_xxs.svhn', 'mlit-config table6_scratch_svhn', 'push_to_hub.py']
+        expect = ['No weights exist for mlit_xxs.svhn', 'pretrained=False', 'mlit-config table6_scratch_svhn',
+                  'push_to_hub.py']
     else:
         name, offline = 'mlit_xxs.c100', True
         expect = ['mlit_xxs.c100 .* not in the local cache', 'HF_HUB_OFFLINE']
@@ -226,17 +231,23 @@ def test_published_tags_cfgs_and_cards_agree():
         meta = yaml.safe_load(re.match(r'^---\n(.*?)\n---', card, re.S)[1])
         assert f"hf-hub:{cfg.hf_hub_id}'" in card and cfg.hf_hub_id == hub_repo_id(model, tag)
         assert meta['license'] == cfg.license and meta['library_name'] == 'timm'
-        if VARIANTS[tag].num_classes:
+        if TAGS[tag].num_classes:
             assert meta['model-index'][0]['results'][0]['metrics'][0]['type'] == 'accuracy'
 
 
-def test_every_variant_has_a_cfg_with_its_repo():
+def test_every_tag_has_a_cfg_with_weights_only_where_they_load():
+    """Each tag's cfg names its Hub repo only once the tag is published, and no weights at all for a recipe: timm
+    lists a model as pretrained when its cfg has weights (hf_hub_id, url or file)."""
     for model in ('mlit_s', 'mlit_xs', 'mlit_xxs'):
         default = default_cfgs[model]
         assert default.tags[0] == 'mae_c100_ft_c100_300e'  # the default tag
-        for tag, variant in VARIANTS.items():
+        for tag, record in TAGS.items():
             cfg = default.cfgs[tag]
-            assert cfg.hf_hub_id == f'timm-mlit/{model}.{tag}' and cfg.num_classes == variant.num_classes
+            assert cfg.num_classes == record.num_classes
+            if f'{model}.{tag}' in PUBLISHED:
+                assert cfg.hf_hub_id == f'timm-mlit/{model}.{tag}'
+            else:
+                assert not cfg.hf_hub_id and not cfg.url and (not cfg.file or f'{model}.{tag}' in STAGED)
             assert cfg.input_size == (3, 36, 36) and cfg.mean == (0.5,) * 3 and cfg.crop_pct == 1.0
             assert cfg.license == 'apache-2.0'
     assert timm.create_model('mlit_xs.c10').num_classes == 10

@@ -26,11 +26,10 @@ TOP = 'timm_mlit'
 RANKS: Dict[str, int] = {
     # -1: the one writer of files and reader of untrusted checkpoints, which everything else may use
     'timm_mlit._io': -1,
-    # 0: building blocks that know no model: layers, data (incl. the super-class maps), the shipped recipes
+    # 0: building blocks that know no model: layers, data (incl. the super-class maps), the shipped recipe files
     'timm_mlit.errors': -2,  # UserInputError and run_command: what every command refuses input with
     'timm_mlit.argtypes': 0,  # the argparse type= functions every command checks its arguments with
     'timm_mlit.configs': 0,
-    'timm_mlit.recipes': 0,  # the recipe files by name (configs' lookup; its main is mlit-config)
     'timm_mlit.layers': 0,
     'timm_mlit.data': 0,
     # 1: the timm model families, their pretrained tags and load errors
@@ -38,6 +37,7 @@ RANKS: Dict[str, int] = {
     # 2: what is built on the models: MAE pre-training, publishing, training hooks, export, measuring, fixtures
     'timm_mlit.mae': 2,
     'timm_mlit.hub': 2,
+    'timm_mlit.recipes': 2,  # mlit-config: the recipe files by name, and the tags' recipes (the models' tag records)
     'timm_mlit.training': 2,
     'timm_mlit.export': 2,
     'timm_mlit.profiling': 2,
@@ -181,7 +181,7 @@ def test_no_module_level_cycle():
     ('from timm_mlit.hub.card import X', ['timm_mlit.hub.card']),  # ranked by its package, timm_mlit.hub
     ('def f():\n    from timm_mlit.hub import push', ['timm_mlit.hub.push']),
     ('import timm_mlit.models.mlit', ['timm_mlit.models.mlit']),
-    ('from ..hub import variants', ['timm_mlit.hub.variants']),
+    ('from ..hub import tag_info', ['timm_mlit.hub.tag_info']),
     ('import os\nfrom timm import models', []),
 ])
 def test_the_scan_sees_every_kind_of_import(source, expected, monkeypatch, tmp_path):

@@ -281,11 +281,11 @@ def test_checkpoint_of_another_model_is_refused_clearly(tmp_path):
         checkpoint_filter_fn(vit.state_dict(), timm.create_model('mlit_xxs'))
 
 
-def test_pretrained_weights_not_published_yet_say_so_without_a_download():
+def test_pretrained_weights_that_do_not_exist_say_so_without_a_download():
     with pytest.raises(timm_mlit.models.PretrainedWeightsError) as err:
         timm.create_model('mlit_xxs', pretrained=True)
     msg = str(err.value)
-    assert 'No weights are published yet for mlit_xxs.mae_c100_ft_c100_300e' in msg
+    assert 'No weights exist for mlit_xxs.mae_c100_ft_c100_300e' in msg
     assert 'timm-mlit/mlit_xxs.mae_c100_ft_c100_300e' in msg and 'mlit-config table4_finetune_cifar100' in msg
     assert 'mlit-push' in msg and 'push_to_hub.py' in msg  # the installed command, then the clone's script
 

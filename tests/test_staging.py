@@ -26,10 +26,11 @@ from safetensors.torch import load_file
 from timm.utils import CheckpointSaver, accuracy, update_summary
 
 import timm_mlit  # noqa: F401
-from timm_mlit.hub import variants
-from timm_mlit.models import PretrainedWeightsError, _pretrained_tags
-from timm_mlit.models.mlit import VARIANTS
+from timm_mlit.hub import tag_info
+from timm_mlit.models import PretrainedWeightsError, _pretrained_tags, verify_hub_folder
+from timm_mlit.models.mlit import TAGS
 from timm_mlit.testing.local_hub import LocalHubServer
+from timm_mlit.testing.tag_states import tag_states
 from timm_mlit.hub.push import PushError, main as push_main, publish_staged, stage
 from timm_mlit.hub.records import RunRecordError, check_against_tag, read_run
 from timm_mlit.hub.run_info import write_run_info
@@ -103,8 +104,8 @@ def short_recipe(tmp_path, monkeypatch):
     text = re.sub(r'(?m)^epochs: 100', f'epochs: {EPOCHS}', text)
     text = re.sub(r'(?m)^batch_size: 256', f'batch_size: {BATCH}', text)
     (configs / 'table6_scratch_cifar10.yaml').write_text(text)
-    monkeypatch.setattr(variants, '_CONFIG_DIR', configs)
-    monkeypatch.setitem(VARIANTS, 'c10', dataclasses.replace(VARIANTS['c10'], epochs=EPOCHS))
+    monkeypatch.setattr(tag_info, '_CONFIG_DIR', configs)
+    monkeypatch.setitem(TAGS, 'c10', dataclasses.replace(TAGS['c10'], epochs=EPOCHS))
 
 
 def _card_meta(card: str):
@@ -178,7 +179,7 @@ def test_staging_refuses_runs_that_are_not_the_tag(finished_run, data, short_rec
     refused(copy('nodata', run_info={'hardware': 'x', 'wall_time_s': 3}), r'record which dataset it is')
     unfinished = copy('unfinished', {'epochs': EPOCHS + 1})
     refused(unfinished, r'logged 2 of its 3 epochs|epochs trained')
-    real_tag = dataclasses.replace(VARIANTS['c10'], epochs=100)  # the tag as published: 100 epochs
+    real_tag = dataclasses.replace(TAGS['c10'], epochs=100)  # the tag as published: 100 epochs
     with pytest.raises(RunRecordError, match=r'epochs trained 2 \(the tag: 100\)'):
         check_against_tag(read_run(finished_run), 'mlit_xxs.c10', real_tag, finished_run)
     torch.save({'epoch': 0, 'state_dict': {}}, tmp_path / 'first.pth.tar')
@@ -223,10 +224,12 @@ def test_publish_a_staged_folder_then_pretrained_loads_it(finished_run, short_re
         env = {k: v for k, v in os.environ.items() if not k.startswith('HF_')}
         env.update(HF_ENDPOINT=hub.endpoint, HF_HOME=str(tmp_path / 'home'), HF_TOKEN=TOKEN)
         code = (f"import torch, timm, timm_mlit\nfrom safetensors.torch import load_file\n"
+                f"from timm_mlit.testing.tag_states import tag_states\n"
                 f"staged = load_file({str(folder / 'model.safetensors')!r})\n"
-                f"for how in ('mlit_xxs.c10', 'hf-hub:{repo_id}'):\n"
-                f"    m = timm.create_model(how, pretrained=True)\n"
-                f"    assert all(torch.equal(m.state_dict()[k], v) for k, v in staged.items()), how\n"
+                f"with tag_states(published={{'mlit_xxs.c10'}}):  # the package once the tag is in PUBLISHED\n"
+                f"    for how in ('mlit_xxs.c10', 'hf-hub:{repo_id}'):\n"
+                f"        m = timm.create_model(how, pretrained=True)\n"
+                f"        assert all(torch.equal(m.state_dict()[k], v) for k, v in staged.items()), how\n"
                 f"print('identical')")
         result = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0 and 'identical' in result.stdout, result.stderr[-2000:]
@@ -242,14 +245,33 @@ def test_publishing_refuses_a_broken_staged_folder(finished_run, short_recipe, t
         publish_staged(folder, endpoint='http://127.0.0.1:9', token=TOKEN)
 
 
-def test_a_staged_but_unpublished_tag_points_at_the_folder(monkeypatch):
-    monkeypatch.setattr(_pretrained_tags, 'STAGED', frozenset({'mlit_xxs.c10'}))
-    with pytest.raises(PretrainedWeightsError) as e:
-        timm.create_model('mlit_xxs.c10', pretrained=True)
+def test_a_staged_tag_loads_by_its_name_from_a_clone(finished_run, short_recipe, tmp_path):
+    """A run staged into the clone's stage folder (here a temporary one) and named in STAGED: timm lists the tag as
+    pretrained and pretrained=True loads the staged weights, without publishing; the bare name keeps its default."""
+    folder = stage('mlit_xxs.c10', finished_run, tmp_path / 'hub_cards')
+    staged = load_file(str(folder / 'model.safetensors'))
+    before = timm.list_models('mlit*', pretrained=True)
+    with tag_states(published=(), staged={'mlit_xxs.c10'}, stage_root=tmp_path / 'hub_cards'):
+        assert timm.list_models('mlit*', pretrained=True) == ['mlit_xxs.c10']
+        model = timm.create_model('mlit_xxs.c10', pretrained=True)
+        assert all(torch.equal(model.state_dict()[k], v) for k, v in staged.items())
+        assert model.pretrained_cfg['file'] == str(folder / 'model.safetensors')
+        assert timm.create_model('mlit_xxs').num_classes == 100  # the default tag is still the bare name's
+    assert timm.list_models('mlit*', pretrained=True) == before  # the package's own states, registered again
+
+
+def test_a_staged_tag_without_its_folder_says_how_to_get_it(tmp_path):
+    """An installed package has no hub_cards/: the staged tag is not listed, and pretrained=True says where it is."""
+    with tag_states(staged={'mlit_xxs.c10'}, stage_root=tmp_path / 'hub_cards'):
+        assert 'mlit_xxs.c10' not in timm.list_models('mlit*', pretrained=True)
+        with pytest.raises(PretrainedWeightsError) as e:
+            timm.create_model('mlit_xxs.c10', pretrained=True)
     message = str(e.value)
     assert 'staged in the timm-mlit repository (hub_cards/mlit_xxs.c10/) but not published' in message
+    assert 'this installation has no copy of that folder' in message
     assert "timm.create_model('local-dir:hub_cards/mlit_xxs.c10', pretrained=True)" in message
     assert 'mlit-push --staged hub_cards/mlit_xxs.c10 (from a clone: python train_scripts/push_to_hub.py' in message
+    assert "pretrained=False" in message
 
 
 def test_the_registry_lists_what_is_staged_and_published():
@@ -259,7 +281,8 @@ def test_the_registry_lists_what_is_staged_and_published():
     for name in folders:
         assert {p.name for p in (ROOT / 'hub_cards' / name).iterdir()} == {'README.md', 'config.json',
                                                                            'model.safetensors'}
-        assert _pretrained_tags.find_variant(name) is not None
+        assert _pretrained_tags.find_tag(name) is not None
+        verify_hub_folder(ROOT / 'hub_cards' / name, name)  # what pretrained=True loads, checked as publishing does
 
 
 # --- the push command: the checkpoint must fit the tag, the card comes from the run ----------------------------

@@ -12,8 +12,8 @@ import torch
 import yaml
 
 from .records import RunInfo, read_run
-from timm_mlit.models._pretrained_tags import find_variant
-from .variants import DATASETS, PAPER_SOURCE, PAPER_TOP1
+from timm_mlit.models._pretrained_tags import find_tag
+from .tag_info import DATASETS, PAPER_SOURCE, PAPER_TOP1
 
 __all__ = ['RunInfo', 'read_run', 'render_card', 'card_metadata', 'JPEG_CAVEAT']
 
@@ -67,7 +67,7 @@ def render_card(model_name: str, model: torch.nn.Module, repo_id: str, run: RunI
     ``deviations``: where the run departs from the tag's recipe (pushed with --off-recipe); the card says so first."""
     cfg = model.pretrained_cfg
     arch = cfg.get('architecture') or model_name.split('.')[0]
-    variant = find_variant(model_name)
+    pretrained_tag = find_tag(model_name)
     meta = card_metadata(model_name, repo_id, cfg.get('license') or 'apache-2.0', run)
     params = sum(p.numel() for p in model.parameters())
     display = DATASETS.get(run.dataset, (_unnamed(run),))[0]
@@ -75,7 +75,7 @@ def render_card(model_name: str, model: torch.nn.Module, repo_id: str, run: RunI
     lines = [
         '---', yaml.safe_dump(meta, sort_keys=False).strip(), '---', '',
         f'# Model card for {repo_id.split("/")[-1]}', '',
-        (variant.description if variant else cfg.get('description') or f'An {arch} trained with timm_mlit.'), '',
+        (pretrained_tag.description if pretrained_tag else cfg.get('description') or f'An {arch} trained with timm_mlit.'), '',
     ]
     if deviations:
         lines += [
@@ -126,9 +126,9 @@ def render_card(model_name: str, model: torch.nn.Module, repo_id: str, run: RunI
                 '', '| epoch | top-1 % | top-5 % |', '|---|---|---|',
                 f'| final ({run.final["epoch"] + 1}) | {run.final["top1"]} | {run.final["top5"] or ""} |',
                 f'| best on the test split ({run.best["epoch"] + 1}) | {run.best["top1"]} | {run.best["top5"] or ""} |']
-        paper = PAPER_TOP1.get(variant.tag, {}).get(arch) if variant else None
+        paper = PAPER_TOP1.get(pretrained_tag.tag, {}).get(arch) if pretrained_tag else None
         if paper is not None:
-            lines += ['', f'The paper reports {paper}% top-1 for this setting ({PAPER_SOURCE[variant.tag]}).']
+            lines += ['', f'The paper reports {paper}% top-1 for this setting ({PAPER_SOURCE[pretrained_tag.tag]}).']
     else:
         lines.append(f'Final pre-training loss (mLiT Eq. 16) {run.metrics["mae_loss"]}, of which masked-patch MSE '
                      f'{run.metrics["mse_masked"]}.')

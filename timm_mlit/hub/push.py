@@ -41,7 +41,8 @@ from timm_mlit.models import (  # importing the models registers them
 from timm_mlit.profiling import count_macs
 from .card import render_card
 from .records import RunInfo, RunRecordError, check_against_tag, read_run
-from timm_mlit.models._pretrained_tags import PUSH_CMD, PUSH_SCRIPT, STAGE_DIR, find_variant, hub_repo_id
+from timm_mlit.models._load_errors import PUSH_CMD, PUSH_SCRIPT, training_step
+from timm_mlit.models._pretrained_tags import STAGE_DIR, find_tag, hub_repo_id, tags_of
 
 __all__ = ['PushError', 'read_checkpoint', 'load_for_push', 'write_repo_files', 'push', 'stage', 'verify_staged',
            'publish_staged', 'main']
@@ -94,11 +95,11 @@ def _head_classes(state: Dict[str, torch.Tensor]) -> Optional[int]:
 
 
 def _check_model_name(model_name: str) -> None:
-    from timm_mlit.models.mlit import MODELS, VARIANTS
+    from timm_mlit.models.mlit import MODELS, TAGS
     arch, _, tag = model_name.partition('.')
     if not timm.is_model(arch):
         raise PushError(f'Unknown model {arch!r} (--model {model_name}): expected one of {", ".join(MODELS)} with a '
-                        f'tag, e.g. mlit_xxs.c10 (tags: {", ".join(VARIANTS)}).')
+                        f'tag, e.g. mlit_xxs.c10 (tags: {", ".join(TAGS)}).')
     tags = [name.partition('.')[2] for name in get_arch_pretrained_cfgs(arch)]
     if tag and tag not in tags:
         raise PushError(f'Unknown tag {tag!r} for {arch} (--model {model_name}): expected one of {", ".join(tags)}.')
@@ -111,16 +112,18 @@ def load_for_push(model_name: str, checkpoint, use_ema: bool = False, num_classe
     reads take tensors and plain data only (``weights_only=True``, train.py's ``args`` Namespace allowed)."""
     _check_model_name(model_name)
     state = read_checkpoint(checkpoint, use_ema=use_ema)
-    variant = find_variant(model_name)
+    pretrained_tag = find_tag(model_name)
     head = _head_classes(state)
-    if variant is not None:
-        expected = variant.num_classes
+    if pretrained_tag is not None:
+        expected = pretrained_tag.num_classes
         if expected and head is None:
+            arch = model_name.split('.')[0]
+            encoders = [f'{arch}.{t.tag}' for t in tags_of(arch).values() if t.kind == 'mae']
             raise PushError(
                 f'{checkpoint} holds no classifier head (a headless encoder, such as MAE\'s encoder.safetensors), but '
-                f'{model_name} is a {expected}-class classifier: publishing it would publish a random head. Fine-tune '
-                f'it first ({variant.commands(model_name.split(".")[0])["produce"]}), or push it under the encoder '
-                f'tag {model_name.split(".")[0]}.mae_c100.')
+                f'{model_name} is a {expected}-class classifier: publishing it would publish a random head. Train the '
+                f'classifier first ({training_step(arch, pretrained_tag)[1]}), or push the encoder under '
+                f'{" or ".join(encoders) or "an encoder tag"}.')
         if expected and head != expected:
             raise PushError(f'{checkpoint} has a {head}-class head, but {model_name} classifies {expected} classes. '
                             f'Push it under the tag of the dataset it was trained on.')
@@ -133,7 +136,7 @@ def load_for_push(model_name: str, checkpoint, use_ema: bool = False, num_classe
     elif head is not None and head != num_classes:
         raise PushError(f'{checkpoint} has a {head}-class head, but --num-classes is {num_classes}.')
     overlay = None
-    if variant is None:  # an untagged or custom name: not the default tag's description
+    if pretrained_tag is None:  # an untagged or custom name: not the default tag's description
         overlay = dict(tag=None, description=f'{model_name.split(".")[0]} trained with timm_mlit.')
     model = timm.create_model(model_name, pretrained=False, num_classes=num_classes, pretrained_cfg_overlay=overlay)
     try:
@@ -179,22 +182,22 @@ def push(model, model_name: str, repo_id: str, run: RunInfo, token: Optional[str
 
 def _run_and_checkpoint(model_name: str, run_dir, checkpoint=None):
     _check_model_name(model_name)
-    variant = find_variant(model_name)
-    if variant is None:
-        raise PushError(f'{model_name} is not a model.tag of timm_mlit.models.mlit.VARIANTS: staging is for the '
-                        f'zoo\'s tags (e.g. mlit_xxs.c10).')
+    pretrained_tag = find_tag(model_name)
+    if pretrained_tag is None:
+        raise PushError(f'{model_name} is not a model.tag of the zoo: staging is for the zoo\'s tags (e.g. '
+                        f'mlit_xxs.c10; mlit-config --tags lists them).')
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise PushError(f'No run folder at {run_dir}: pass --run-dir with the train.py (or pretrain_mae.py) output '
                         f'folder of the run.')
-    checkpoint = Path(checkpoint) if checkpoint else run_dir / Path(variant.checkpoint).name
-    return variant, run_dir, checkpoint
+    checkpoint = Path(checkpoint) if checkpoint else run_dir / pretrained_tag.checkpoint
+    return pretrained_tag, run_dir, checkpoint
 
 
 def stage(model_name: str, run_dir, stage_dir, checkpoint=None, overwrite: bool = False) -> Path:
     """Write ``stage_dir/<model>.<tag>/`` (model.safetensors, config.json, README.md) from a finished run whose
     records match the tag in everything, atomically. Returns the folder."""
-    variant, run_dir, checkpoint = _run_and_checkpoint(model_name, run_dir, checkpoint)
+    pretrained_tag, run_dir, checkpoint = _run_and_checkpoint(model_name, run_dir, checkpoint)
     target = Path(stage_dir) / model_name
     if os.path.lexists(target) and not overwrite:
         raise PushError(f'{target} exists already. Pass --overwrite to replace it with this run.')
@@ -202,7 +205,7 @@ def stage(model_name: str, run_dir, stage_dir, checkpoint=None, overwrite: bool 
         raise PushError(f'{target} exists and is not a staged folder (only {", ".join(REPO_FILES)}): --overwrite '
                         f'replaces only what staging wrote. Remove it yourself, or pass another --stage-dir.')
     run = read_run(run_dir, checkpoint=checkpoint)
-    check_against_tag(run, model_name, variant, run_dir, strict=True)
+    check_against_tag(run, model_name, pretrained_tag, run_dir, strict=True)
     missing = [k for k, v in (('hardware', run.hardware), ('wall_time_s', run.wall_time_s)) if not v]
     if missing:
         raise PushError(
@@ -212,7 +215,7 @@ def stage(model_name: str, run_dir, stage_dir, checkpoint=None, overwrite: bool 
             f'<train command>).')
     if not run.dataset:
         raise PushError(f'The run in {run_dir} trained on an ImageFolder ({run.data_dir or "no --dataset"}); record '
-                        f'which dataset it is in run_info.json ("dataset": "{variant.dataset}").')
+                        f'which dataset it is in run_info.json ("dataset": "{pretrained_tag.dataset}").')
     if run.kind == 'classification':
         if run.planned_epochs is not None and run.epochs != run.planned_epochs:
             raise PushError(f'The run in {run_dir} logged {run.epochs} of its {run.planned_epochs} epochs: it did '
@@ -299,7 +302,7 @@ def publish_staged(folder, repo_id: Optional[str] = None, token: Optional[str] =
     copy taken of the verified files."""
     name, _ = verify_staged(folder)
     if repo_id is None:
-        if find_variant(name) is None:
+        if find_tag(name) is None:
             raise PushError(f'{folder} is not named <model>.<tag> of a zoo tag, so it has no default repo: pass '
                             f'--repo-id ORG/NAME.')
         repo_id = hub_repo_id(*name.split('.', 1))
@@ -392,12 +395,12 @@ def _main(args, p: argparse.ArgumentParser):
     run_dir = Path(args.run_dir or Path(args.checkpoint).parent)
     use_ema = _run_uses_ema(run_dir) if args.use_ema is None else args.use_ema
     model = load_for_push(args.model, args.checkpoint, use_ema=use_ema, num_classes=args.num_classes)
-    variant = find_variant(args.model)
+    pretrained_tag = find_tag(args.model)
     run = read_run(run_dir, dataset=args.dataset, checkpoint=args.checkpoint)
     run.ema = use_ema
     deviations: List[str] = []
-    if variant is not None:
-        deviations = check_against_tag(run, args.model, variant, run_dir, strict=False)
+    if pretrained_tag is not None:
+        deviations = check_against_tag(run, args.model, pretrained_tag, run_dir, strict=False)
         if deviations and not args.off_recipe:
             raise RunRecordError(
                 f'The run in {run_dir} does not follow the {args.model} recipe: {"; ".join(deviations)}. Train with '

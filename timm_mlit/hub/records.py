@@ -25,8 +25,8 @@ import yaml
 
 from timm_mlit._io import torch_load
 from timm_mlit.errors import UserInputError
-from timm_mlit.models._pretrained_tags import Variant
-from .variants import DATASETS, config_path
+from timm_mlit.models._pretrained_tags import PretrainedTag
+from .tag_info import DATASETS, config_path
 
 __all__ = ['RunInfo', 'RunRecordError', 'read_run', 'read_run_info', 'check_run_info', 'check_against_tag',
            'RECIPE_KEYS']
@@ -264,9 +264,9 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
-def recipe_differences(run: RunInfo, variant: Variant) -> List[str]:
+def recipe_differences(run: RunInfo, pretrained_tag: PretrainedTag) -> List[str]:
     """The recipe settings (``RECIPE_KEYS``) where the run's args.yaml differs from the tag's config file."""
-    path = config_path(variant)
+    path = config_path(pretrained_tag)
     if path is None or run.kind != 'classification':
         return []
     config = yaml.safe_load(path.read_text(encoding='utf-8')) or {}
@@ -279,7 +279,8 @@ def recipe_differences(run: RunInfo, variant: Variant) -> List[str]:
     return out
 
 
-def check_against_tag(run: RunInfo, model_name: str, variant: Variant, run_dir, strict: bool = True) -> List[str]:
+def check_against_tag(run: RunInfo, model_name: str, pretrained_tag: PretrainedTag, run_dir,
+                      strict: bool = True) -> List[str]:
     """Refuse (RunRecordError) a run whose model, dataset or number of classes contradict ``model_name``'s tag.
     Its epochs and recipe must be the tag's too; with ``strict=False`` those differences are returned instead
     (for a card that says so), never ignored."""
@@ -287,29 +288,30 @@ def check_against_tag(run: RunInfo, model_name: str, variant: Variant, run_dir, 
     problems, recipe = [], []
     if run.model and run.model != arch:
         problems.append(f'the run trained {run.model}, not {arch}')
-    if run.dataset and variant.dataset and run.dataset != variant.dataset:
-        problems.append(f'the run trained on {run.dataset}, the tag is {DATASETS[variant.dataset][0]}')
+    if run.dataset and pretrained_tag.dataset and run.dataset != pretrained_tag.dataset:
+        problems.append(f'the run trained on {run.dataset}, the tag is {DATASETS[pretrained_tag.dataset][0]}')
     if run.kind == 'classification':
-        if variant.num_classes == 0:
+        if pretrained_tag.num_classes == 0:
             problems.append(f'{tag} is a headless encoder tag, the run trained a classifier')
-        elif run.num_classes is not None and run.num_classes != variant.num_classes:
-            problems.append(f'the run has {run.num_classes} classes, the tag {variant.num_classes}')
+        elif run.num_classes is not None and run.num_classes != pretrained_tag.num_classes:
+            problems.append(f'the run has {run.num_classes} classes, the tag {pretrained_tag.num_classes}')
         pretrained = run.args.get('pretrained_path') or run.args.get('initial_checkpoint')
-        if variant.pretrained and not pretrained:
-            problems.append(f'{tag} is fine-tuned from an MAE encoder, the run had no --pretrained-path')
-        if not variant.pretrained and pretrained:
+        if pretrained_tag.encoder and not pretrained:
+            problems.append(f'{tag} is fine-tuned from an MAE encoder ({arch}.{pretrained_tag.encoder}), the run '
+                            f'had no --pretrained-path')
+        if not pretrained_tag.encoder and pretrained:
             problems.append(f'{tag} is trained from scratch, the run started from {pretrained}')
-    elif variant.num_classes:
+    elif pretrained_tag.num_classes:
         problems.append(f'{tag} is a classifier tag, the run is MAE pre-training (a headless encoder)')
     if problems:
         raise RunRecordError(
             f'The run in {run_dir} is not a {model_name} run: {"; ".join(problems)}. Publish it under the tag that '
-            f'matches it (timm_mlit.models.mlit.VARIANTS), or publish the right run.')
-    if variant.epochs and run.epochs != variant.epochs:
-        recipe.append(f'epochs trained {run.epochs} (the tag: {variant.epochs})')
-    recipe += [d for d in recipe_differences(run, variant) if not d.startswith('epochs ')]
+            f'matches it (mlit-config --tags lists them), or publish the right run.')
+    if pretrained_tag.epochs and run.epochs != pretrained_tag.epochs:
+        recipe.append(f'epochs trained {run.epochs} (the tag: {pretrained_tag.epochs})')
+    recipe += [d for d in recipe_differences(run, pretrained_tag) if not d.startswith('epochs ')]
     if recipe and strict:
         raise RunRecordError(
-            f'The run in {run_dir} does not follow the {model_name} recipe ({config_path(variant) or variant.tag}): '
+            f'The run in {run_dir} does not follow the {model_name} recipe ({config_path(pretrained_tag) or pretrained_tag.tag}): '
             f'{"; ".join(recipe)}. Train with the tag\'s config to publish under it.')
     return recipe

@@ -25,7 +25,7 @@ from timm_mlit._io import signals_unwind, write_text
 from timm_mlit.argtypes import positive_float
 from timm_mlit.errors import MissingInputError, UserInputError
 from .records import RunRecordError, check_run_info
-from .variants import DATASETS
+from .tag_info import DATASETS
 
 __all__ = ['detect_hardware', 'write_run_info', 'main']
 

@@ -34,7 +34,7 @@ from timm.models.vision_transformer import global_pool_nlc
 from timm_mlit.argtypes import check_img_size, check_model_kwargs
 from timm_mlit.layers._tracing import is_graph_capture
 from ._load_errors import CheckpointMismatchError, check_data_config, check_tag, explain_load_error, \
-    unpublished_on_public_hub
+    no_weights_error
 
 __all__ = ['DummyPatchViT', 'GLOBAL_POOLS', 'filter_checkpoint', 'block_count', 'build_dummy_patch_vit', 'zoo_cfg',
            'family_filter_fn', 'given_options']
@@ -516,10 +516,11 @@ def build_dummy_patch_vit(
         model_cls: type, variant: str, pretrained: bool, filter_fn: Callable, **kwargs) -> DummyPatchViT:
     """``build_model_with_cfg`` as every family here calls it: its checkpoint filter, features through
     ``forward_intermediates`` (feature_cls 'getter'). An unknown tag is refused listing the valid ones. With
-    ``pretrained=True`` an unpublished tag of ours is refused before any download, a data config that cannot be
-    right (std <= 0, mean/std of the wrong length, num_classes out of range) is refused, and an error about the
-    weights (missing, offline, corrupt, of another model) becomes a
-    :class:`~timm_mlit.models._load_errors.PretrainedWeightsError` naming the file or repo and the fix.
+    ``pretrained=True``, a cfg without weights (a tag that is a recipe) is refused with the ways to get them, where
+    timm would build a random model with a warning; a data config that cannot be right (std <= 0, mean/std of the
+    wrong length, num_classes out of range) is refused; and an error about the weights (missing, offline, corrupt,
+    of another model) becomes a :class:`~timm_mlit.models._load_errors.PretrainedWeightsError` naming the file or
+    repo and the fix.
 
     ``num_classes`` other than the cfg's: timm would drop the file's classifier whatever its size. Here the filter
     decides instead (the cfg's num_classes is set to the model's for the load, then put back): a file whose head has
@@ -540,9 +541,9 @@ def build_dummy_patch_vit(
     cfg = resolve_pretrained_cfg(
         variant, pretrained_cfg=kwargs.get('pretrained_cfg'),
         pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay')).to_dict()
-    unpublished = unpublished_on_public_hub(variant, cfg)
-    if unpublished is not None:
-        raise unpublished
+    missing = no_weights_error(variant, cfg)
+    if missing is not None:
+        raise missing
     check_data_config(cfg, _cfg_source(variant, cfg))
     asked = kwargs.get('num_classes')
     if asked is not None and asked != cfg.get('num_classes') and not kwargs.get('features_only'):

@@ -23,10 +23,10 @@ import torch.nn as nn
 
 from timm_mlit._io import load_safetensors
 from ._load_errors import PretrainedWeightsError, check_data_config
+from ._pretrained_tags import WEIGHTS_FILE
 
 __all__ = ['WEIGHTS_FILE', 'check_hub_config', 'verify_hub_folder', 'install_source_checks', 'is_zoo_model']
 
-WEIGHTS_FILE = 'model.safetensors'
 _FOLDER_HINT = ('a Hub-style model folder holding config.json and model.safetensors (a staged folder such as '
                 'hub_cards/mlit_xxs.c10, or what timm.models.save_for_hf writes)')
 

@@ -1,20 +1,25 @@
 """Errors a user can act on when pretrained weights do not load: what went wrong, with which repo, and what to do.
 
-``timm.create_model(name, pretrained=True)`` ends in huggingface_hub, safetensors or torch errors that name a
-URL or a byte offset. :func:`explain_load_error` turns those into one :class:`PretrainedWeightsError` that names the
-model, the repo (or file) and the fix: weights not published yet, repo or file missing, offline without a cached
-copy, a corrupt file, or weights of another architecture. The zoo's shared builder
-(:func:`~timm_mlit.models._dummy_patch_vit.build_dummy_patch_vit`) applies it, so every family gets it.
+``timm.create_model(name, pretrained=True)`` on a cfg without weights builds a random model with a warning, and a
+failed load ends in huggingface_hub, safetensors or torch errors that name a URL or a byte offset.
+:func:`no_weights_error` and :func:`explain_load_error` turn these into one :class:`PretrainedWeightsError` that names
+the model, the repo (or file) and the fix: a tag that is a recipe (no weights exist: ``pretrained=False``, or the
+recipe's commands in order, :func:`recipe_commands`), a tag staged in the repository but not in this installation,
+a repo or file missing, offline without a cached copy, a corrupt file, or weights of another architecture. The zoo's
+shared builder (:func:`~timm_mlit.models._dummy_patch_vit.build_dummy_patch_vit`) applies them, so every family gets
+them.
 """
 import pickle
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from timm_mlit.configs import list_recipes
 from timm_mlit.errors import UserInputError
 from . import _pretrained_tags as tags
 
 __all__ = ['PretrainedWeightsError', 'CheckpointMismatchError', 'UnknownTagError', 'explain_load_error',
-           'unpublished_on_public_hub', 'check_tag', 'check_data_config', 'MAX_CLASSES']
+           'no_weights_error', 'recipe_commands', 'training_step', 'format_steps', 'clone_note', 'check_tag', 'check_data_config', 'MAX_CLASSES',
+           'PUSH_CMD', 'PUSH_SCRIPT', 'PRETRAIN_CMD', 'PRETRAIN_SCRIPT', 'TRAIN_PY']
 
 
 class PretrainedWeightsError(UserInputError, RuntimeError):
@@ -117,34 +122,120 @@ def _cached_weights(cfg: Dict[str, Any]) -> Optional[str]:
     return None
 
 
-def _not_published(full_name: str, variant, where: str, local: str) -> PretrainedWeightsError:
-    cmds, stage_dir = variant.commands(full_name.split('.')[0]), tags.STAGE_DIR
-    if full_name in tags.STAGED:
-        return PretrainedWeightsError(
-            f'{full_name} is staged in the timm-mlit repository ({stage_dir}/{full_name}/) but not published yet '
-            f'({where}). From a clone, load the staged folder: '
-            f"timm.create_model('local-dir:{stage_dir}/{full_name}', pretrained=True) after import timm_mlit; or "
-            f'publish it with\n  {cmds["publish"]}')
+# the commands a recipe's steps name: the installed console scripts (pip install timm-mlit), and the same from a clone
+PUSH_CMD = 'mlit-push'
+PUSH_SCRIPT = 'python train_scripts/push_to_hub.py'
+PRETRAIN_CMD = 'mlit-pretrain'
+PRETRAIN_SCRIPT = 'python train_scripts/pretrain_mae.py'
+TRAIN_PY = 'python timm-scripts/train.py'  # timm's own train.py: not in timm's wheel, a clone of pytorch-image-models
+
+
+def _run_folder(tag: tags.PretrainedTag) -> str:
+    return 'output/mae/<mae-run>' if tag.kind == 'mae' else 'output/train/<run>'
+
+
+def training_step(model: str, tag: tags.PretrainedTag) -> Tuple[str, str]:
+    """The step that trains ``model.tag``'s weights: (what it does, the command line)."""
+    if tag.kind == 'mae':
+        return (f'pre-train the MAE encoder {model}.{tag.tag} on {tag.dataset} (Table 3\'s settings, the defaults)',
+                f'{PRETRAIN_CMD} --model {model} --dataset torch/{tag.dataset} --data-dir DATA/{tag.dataset} '
+                f'--output output/mae --amp')
+    command = (f'{TRAIN_PY} --config "$(mlit-config {tag.config})" --model {model} --data-dir DATA/{tag.dataset} '
+               f'--output output/train')
+    how = 'train from scratch'
+    if tag.encoder:
+        encoder = tags.find_tag(f'{model}.{tag.encoder}')
+        command += f' --pretrained-path {_run_folder(encoder)}/{encoder.checkpoint}'
+        how = f'fine-tune the encoder of step 1'
+    epochs = f', {tag.epochs} epochs' if tag.epochs else ''
+    return f'{how} on {tag.dataset} (recipe {tag.config}{epochs})', command
+
+
+def recipe_commands(model: str, tag: tags.PretrainedTag) -> List[Tuple[str, str]]:
+    """The steps that make the weights of ``model.tag`` and publish them, in order, each as (what it does, the
+    command line): the MAE pre-training of its encoder first where the tag fine-tunes one, its own training, the
+    run's hardware record, staging (``hub_cards/<model>.<tag>/``) and publishing to its Hub repo. ``<run>`` /
+    ``<mae-run>`` stand for the folder each run writes, ``DATA/<dataset>`` for the dataset's folder."""
+    name, run = f'{model}.{tag.tag}', _run_folder(tag)
+    steps = []
+    if tag.encoder:
+        steps.append(training_step(model, tags.find_tag(f'{model}.{tag.encoder}')))
+    steps.append(training_step(model, tag))
+    steps += [
+        ('record the run\'s hardware and wall time (staging needs them)',
+         f'mlit-run-info {run} --hardware "..." --wall-time-s SECONDS'),
+        (f'stage the run as {tags.STAGE_DIR}/{name}/', f'{PUSH_CMD} --model {name} --run-dir {run} --stage-dir '
+                                                       f'{tags.STAGE_DIR}/'),
+        (f'publish it to {tags.hub_repo_id(model, tag.tag)}', f'{PUSH_CMD} --staged {tags.STAGE_DIR}/{name}'),
+    ]
+    return steps
+
+
+def format_steps(steps: Sequence[Tuple[str, str]], indent: str = '  ') -> str:
+    """``steps`` (:func:`recipe_commands`) as numbered lines, each a comment saying what it does over its command."""
+    return '\n'.join(f'{indent}# {i}. {what}\n{indent}{command}' for i, (what, command) in enumerate(steps, 1))
+
+
+def clone_note(steps: Sequence[Tuple[str, str]]) -> str:
+    """What :func:`recipe_commands`' ``steps`` run from a clone without installing, and what DATA is."""
+    scripts = [f'{script} for {cmd}' for cmd, script in (
+        (PRETRAIN_CMD, PRETRAIN_SCRIPT), ('mlit-config', 'python -m timm_mlit.recipes'),
+        ('mlit-run-info', 'python -m timm_mlit.hub.run_info'), (PUSH_CMD, PUSH_SCRIPT))
+        if any(f'{cmd} ' in command for _, command in steps)]
+    return (f'(From a clone without installing: {", ".join(scripts)}. DATA/<dataset> is the dataset\'s folder: the '
+            f'recipe file\'s comments say how to make it.)')
+
+
+def _own_weights(full_name: str) -> str:
+    return (f"timm.create_model('{full_name}', pretrained=True, pretrained_cfg_overlay=dict(file='PATH')), or a "
+            f"Hub-style folder or repo with 'local-dir:FOLDER' / 'hf-hub:ORG/NAME'")
+
+
+def _staged_elsewhere(full_name: str) -> PretrainedWeightsError:
+    folder = f'{tags.STAGE_DIR}/{full_name}'
     return PretrainedWeightsError(
-        f'No weights are published yet for {full_name} ({where}). Produce them with\n  {cmds["produce"]}\n'
-        f'stage the finished run with\n  {cmds["stage"]}\npublish it with\n  {cmds["publish"]}\n'
-        f'or load a local file: {local}')
+        f'{full_name} is staged in the timm-mlit repository ({folder}/) but not published yet, and this '
+        f'installation has no copy of that folder (looked in {tags.STAGE_ROOT}). From a clone of the repository, '
+        f'installed from it (pip install -e .), timm.create_model(\'{full_name}\', pretrained=True) loads it; with '
+        f'any installation, from a clone\'s root: timm.create_model(\'local-dir:{folder}\', pretrained=True) after '
+        f'import timm_mlit (or \'local-dir:PATH/{folder}\' from elsewhere). Or publish it (maintainers): {PUSH_CMD} --staged {folder} (from a clone: '
+        f'{PUSH_SCRIPT} --staged {folder}), which uploads to {tags.hub_repo_id(*full_name.split(".", 1))}. Without '
+        f'weights: timm.create_model(\'{full_name}\', pretrained=False).')
 
 
-def unpublished_on_public_hub(model_name: str, cfg: Dict[str, Any]) -> Optional[PretrainedWeightsError]:
-    """The error for a tag of ours that is not in ``PUBLISHED``, when the weights would come from the public Hub:
-    raised before any download, so nobody waits for retries. With HF_ENDPOINT set to a mirror or a local server,
-    the download is tried (weights may have been pushed there)."""
-    from huggingface_hub import constants
-    tag = cfg.get('tag') or ''
-    full_name = f"{cfg.get('architecture') or model_name}.{tag}"
-    variant = tags.find_variant(full_name)
-    if (variant is None or full_name in tags.PUBLISHED or cfg.get('file') or cfg.get('url')
-            or cfg.get('hf_hub_id') != tags.hub_repo_id(*full_name.split('.', 1))
-            or constants.ENDPOINT.rstrip('/') != getattr(constants, '_HF_DEFAULT_ENDPOINT', 'https://huggingface.co')):
+def _recipe_only(full_name: str, tag: tags.PretrainedTag, where: str = '') -> PretrainedWeightsError:
+    model = full_name.split('.')[0]
+    steps = recipe_commands(model, tag)
+    return PretrainedWeightsError(
+        f'No weights exist for {full_name}{where}: the tag is a recipe, not trained yet '
+        f"(timm.list_models('{model}*', pretrained=True) lists the tags with weights). Create the model without "
+        f"them, timm.create_model('{full_name}', pretrained=False), or load weights of your own: "
+        f'{_own_weights(full_name)}. To make the weights, follow the recipe:\n'
+        f'{format_steps(steps)}\n{clone_note(steps)}')
+
+
+def no_weights_error(model_name: str, cfg: Dict[str, Any]) -> Optional[PretrainedWeightsError]:
+    """The error for ``pretrained=True`` when ``cfg`` (resolved, overlay included) names no weights (no
+    ``hf_hub_id``, ``url``, ``file`` or ``state_dict``), where timm would warn and build a random model: for a tag
+    of ours, why it has none here and how to make or get them; None when the cfg has weights."""
+    if any(cfg.get(key) for key in ('hf_hub_id', 'url', 'file', 'state_dict')):
         return None
-    local = f"timm.create_model('{full_name}', pretrained=True, pretrained_cfg_overlay=dict(file='PATH'))"
-    return _not_published(full_name, variant, _source(cfg), local)
+    arch = cfg.get('architecture') or model_name
+    full_name = f"{arch}.{cfg['tag']}" if cfg.get('tag') else arch
+    tag = tags.find_tag(full_name)
+    if tag is not None and full_name in tags.STAGED:
+        return _staged_elsewhere(full_name)
+    if tag is not None:
+        return _recipe_only(full_name, tag)
+    import timm
+    family = timm.models.model_entrypoint(arch).__module__.rpartition('.')[2] if timm.is_model(arch) else arch
+    recipes = sorted((r for r in list_recipes() if r.startswith(family)), key=lambda r: ('pretrain' not in r, r))
+    recipes = (f'its recipes, pre-training first where there is one: {", ".join(recipes)} (mlit-config NAME prints '
+               f'the file, whose comments give the commands)') if recipes else 'the recipes: mlit-config --list'
+    return PretrainedWeightsError(
+        f"No weights exist for {full_name} (timm.list_models('{family}*', pretrained=True) lists the models with "
+        f"weights). Create it without them, timm.create_model('{full_name}', pretrained=False), or load weights of "
+        f"your own: {_own_weights(full_name)}. To train it: {recipes}.")
 
 
 def explain_load_error(model_name: str, cfg: Dict[str, Any], error: BaseException) -> Optional[Exception]:
@@ -157,8 +248,8 @@ def explain_load_error(model_name: str, cfg: Dict[str, Any], error: BaseExceptio
     full_name = f"{cfg.get('architecture') or model_name}.{tag}" if tag else model_name
     where = _source(cfg)
     local = f"timm.create_model('{full_name}', pretrained=True, pretrained_cfg_overlay=dict(file='PATH'))"
-    variant = tags.find_variant(full_name)
-    is_ours = variant is not None and cfg.get('hf_hub_id') == tags.hub_repo_id(*full_name.split('.', 1))
+    tag = tags.find_tag(full_name)
+    is_ours = tag is not None and cfg.get('hf_hub_id') == tags.hub_repo_id(*full_name.split('.', 1))
     missing = isinstance(error, (hf_errors.RepositoryNotFoundError, hf_errors.EntryNotFoundError,
                                  hf_errors.RevisionNotFoundError, hf_errors.OfflineModeIsEnabled))
 
@@ -168,16 +259,16 @@ def explain_load_error(model_name: str, cfg: Dict[str, Any], error: BaseExceptio
         return PretrainedWeightsError(
             f'The weights of {full_name} ({where}) are not in the local cache and the Hub cannot be reached '
             f'(HF_HUB_OFFLINE set, or no network). Download them once online, or load a local file: {local}')
-    if is_ours and full_name not in tags.PUBLISHED and missing:
-        return _not_published(full_name, variant, where, local)
+    if is_ours and missing and tags.tag_state(full_name) == 'recipe':  # its repo named by hand: nothing there
+        return _recipe_only(full_name, tag, f' ({where})')
     if isinstance(error, hf_errors.RepositoryNotFoundError):
         return PretrainedWeightsError(
             f'{where} does not exist. Check the name (hf-hub:ORG/NAME), HF_ENDPOINT, and HF_TOKEN for a private '
-            f'repo; or publish it with mlit-push (from a clone: python train_scripts/push_to_hub.py).')
+            f'repo; or publish it with {PUSH_CMD} (from a clone: {PUSH_SCRIPT}).')
     if isinstance(error, (hf_errors.EntryNotFoundError, hf_errors.RevisionNotFoundError)):
         return PretrainedWeightsError(
             f'{where} has no weights file for {full_name} ({error.__class__.__name__}): push model.safetensors '
-            f'with mlit-push (from a clone: python train_scripts/push_to_hub.py), or set hf_hub_filename in '
+            f'with {PUSH_CMD} (from a clone: {PUSH_SCRIPT}), or set hf_hub_filename in '
             f'pretrained_cfg_overlay.')
     if isinstance(error, RuntimeError) and 'weights_only=True blocked' in str(error):
         return PretrainedWeightsError(

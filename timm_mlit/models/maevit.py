@@ -171,7 +171,8 @@ def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
 
 
 default_cfgs = generate_default_cfgs({
-    # no weights are published: pre-train with timm_mlit.mae and fine-tune with train.py (README)
+    # no weights (not listed as pretrained; pretrained=True says so): pre-train with mlit-pretrain --config
+    # maevit_c100_pretrain_mae, fine-tune with train.py --config "$(mlit-config maevit_c100_finetune_cifar100)"
     'maevit_c100': _cfg(description='Mae-ViT-C100 reconstruction (3x3 patches, our reading), random init'),
 })
 

@@ -36,16 +36,16 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 from timm.layers import LayerType, calculate_drop_path_rates, get_norm_layer
-from timm.models import generate_default_cfgs, register_model
+from timm.models import register_model
 
 from timm_mlit.argtypes import check_model_kwargs
 from timm_mlit.layers import GroupedQueryAttention, MoEBlock, MoEFeedForward, NoisyTopKGate, SharedSwiGLUExperts, \
     expert_load, moe_loss
 from ._dummy_patch_vit import DummyPatchViT, block_count, build_dummy_patch_vit, zoo_cfg, filter_checkpoint
 from ._dummy_patch_vit import given_options
-from ._pretrained_tags import Variant, hub_repo_id, register_tags
+from ._pretrained_tags import PretrainedTag, register_tags
 
-__all__ = ['MLiT', 'hidden_sizes', 'experts_per_layer', 'MODELS', 'VARIANTS', 'DEFAULT_TAG']
+__all__ = ['MLiT', 'hidden_sizes', 'experts_per_layer', 'MODELS', 'TAGS', 'DEFAULT_TAG', 'ENCODER_TAG']
 
 _logger = logging.getLogger(__name__)
 
@@ -272,56 +272,51 @@ def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
         url, paper_ids='arXiv:2407.17783', paper_name='How Lightweight Can A Vision Transformer Be', **kwargs)
 
 
-# --- pretrained tags: one Hub repo per model.tag (timm_mlit/models/_pretrained_tags.py: their states; none is
-# published yet). Each names what the weights are (Tables 3-8), the data, its recipe (config file and epochs), and
-# the command that produces them; timm_mlit.hub stages, cards and publishes them.
+# --- pretrained tags: one Hub repo per model.tag, each a record of what the weights are (Tables 3-8), the data, and
+# its recipe (config file, epochs, the MAE encoder it fine-tunes); timm_mlit/models/_pretrained_tags.py holds their
+# states (none is published or staged yet) and gives each cfg its weights where they exist; timm_mlit.hub stages,
+# cards and publishes them.
 MODELS = ('mlit_s', 'mlit_xs', 'mlit_xxs')
 DEFAULT_TAG = 'mae_c100_ft_c100_300e'  # the paper's headline classifier (Table 7)
-
-_MAE = 'mlit-pretrain --model {model} --dataset torch/cifar100 --data-dir DATA/cifar100 --output output/mae --amp'
-_TRAIN = ('python timm-scripts/train.py --config "$(mlit-config {config})" --model {model} '
-          '--data-dir DATA/{dataset} --output output/train')
-_ENCODER = ' --pretrained-path output/mae/<run>/encoder.safetensors'
+ENCODER_TAG = 'mae_c100'  # the MAE encoder the mmLiT tags fine-tune (Table 3)
 
 
-def _finetune(tag, dataset, num_classes, config, description, pretrained=True, epochs=100) -> Variant:
-    produce = _TRAIN.format(model='{model}', config=config, dataset=dataset) + (_ENCODER if pretrained else '')
-    return Variant(tag, dataset, num_classes, description, produce, 'output/train/<run>/last.pth.tar',
-                   config=config, epochs=epochs, pretrained=pretrained)
+def _finetuned(tag: str, dataset: str, num_classes: int, config: str, description: str, epochs: int = 100):
+    return PretrainedTag(tag, dataset, num_classes, description, config=config, epochs=epochs, encoder=ENCODER_TAG)
 
 
-VARIANTS: Dict[str, Variant] = {v.tag: v for v in [
-    _finetune('mae_c100_ft_c100_300e', 'cifar100', 100, 'table4_finetune_cifar100',
-              'mmLiT: MAE-pre-trained on CIFAR-100, fine-tuned on CIFAR-100 for 300 epochs (Tables 4 and 7).',
-              epochs=300),
-    Variant('mae_c100', 'cifar100', 0,
-            'mmLiT encoder: masked-autoencoder pre-training on CIFAR-100 (Table 3), no classifier head.',
-            _MAE, 'output/mae/<run>/encoder.safetensors'),
-    _finetune('mae_c100_ft_c100', 'cifar100', 100, 'table5_transfer_cifar100',
-              'mmLiT: MAE-pre-trained on CIFAR-100, fine-tuned on CIFAR-100 for 100 epochs (Tables 5 and 8).'),
-    _finetune('mae_c100_ft_c10', 'cifar10', 10, 'table5_transfer_cifar10',
-              'mmLiT: MAE-pre-trained on CIFAR-100, fine-tuned on CIFAR-10 for 100 epochs (Tables 5 and 8).'),
-    _finetune('mae_c100_ft_svhn', 'svhn', 10, 'table5_transfer_svhn',
-              'mmLiT: MAE-pre-trained on CIFAR-100, fine-tuned on SVHN for 100 epochs (Tables 5 and 8).'),
-    _finetune('mae_c100_ft_flowers102', 'flowers102', 102, 'table5_transfer_flowers102',
-              'mmLiT: MAE-pre-trained on CIFAR-100, fine-tuned on Flowers102 for 100 epochs (Tables 5 and 8).'),
-    _finetune('c100', 'cifar100', 100, 'table6_scratch_cifar100',
-              'mLiT trained from scratch on CIFAR-100 for 100 epochs (Tables 6 and 8).', pretrained=False),
-    _finetune('c10', 'cifar10', 10, 'table6_scratch_cifar10',
-              'mLiT trained from scratch on CIFAR-10 for 100 epochs (Tables 6 and 8).', pretrained=False),
-    _finetune('svhn', 'svhn', 10, 'table6_scratch_svhn',
-              'mLiT trained from scratch on SVHN for 100 epochs (Tables 6 and 8).', pretrained=False),
-    _finetune('flowers102', 'flowers102', 102, 'table6_scratch_flowers102',
-              'mLiT trained from scratch on Flowers102 for 100 epochs (Tables 6 and 8).', pretrained=False),
+def _scratch(tag: str, dataset: str, num_classes: int, config: str, description: str):
+    return PretrainedTag(tag, dataset, num_classes, description, config=config, epochs=100)
+
+
+TAGS: Dict[str, PretrainedTag] = {t.tag: t for t in [
+    _finetuned('mae_c100_ft_c100_300e', 'cifar100', 100, 'table4_finetune_cifar100',
+               'mmLiT: MAE-pre-trained on CIFAR-100, fine-tuned on CIFAR-100 for 300 epochs (Tables 4 and 7).',
+               epochs=300),
+    PretrainedTag(ENCODER_TAG, 'cifar100', 0,
+                  'mmLiT encoder: masked-autoencoder pre-training on CIFAR-100 (Table 3), no classifier head.',
+                  kind='mae', checkpoint='encoder.safetensors'),
+    _finetuned('mae_c100_ft_c100', 'cifar100', 100, 'table5_transfer_cifar100',
+               'mmLiT: MAE-pre-trained on CIFAR-100, fine-tuned on CIFAR-100 for 100 epochs (Tables 5 and 8).'),
+    _finetuned('mae_c100_ft_c10', 'cifar10', 10, 'table5_transfer_cifar10',
+               'mmLiT: MAE-pre-trained on CIFAR-100, fine-tuned on CIFAR-10 for 100 epochs (Tables 5 and 8).'),
+    _finetuned('mae_c100_ft_svhn', 'svhn', 10, 'table5_transfer_svhn',
+               'mmLiT: MAE-pre-trained on CIFAR-100, fine-tuned on SVHN for 100 epochs (Tables 5 and 8).'),
+    _finetuned('mae_c100_ft_flowers102', 'flowers102', 102, 'table5_transfer_flowers102',
+               'mmLiT: MAE-pre-trained on CIFAR-100, fine-tuned on Flowers102 for 100 epochs (Tables 5 and 8).'),
+    _scratch('c100', 'cifar100', 100, 'table6_scratch_cifar100',
+             'mLiT trained from scratch on CIFAR-100 for 100 epochs (Tables 6 and 8).'),
+    _scratch('c10', 'cifar10', 10, 'table6_scratch_cifar10',
+             'mLiT trained from scratch on CIFAR-10 for 100 epochs (Tables 6 and 8).'),
+    _scratch('svhn', 'svhn', 10, 'table6_scratch_svhn',
+             'mLiT trained from scratch on SVHN for 100 epochs (Tables 6 and 8).'),
+    _scratch('flowers102', 'flowers102', 102, 'table6_scratch_flowers102',
+             'mLiT trained from scratch on Flowers102 for 100 epochs (Tables 6 and 8).'),
 ]}
-register_tags(MODELS, VARIANTS)
 
-default_cfgs = generate_default_cfgs({
-    # every model.tag above; '*' marks the default tag, the paper's headline CIFAR-100 classifier (Table 7)
-    f'{model}.{v.tag}{"*" if v.tag == DEFAULT_TAG else ""}': _cfg(
-        hf_hub_id=hub_repo_id(model, v.tag), num_classes=v.num_classes, description=v.description)
-    for model in MODELS for v in VARIANTS.values()
-})
+# every model.tag above; the default tag first (the paper's headline CIFAR-100 classifier, Table 7); weights only
+# where they load (published: the Hub repo; staged, in a clone: the staged folder)
+default_cfgs = register_tags(MODELS, TAGS, DEFAULT_TAG, _cfg)
 
 
 @register_model

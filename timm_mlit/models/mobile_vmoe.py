@@ -351,7 +351,8 @@ def _cfg_36(**kwargs) -> Dict[str, Any]:
 SMALL_IMAGE_SIZES = ((12, 192), (9, 96), (6, 64))
 
 default_cfgs = generate_default_cfgs({
-    # no weights are published: train with timm's train.py (recipes timm_mlit/configs/mobile_vmoe_*.yaml, mlit-config --list)
+    # no weights (not listed as pretrained; pretrained=True says so): train with timm's train.py by the recipes
+    # timm_mlit/configs/mobile_vmoe_*.yaml (mlit-config --list)
     **{f'mobile_vmoe_{d}x{w}_patch32_224': _cfg() for d, w in PAPER_SIZES},
     **{f'mobile_vmoe_{d}x{w}_patch3_36': _cfg_36() for d, w in SMALL_IMAGE_SIZES},
 })

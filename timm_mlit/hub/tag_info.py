@@ -1,21 +1,23 @@
 """What publishing a tag needs beyond the model's own metadata: the datasets' display names and Hub ids, the
 paper's figures for the card, and each tag's recipe file.
 
-The tags themselves (which exist, what each is, its Hub repo, PUBLISHED / STAGED, the commands that produce, stage
-and publish it) are the models' metadata: each family writes its tags in its file (mLiT's in
-``timm_mlit/models/mlit.py``) and ``timm_mlit.models._pretrained_tags`` holds their states.
+The tags themselves (which exist, what each is, its recipe, its Hub repo, PUBLISHED / STAGED) are the models'
+metadata: each family writes its tags in its file as :class:`~timm_mlit.models._pretrained_tags.PretrainedTag`
+records (mLiT's in ``timm_mlit/models/mlit.py``) and ``timm_mlit.models._pretrained_tags`` holds their states. The
+commands that follow a recipe are built where they are printed
+(:func:`~timm_mlit.models._load_errors.recipe_commands`).
 """
 from pathlib import Path
 from typing import Optional
 
 from timm_mlit.configs import RECIPE_DIR
-from timm_mlit.models._pretrained_tags import Variant
+from timm_mlit.models._pretrained_tags import PretrainedTag
 
 __all__ = ['PAPER_TOP1', 'PAPER_SOURCE', 'DATASETS', 'config_path']
 
 _CONFIG_DIR = RECIPE_DIR  # timm_mlit/configs: in a clone and in the installed package
 
-# name (a Variant's dataset) -> (display name, Hub dataset id); the number of classes is each tag's num_classes
+# name (a PretrainedTag's dataset) -> (display name, Hub dataset id); the number of classes is each tag's num_classes
 DATASETS = {
     'cifar100': ('CIFAR-100', 'uoft-cs/cifar100'),
     'cifar10': ('CIFAR-10', 'uoft-cs/cifar10'),
@@ -40,7 +42,7 @@ PAPER_SOURCE = {tag: 'Table 7, 300 epochs' if tag.endswith('_300e') else 'Table 
                 for tag in PAPER_TOP1}
 
 
-def config_path(variant: Variant) -> Optional[Path]:
+def config_path(tag: PretrainedTag) -> Optional[Path]:
     """The tag's train.py recipe file (shipped in the package), or None where the tag has none."""
-    path = _CONFIG_DIR / f'{variant.config}.yaml'
-    return path if variant.config and path.is_file() else None
+    path = _CONFIG_DIR / f'{tag.config}.yaml'
+    return path if tag.config and path.is_file() else None
