@@ -178,6 +178,9 @@ def _weights(arch, tmp_path, num_classes=10):
 
 
 LOAD = "import timm, timm_mlit\ntimm.create_model({name!r}, pretrained=True{extra})"
+# the same with the package's tag states as they are once ``published`` is in PUBLISHED
+LOAD_PUBLISHED = ("import timm, timm_mlit\nfrom timm_mlit.testing.tag_states import tag_states\n"
+                  "with tag_states(published={published!r}):\n    timm.create_model({name!r}, pretrained=True)")
 
 
 @pytest.mark.parametrize('case', ['missing_repo', 'missing_file', 'truncated', 'other_architecture',
@@ -200,10 +203,11 @@ def test_load_errors_name_the_repo_and_the_fix(hub, tmp_path, case):
         name = 'mlit_xxs.svhn'
         expect = ['No weights exist for mlit_xxs.svhn', 'pretrained=False', 'mlit-config table6_scratch_svhn',
                   'push_to_hub.py']
-    else:
+    else:  # a published tag, offline and never downloaded
         name, offline = 'mlit_xxs.c100', True
         expect = ['mlit_xxs.c100 .* not in the local cache', 'HF_HUB_OFFLINE']
-    result = _client(hub, tmp_path / 'home', LOAD.format(name=name, extra=extra), offline=offline)
+    code = LOAD_PUBLISHED.format(name=name, published=[name]) if offline else LOAD.format(name=name, extra=extra)
+    result = _client(hub, tmp_path / 'home', code, offline=offline)
     assert result.returncode != 0
     assert 'PretrainedWeightsError' in result.stderr, result.stderr[-2000:]
     message = result.stderr[result.stderr.index('PretrainedWeightsError'):]
