@@ -337,3 +337,25 @@ def test_pretrain_push_and_pull_from_the_installed_commands(installed, tmp_path)
             print('identical', m.head.out_features)''', env=dict(HF_ENDPOINT=hub.endpoint, HF_TOKEN=TOKEN,
                                                              HF_HOME=str(tmp_path / 'hf_home')))
     assert pulled.returncode == 0 and pulled.stdout.split() == ['identical', '10'], pulled.stderr[-3000:]
+
+
+def test_an_installed_package_lists_no_staged_tag_and_says_how_to_get_it(installed):
+    """The wheel has no hub_cards/: a tag staged in the repository is not listed as pretrained where the package is
+    installed, and pretrained=True says how to get it (a clone, or publishing); no tag lists without weights."""
+    result = installed.python_code('''
+        import timm, timm_mlit
+        from timm_mlit.models import PretrainedWeightsError, _pretrained_tags as tags
+        from timm_mlit.testing.tag_states import tag_states
+        print(tags.STAGE_ROOT.is_dir(), timm_mlit.__file__)
+        assert set(timm.list_models(['mlit*', 'maevit*', 'mobile_vmoe*'], pretrained=True)) == set(tags.PUBLISHED)
+        with tag_states(staged={'mlit_xxs.c10'}):  # as once the tag is staged in the repository
+            assert 'mlit_xxs.c10' not in timm.list_models('mlit*', pretrained=True)
+            try:
+                timm.create_model('mlit_xxs.c10', pretrained=True)
+            except PretrainedWeightsError as e:
+                print(' '.join(str(e).split()))''')
+    assert result.returncode == 0, result.stderr[-3000:]
+    where, message = result.stdout.splitlines()[-2:]
+    assert where.split()[0] == 'False' and where.split()[1].startswith(str(installed.venv))
+    assert 'staged in the timm-mlit repository (hub_cards/mlit_xxs.c10/)' in message
+    assert 'this installation has no copy of that folder' in message and 'mlit-push --staged' in message

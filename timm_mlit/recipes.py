@@ -110,7 +110,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             p.error(str(e))
         return 0
     if not args.name:
-        p.error('name a recipe (e.g. mlit-config table6_scratch_cifar10) or pass --list, --tags or --commands MODEL.TAG')
+        p.error('name a recipe (e.g. mlit-config table6_scratch_cifar10), or pass --list, --tags or --commands '
+                'MODEL.TAG')
     try:
         given = recipe_path(args.name)
         if given.resolve().parent != RECIPE_DIR:  # a file given by path must be a train.py recipe (shipped ones are)

@@ -75,7 +75,8 @@ def render_card(model_name: str, model: torch.nn.Module, repo_id: str, run: RunI
     lines = [
         '---', yaml.safe_dump(meta, sort_keys=False).strip(), '---', '',
         f'# Model card for {repo_id.split("/")[-1]}', '',
-        (pretrained_tag.description if pretrained_tag else cfg.get('description') or f'An {arch} trained with timm_mlit.'), '',
+        (pretrained_tag.description if pretrained_tag
+         else cfg.get('description') or f'An {arch} trained with timm_mlit.'), '',
     ]
     if deviations:
         lines += [

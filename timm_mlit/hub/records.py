@@ -312,6 +312,7 @@ def check_against_tag(run: RunInfo, model_name: str, pretrained_tag: PretrainedT
     recipe += [d for d in recipe_differences(run, pretrained_tag) if not d.startswith('epochs ')]
     if recipe and strict:
         raise RunRecordError(
-            f'The run in {run_dir} does not follow the {model_name} recipe ({config_path(pretrained_tag) or pretrained_tag.tag}): '
-            f'{"; ".join(recipe)}. Train with the tag\'s config to publish under it.')
+            f'The run in {run_dir} does not follow the {model_name} recipe '
+            f'({config_path(pretrained_tag) or pretrained_tag.tag}): {"; ".join(recipe)}. Train with the tag\'s config '
+            f'to publish under it.')
     return recipe

@@ -18,8 +18,8 @@ from timm_mlit.errors import UserInputError
 from . import _pretrained_tags as tags
 
 __all__ = ['PretrainedWeightsError', 'CheckpointMismatchError', 'UnknownTagError', 'explain_load_error',
-           'no_weights_error', 'recipe_commands', 'training_step', 'format_steps', 'clone_note', 'check_tag', 'check_data_config', 'MAX_CLASSES',
-           'PUSH_CMD', 'PUSH_SCRIPT', 'PRETRAIN_CMD', 'PRETRAIN_SCRIPT', 'TRAIN_PY']
+           'no_weights_error', 'recipe_commands', 'training_step', 'format_steps', 'clone_note', 'check_tag',
+           'check_data_config', 'MAX_CLASSES', 'PUSH_CMD', 'PUSH_SCRIPT', 'PRETRAIN_CMD', 'PRETRAIN_SCRIPT', 'TRAIN_PY']
 
 
 class PretrainedWeightsError(UserInputError, RuntimeError):
@@ -146,7 +146,7 @@ def training_step(model: str, tag: tags.PretrainedTag) -> Tuple[str, str]:
     if tag.encoder:
         encoder = tags.find_tag(f'{model}.{tag.encoder}')
         command += f' --pretrained-path {_run_folder(encoder)}/{encoder.checkpoint}'
-        how = f'fine-tune the encoder of step 1'
+        how = f'fine-tune the MAE encoder {model}.{tag.encoder}'
     epochs = f', {tag.epochs} epochs' if tag.epochs else ''
     return f'{how} on {tag.dataset} (recipe {tag.config}{epochs})', command
 
@@ -198,9 +198,10 @@ def _staged_elsewhere(full_name: str) -> PretrainedWeightsError:
         f'installation has no copy of that folder (looked in {tags.STAGE_ROOT}). From a clone of the repository, '
         f'installed from it (pip install -e .), timm.create_model(\'{full_name}\', pretrained=True) loads it; with '
         f'any installation, from a clone\'s root: timm.create_model(\'local-dir:{folder}\', pretrained=True) after '
-        f'import timm_mlit (or \'local-dir:PATH/{folder}\' from elsewhere). Or publish it (maintainers): {PUSH_CMD} --staged {folder} (from a clone: '
-        f'{PUSH_SCRIPT} --staged {folder}), which uploads to {tags.hub_repo_id(*full_name.split(".", 1))}. Without '
-        f'weights: timm.create_model(\'{full_name}\', pretrained=False).')
+        f'import timm_mlit (or \'local-dir:PATH/{folder}\' from elsewhere). Or publish it (maintainers): '
+        f'{PUSH_CMD} --staged {folder} (from a clone: {PUSH_SCRIPT} --staged {folder}), which uploads to '
+        f'{tags.hub_repo_id(*full_name.split(".", 1))}. Without weights: timm.create_model(\'{full_name}\', '
+        f'pretrained=False).')
 
 
 def _recipe_only(full_name: str, tag: tags.PretrainedTag, where: str = '') -> PretrainedWeightsError:
