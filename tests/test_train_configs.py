@@ -1,5 +1,5 @@
 """The train.py recipes (timm_mlit/configs, shipped in the wheel): only train.py's own arguments, the paper's
-numbers, and the library calls train.py makes with them (CI has no train.py; the README shows the real train.py
+numbers, and the library calls train.py makes with them (CI has no train.py; docs/training.md shows the real train.py
 runs)."""
 import argparse
 import math
