@@ -241,7 +241,8 @@ def test_the_two_commands_are_the_ones_ci_runs():
 
 
 def test_every_named_command_is_installed():
-    section = re.search(r'^\[project\.scripts\][^\n]*\n(.*?)(^\[|\Z)', (ROOT / 'pyproject.toml').read_text(), re.M | re.S)
+    pyproject = (ROOT / 'pyproject.toml').read_text()
+    section = re.search(r'^\[project\.scripts\][^\n]*\n(.*?)(^\[|\Z)', pyproject, re.M | re.S)
     scripts = set(re.findall(r'^([\w-]+) = ', section.group(1), re.M))
     assert scripts == set(PROGS.values())
     bad = set()
@@ -293,8 +294,8 @@ def test_every_shown_recipe_exists():
     for page in PAGES:
         prose, _ = _split(page.read_text())
         for span in _inline_code(prose):
-            m = re.fullmatch(r'((table[4-6]_|maevit_c100_(pretrain|finetune)|mobile_vmoe_(superclass|end_to_end|imagenet))'
-                             r'[\w{},]*)(\.yaml)?', span)
+            m = re.fullmatch(r'((table[4-6]_|maevit_c100_(pretrain|finetune)|'
+                             r'mobile_vmoe_(superclass|end_to_end|imagenet))[\w{},]*)(\.yaml)?', span)
             if m:
                 check(page, span, span)
     assert seen > 15, 'the scan found too few recipe names'
@@ -309,7 +310,8 @@ def test_every_shown_model_is_registered():
 
     def check(page, name, where):
         nonlocal seen
-        if _placeholder(name) or name.startswith(('hf-hub:', 'local-dir:')) or '*' in name or name in UNKNOWN_ON_PURPOSE:
+        if (_placeholder(name) or name.startswith(('hf-hub:', 'local-dir:')) or '*' in name
+                or name in UNKNOWN_ON_PURPOSE):
             return
         seen += 1
         arch, _, tag = name.partition('.')
