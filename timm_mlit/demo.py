@@ -35,7 +35,7 @@ from timm.task import ClassificationTask
 from tqdm import tqdm
 
 from timm_mlit._io import atomic_write, command, write_text
-from timm_mlit.argtypes import nonneg_int, positive_float, positive_int
+from timm_mlit.argtypes import ProseHelpFormatter, nonneg_int, positive_float, positive_int
 from timm_mlit.data.shapes import SHAPE_CLASSES, write_shapes
 from timm_mlit.testing.local_hub import LocalHubServer
 from timm_mlit.mae.visualize import have_matplotlib
@@ -146,7 +146,7 @@ print(repr(top1))
 @command
 def main(argv: Optional[Sequence[str]] = None) -> float:
     p = argparse.ArgumentParser(prog='mlit-demo (or python -m timm_mlit)', description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=ProseHelpFormatter)
     p.add_argument('--output', default='output/demo', help='where the data, runs and the Hub cache go')
     p.add_argument('--model', default='mlit_xxs')
     p.add_argument('--mae-epochs', type=positive_int, default=3)
