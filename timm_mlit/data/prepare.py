@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from timm_mlit._io import PartialFolder, command
 from timm_mlit.argtypes import ProseHelpFormatter, int_in
-from timm_mlit.errors import exit_usage
+from timm_mlit.errors import exit_usage, require
 from .cifar10 import DataSourceError, ImageSplit, read_cifar10_npz, read_cifar10_torchvision
 
 __all__ = ['prepare_svhn', 'prepare_flowers102', 'squash', 'prepare_cifar10', 'write_image_folder_tree', 'PREPARERS', 'main']
@@ -158,6 +158,7 @@ def prepare_cifar10(out: str, npz_dir: Optional[str] = None, root: Optional[str]
 
 def prepare_svhn(root: str, out: str, download: bool = False, overwrite: bool = False) -> Path:
     """SVHN's ``train_32x32.mat`` / ``test_32x32.mat`` under ``root`` -> PNG ImageFolder tree at ``out``."""
+    require('scipy', what="mlit-prepare-data svhn (torchvision reads SVHN's .mat files with scipy)")
     from torchvision.datasets import SVHN
     root = str(_check_root(root)) if not download else root
 
@@ -188,6 +189,7 @@ def prepare_flowers102(root: str, out: str, download: bool = False, overwrite: b
     the JPEG files are copied as they are, or with ``size`` each whole photo is resized to ``size`` x ``size``
     (:func:`squash`, lossless PNG): mLiT's Table 8 runs resize every image to 36x36, Flowers102 included, which is
     what its recipes expect (``--size 36``)."""
+    require('scipy', what="mlit-prepare-data flowers102 (torchvision reads Flowers102's .mat files with scipy)")
     from torchvision.datasets import Flowers102
     if size is not None and size < 1:
         raise ValueError(f'--size {size}: expected a positive side in pixels (the recipes: 36).')
