@@ -106,6 +106,7 @@ def test_expert_load_heatmap_centred_on_balance_with_absent_cells_masked():
     np.testing.assert_allclose(mesh[0], [min(r[NAMES[0]]) * 2 for r in loads], rtol=1e-6)
     _assert_integer_epochs(fig, over_time.xaxis)
     _assert_integer_epochs(fig, heat.xaxis)  # expert indices
+    assert 'hatched' in heat.get_xlabel() and 'hatched' in over_time.get_xlabel()
 
 
 def test_expert_load_single_epoch_is_the_heatmap_alone():

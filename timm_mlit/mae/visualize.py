@@ -238,7 +238,7 @@ def expert_load_figure(epochs: Sequence[int], loads: Sequence[Mapping[str, Seque
                     color='white' if abs(ratio - 1) > 0.6 else 'black')
     ax.set_xticks(range(n_experts))
     ax.set_yticks(range(n_layers), [_layer_label(n, len(loads[-1][n])) for n in layers])
-    ax.set_xlabel('expert (index); hatched: the layer has fewer experts')
+    ax.set_xlabel('expert (index)' + ('; hatched: the layer has fewer experts' if last.mask.any() else ''))
     ax.set_title(f'share of routed tokens per expert,\nepoch {epochs[-1]} (the last logged)', fontsize=10)
 
     if ax_time is not None:
@@ -250,7 +250,8 @@ def expert_load_figure(epochs: Sequence[int], loads: Sequence[Mapping[str, Seque
         ax_time.pcolormesh(edges, np.arange(n_layers + 1) - 0.5, weakest, cmap=cmap, norm=norm, zorder=1)
         ax_time.set_xlim(edges[0], edges[-1])
         _epoch_axis(ax_time.xaxis)
-        ax_time.set_xlabel('epoch (as logged); hatched: the layer was not there yet')
+        ax_time.set_xlabel(
+            'epoch (as logged)' + ('; hatched: the layer was not there yet' if weakest.mask.any() else ''))
         ax_time.set_title("least-used expert's share × t, per epoch\n(1 = balanced; lower = a starved expert)",
                           fontsize=10)
         ax_time.tick_params(axis='y', left=False)
