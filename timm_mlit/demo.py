@@ -126,8 +126,9 @@ def fine_tune(encoder_file: Path, data_dir: Path, out: Path, model_name: str, ep
 
 MAE_OUTPUTS = {
     'log.csv': 'per-epoch losses, LR and speed',
-    'loss_curve.png': 'loss against epochs, log-log (Figure 6)',
-    'expert_load.png': "each MoE layer's least-used expert over the epochs (a dense model has none)",
+    'loss_curve.png': 'the losses against the epochs (Figure 6)',
+    'expert_load.png': "each MoE layer's share of tokens per expert (1/t = balanced) and its least-used expert "
+                       "over the epochs (a dense model has none)",
     'recon_epoch*.png': 'originals, masked inputs and reconstructions',
     'encoder.safetensors': 'the encoder, for timm',
 }
