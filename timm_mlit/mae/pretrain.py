@@ -352,8 +352,8 @@ class RunLog:
         if not layers:  # a dense encoder and decoder (maevit_c100): no experts to plot
             return
         plot_expert_load(
-            epochs, {n: [min(h['expert_load'][n]) for h in self.history] for n in layers},
-            self.out / 'expert_load.png')
+            epochs, [h['expert_load'] for h in self.history],
+            self.out / 'expert_load.png', title=f'Expert load, MAE pre-training, {model_name}')
 
 
 _TORCH_DATASET_FOLDERS = {'cifar-10-batches-py': 'torch/cifar10', 'cifar-100-python': 'torch/cifar100'}
