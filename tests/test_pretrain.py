@@ -37,11 +37,11 @@ def test_table3_defaults_per_size_and_yaml_config(tmp_path):
     assert args.lr_base == 3e-4 and args.weight_decay == 0.05 and args.opt == 'adamw' and args.scale == [0.6, 1.0]
     assert args.hflip == 0.5 and args.mean == [0.5] * 3 and args.std == [0.5] * 3 and args.mask_ratio == 0.75
     assert (args.alpha, args.beta) == (0.1, 0.5)
-    from timm_mlit.mae.pretrain import TABLE3, _fill_defaults
+    from timm_mlit.mae.arguments import TABLE3, fill_defaults
     assert TABLE3 == {'mlit_s': dict(epochs=4000, batch_size=840), 'mlit_xs': dict(epochs=6000, batch_size=1280),
                       'mlit_xxs': dict(epochs=8000, batch_size=1280)}
     args.world_size = 1
-    _fill_defaults(args)
+    fill_defaults(args)
     assert (args.epochs, args.batch_size, args.warmup_epochs) == (4000, 840, 200)  # warm-up 5%: Table 3's 200
     assert args.lr == pytest.approx(3e-4 * 840 / 256)
     cfg = tmp_path / 'c.yaml'
