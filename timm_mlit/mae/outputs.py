@@ -25,7 +25,7 @@ from .checkpoint import export_encoder, plain_args, save_checkpoint
 from .engine import Step
 from .visualize import have_matplotlib, plot_expert_load, plot_loss_curve, save_reconstructions
 
-__all__ = ['PretrainRun', 'output_folder', 'LOG_FIELDS']
+__all__ = ['PretrainRun', 'RunLog', 'output_folder', 'LOG_FIELDS']
 
 _logger = logging.getLogger('timm_mlit.pretrain')
 
@@ -51,20 +51,82 @@ def output_folder(args, resumed: bool) -> Path:
     return out
 
 
+class RunLog:
+    """Append-only logs: ``log.csv`` and ``log.jsonl`` (one row per epoch; the JSON adds the expert load) and
+    ``steps.csv`` (every update's loss), and the plots drawn from them. On resume, rows of epochs the checkpoint does
+    not hold are dropped."""
+
+    def __init__(self, out: Path, start_epoch: int):
+        self.out = out
+        self.history: List[dict] = []
+        jsonl = out / 'log.jsonl'
+        if jsonl.is_file():
+            for line in jsonl.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut short by a kill
+                if row['epoch'] < start_epoch:
+                    self.history.append(row)
+        steps = []
+        if (out / 'steps.csv').is_file():
+            with open(out / 'steps.csv') as f:
+                steps = [r for r in csv.DictReader(f) if r.get('loss') and int(r['epoch']) < start_epoch]
+        self._rewrite(steps)
+
+    def _rewrite(self, steps) -> None:
+        """The logs cut back to the checkpoint's epochs, each replaced atomically: a kill now keeps the old ones."""
+        log, step_log = io.StringIO(), io.StringIO()
+        w = csv.DictWriter(log, fieldnames=LOG_FIELDS, extrasaction='ignore')
+        w.writeheader()
+        w.writerows(self.history)
+        w = csv.DictWriter(step_log, fieldnames=['epoch', 'step', 'loss'])
+        w.writeheader()
+        w.writerows(steps)
+        write_text(self.out / 'log.csv', log.getvalue(), overwrite=True)
+        write_text(self.out / 'log.jsonl', ''.join(json.dumps(row) + '\n' for row in self.history), overwrite=True)
+        write_text(self.out / 'steps.csv', step_log.getvalue(), overwrite=True)
+
+    def append(self, row: dict, step_losses: List[float]) -> None:
+        self.history.append(row)
+        log, step_log = io.StringIO(), io.StringIO()
+        csv.DictWriter(log, fieldnames=LOG_FIELDS, extrasaction='ignore').writerow(row)
+        csv.writer(step_log).writerows(
+            [row['epoch'], i, loss] for i, loss in enumerate(step_losses))
+        append_text(self.out / 'log.csv', log.getvalue())
+        append_text(self.out / 'log.jsonl', json.dumps(row) + '\n')
+        append_text(self.out / 'steps.csv', step_log.getvalue())
+
+    def plot(self, model_name: str) -> None:
+        """``loss_curve.png`` and ``expert_load.png`` from the logged epochs."""
+        if not have_matplotlib():
+            return
+        epochs = [h['epoch'] for h in self.history]
+        plot_loss_curve(
+            epochs, {k: [h[k] for h in self.history] for k in ('loss', 'mse_masked', 'mse_unmasked')},
+            self.out / 'loss_curve.png', title=f'MAE pre-training, {model_name}')
+        layers = list(self.history[-1]['expert_load'])
+        if not layers:  # a dense encoder and decoder (maevit_c100): no experts to plot
+            return
+        plot_expert_load(
+            epochs, {n: [min(h['expert_load'][n]) for h in self.history] for n in layers},
+            self.out / 'expert_load.png')
+
+
 class PretrainRun:
     """The run folder ``out`` of the pre-training run ``args`` on ``model``, and what each epoch writes to it.
 
-    A context manager: entering creates the folder, takes its lock, removes temporaries a killed save left and cuts
-    the logs back to ``start_epoch``; leaving releases the lock. ``step`` is the optimiser state saved in
-    ``last.pth`` with ``run_args`` (the arguments as given, which a resume takes over) and ``updates_per_epoch``;
-    ``recon_imgs`` is the fixed batch of the reconstruction grids."""
+    A context manager: entering creates the folder, takes its lock, removes temporaries a killed save left and opens
+    the :class:`RunLog`, cut back to ``start_epoch``; leaving releases the lock. ``step`` is the optimiser state
+    saved in ``last.pth`` with ``run_args`` (the arguments as given, which a resume takes over) and
+    ``updates_per_epoch``; ``recon_imgs`` is the fixed batch of the reconstruction grids."""
 
     def __init__(self, out: Path, args, model: nn.Module, step: Step, *, run_args: dict, updates_per_epoch: int,
                  start_epoch: int, recon_imgs: torch.Tensor):
         self.out, self.args, self.model, self.step = out, args, model, step
         self.run_args, self.updates_per_epoch, self.start_epoch = run_args, updates_per_epoch, start_epoch
         self.recon_imgs = recon_imgs
-        self.history: List[dict] = []
+        self.log: Optional[RunLog] = None  # on entering
         self._lock = FolderLock(out, '--output/--experiment', fresh=not args.resume, fix=_NEW_RUN_FIX)
 
     def __enter__(self) -> 'PretrainRun':
@@ -73,7 +135,7 @@ class PretrainRun:
         try:
             for path in remove_stale_temporaries(self.out):
                 _logger.info(f'removed {path}, left by a run killed while saving')
-            self._cut_logs()
+            self.log = RunLog(self.out, self.start_epoch)
         except BaseException:
             self._lock.__exit__(None, None, None)
             raise
@@ -88,70 +150,16 @@ class PretrainRun:
         state (``checkpoint_rngs``), the checkpoint. The last epoch gets the plots and a grid."""
         epoch, epochs = row['epoch'], self.args.epochs
         done = epoch + 1
-        self._append_logs(row, step_losses)
+        self.log.append(row, step_losses)
         _logger.info(
             f'epoch {epoch}/{epochs - 1}  loss {row["loss"]:.5f}  masked {row["mse_masked"]:.5f}  '
             f'unmasked {row["mse_unmasked"]:.5f}  moe {row["moe_loss"]:.4f}  {row["images_per_s"]:.0f} img/s')
         if done % self.args.plot_interval == 0 or done == epochs:
-            self.plot()
+            self.log.plot(self.args.model)
         if done % self.args.recon_interval == 0 or done == epochs:
             self.save_reconstructions(done)
         if checkpoint_rngs is not None:
             self.save_checkpoint(done, checkpoint_rngs)
-
-    def _cut_logs(self) -> None:
-        """The logs cut back to the epochs before ``start_epoch``, each replaced atomically: a kill now keeps the
-        old ones."""
-        out, start_epoch = self.out, self.start_epoch
-        jsonl = out / 'log.jsonl'
-        if jsonl.is_file():
-            for line in jsonl.read_text().splitlines():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut short by a kill
-                if row['epoch'] < start_epoch:
-                    self.history.append(row)
-        steps = []
-        if (out / 'steps.csv').is_file():
-            with open(out / 'steps.csv') as f:
-                steps = [r for r in csv.DictReader(f) if r.get('loss') and int(r['epoch']) < start_epoch]
-        log, step_log = io.StringIO(), io.StringIO()
-        w = csv.DictWriter(log, fieldnames=LOG_FIELDS, extrasaction='ignore')
-        w.writeheader()
-        w.writerows(self.history)
-        w = csv.DictWriter(step_log, fieldnames=['epoch', 'step', 'loss'])
-        w.writeheader()
-        w.writerows(steps)
-        write_text(out / 'log.csv', log.getvalue(), overwrite=True)
-        write_text(out / 'log.jsonl', ''.join(json.dumps(row) + '\n' for row in self.history), overwrite=True)
-        write_text(out / 'steps.csv', step_log.getvalue(), overwrite=True)
-
-    def _append_logs(self, row: dict, step_losses: List[float]) -> None:
-        self.history.append(row)
-        log, step_log = io.StringIO(), io.StringIO()
-        csv.DictWriter(log, fieldnames=LOG_FIELDS, extrasaction='ignore').writerow(row)
-        csv.writer(step_log).writerows(
-            [row['epoch'], i, loss] for i, loss in enumerate(step_losses))
-        append_text(self.out / 'log.csv', log.getvalue())
-        append_text(self.out / 'log.jsonl', json.dumps(row) + '\n')
-        append_text(self.out / 'steps.csv', step_log.getvalue())
-
-    def plot(self) -> None:
-        """``loss_curve.png`` and ``expert_load.png`` from the logged epochs."""
-        if not have_matplotlib():
-            return
-        model_name = self.args.model
-        epochs = [h['epoch'] for h in self.history]
-        plot_loss_curve(
-            epochs, {k: [h[k] for h in self.history] for k in ('loss', 'mse_masked', 'mse_unmasked')},
-            self.out / 'loss_curve.png', title=f'MAE pre-training, {model_name}')
-        layers = list(self.history[-1]['expert_load'])
-        if not layers:  # a dense encoder and decoder (maevit_c100): no experts to plot
-            return
-        plot_expert_load(
-            epochs, {n: [min(h['expert_load'][n]) for h in self.history] for n in layers},
-            self.out / 'expert_load.png')
 
     def save_reconstructions(self, done: int) -> None:
         """``recon_epochNNNNN.png`` after ``done`` epochs: the same images and mask every time."""
