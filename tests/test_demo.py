@@ -1,10 +1,12 @@
 """The main job (python -m timm_mlit), shrunk: every stage of the life cycle runs and the model pulled from the local
 Hub scores exactly what the fine-tuned one did."""
+import csv
+
 import numpy as np
 from PIL import Image
 
 from timm_mlit.data.shapes import SHAPE_CLASSES, draw_shape, write_shapes
-from timm_mlit.demo import main, report_mae_outputs
+from timm_mlit.demo import evaluate, evaluate_metrics, main, report_mae_outputs
 from timm_mlit.mae.visualize import RECON_CELL_PX, save_reconstructions
 
 
@@ -26,6 +28,13 @@ def test_life_cycle(tmp_path, capsys):
     assert 0.0 <= top1 <= 100.0
     assert (tmp_path / 'demo' / 'mae' / 'mlit_xxs' / 'encoder.safetensors').is_file()
     assert (tmp_path / 'demo' / 'finetune' / 'model_best.pth.tar').is_file()
+    # summary.csv: train.py's columns, every one filled
+    with open(tmp_path / 'demo' / 'finetune' / 'summary.csv', newline='') as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ['epoch', 'train_loss', 'eval_loss', 'eval_top1', 'eval_top5', 'lr'] and len(rows) == 2
+    assert all(cell != '' for cell in rows[1]), rows
+    epoch, train_loss, eval_loss, top1, top5, lr = map(float, rows[1])
+    assert epoch == 0 and train_loss > 0 and eval_loss > 0 and 0 <= top1 <= top5 <= 100 and lr >= 0
     # stage 3 writes what it announces, and names each file: logs, both plots, the grid, the encoder
     run = tmp_path / 'demo' / 'mae' / 'mlit_xxs'
     for name in ('log.csv', 'loss_curve.png', 'expert_load.png', 'recon_epoch00001.png', 'encoder.safetensors'):
@@ -71,3 +80,30 @@ def test_missing_matplotlib_is_stated_with_the_fix(tmp_path, monkeypatch, capsys
     assert f'{tmp_path / "loss_curve.png"}: {fix}' in out
     assert f'{tmp_path / "expert_load.png"}: NOT written, matplotlib' in out
     assert f'{tmp_path / "encoder.safetensors"}: NOT written' in out
+
+
+def test_evaluate_metrics_are_train_pys(tmp_path):
+    """eval_loss, eval_top1 and eval_top5 as train.py's validate() computes them: the mean cross-entropy per image
+    and timm's accuracy() over the split."""
+    import timm
+    import torch
+    from timm.data import create_dataset, create_loader, resolve_data_config
+    from timm.utils import accuracy
+    data = write_shapes(tmp_path / 'shapes', train_per_class=1, val_per_class=3)
+    torch.manual_seed(0)
+    model = timm.create_model('mlit_xxs', num_classes=len(SHAPE_CLASSES)).eval()
+    with torch.no_grad():
+        model.head.weight.normal_(0, 1.0)  # spread the logits: top-1 and top-5 differ
+    metrics = evaluate_metrics(model, data, batch_size=7, workers=0)
+    cfg = resolve_data_config({}, model=model)
+    loader = create_loader(create_dataset('', root=str(data), split='validation'), input_size=cfg['input_size'],
+                           batch_size=1000, is_training=False, interpolation=cfg['interpolation'], mean=cfg['mean'],
+                           std=cfg['std'], crop_pct=cfg['crop_pct'], num_workers=0, use_prefetcher=False)
+    x, y = next(iter(loader))
+    with torch.no_grad():
+        logits = model(x)
+    top1, top5 = accuracy(logits, y, topk=(1, 5))
+    assert metrics['top1'] == evaluate(model, data, batch_size=7, workers=0)
+    assert abs(metrics['top1'] - float(top1)) < 1e-4 and abs(metrics['top5'] - float(top5)) < 1e-4  # float32 %
+    assert metrics['top5'] > metrics['top1']
+    assert abs(metrics['loss'] - torch.nn.functional.cross_entropy(logits, y).item()) < 1e-5

@@ -214,7 +214,7 @@ def _timm_scripts() -> Path:
 @pytest.mark.skipif(not (_timm_scripts() / 'onnx_export.py').is_file(),
                     reason="timm's onnx_export.py not found (set TIMM_SCRIPTS to pytorch-image-models' folder)")
 def test_timm_onnx_export_script_through_run(tmp_path):
-    """The README's command: python -m timm_mlit.run onnx_export.py --model mlit_xxs --checkpoint ... --dynamo."""
+    """docs/deploying.md's command: python -m timm_mlit.run onnx_export.py --model mlit_xxs --checkpoint ... --dynamo."""
     trained = _untie_gates(timm.create_model('mlit_xxs', num_classes=10))
     ckpt = _train_py_checkpoint(trained, tmp_path / 'last.pth.tar')
     out = tmp_path / 'mlit_xxs.onnx'

@@ -17,7 +17,7 @@ from helpers import needs_grouped_mm
 
 # name: (params without head: Table 1, with a 100-class head: Table 8)
 PAPER_PARAMS = {'mlit_s': (2.36e6, 2.38e6), 'mlit_xs': (1.21e6, 1.22e6), 'mlit_xxs': (0.66e6, 0.67e6)}
-# exact counts of this implementation (the README quotes them)
+# exact counts of this implementation (docs/models.md quotes them; test_docs.py checks it does)
 OUR_PARAMS = {'mlit_s': (2_358_182, 2_372_682), 'mlit_xs': (1_202_348, 1_215_248), 'mlit_xxs': (651_373, 662_273)}
 TABLE1 = {  # embed, layers, d_h first, d_h last, heads, groups
     'mlit_s': (144, 15, 144, 72, 8, 4), 'mlit_xs': (128, 12, 96, 32, 8, 4), 'mlit_xxs': (108, 9, 81, 27, 6, 3)}

@@ -154,7 +154,7 @@ def test_encoder_hand_off_to_timm_and_fine_tuning(image_folder, tmp_path):
     assert missing == {'head.weight', 'head.bias'} and not keys - set(model.state_dict())
     mae_state = torch.load(run / 'last.pth', weights_only=True)['model']
 
-    # the two ways the README names: create_model with the file, and train.py's --pretrained-path overlay
+    # the two ways docs/mae.md names: create_model with the file, and train.py's --pretrained-path overlay
     for overlay in (dict(file=str(encoder_file)), dict(file=str(encoder_file), num_classes=-1)):
         model = timm.create_model('mlit_xxs', pretrained=True, pretrained_cfg_overlay=overlay, num_classes=4)
         for k in keys:

@@ -1,5 +1,5 @@
 """count_macs, the one MAC count behind the model cards, `python -m timm_mlit.summary`, the main job, the benchmarks and
-the README: the same figures on every supported torch, attention included wherever the attention kernel runs."""
+the docs: the same figures on every supported torch, attention included wherever the attention kernel runs."""
 import pytest
 import torch
 import torch.nn as nn
@@ -11,9 +11,10 @@ import timm_mlit  # noqa: F401
 from timm_mlit.layers.grouped_expert_mm import grouped_mm_supported
 from timm_mlit.profiling import UncountedOpError, count_macs, flop_counter
 
-# MACs per 36x36 image on the CPU in fp32, attention included (the README's table). mlit_s / mlit_xs run their
-# expert matmul as the grouped GEMM (k chosen experts' W) where torch has grouped_mm, else the static matmul (all t
-# experts' W, the README's bracketed figure); mlit_xxs takes the static path either way (grouped_pays_on_cpu).
+# MACs per 36x36 image on the CPU in fp32, attention included (docs/models.md's table; test_docs.py checks that it
+# quotes these). mlit_s / mlit_xs run their expert matmul as the grouped GEMM (k chosen experts' W) where torch has
+# grouped_mm, else the static matmul (all t experts' W, the table's bracketed figure); mlit_xxs takes the static
+# path either way (grouped_pays_on_cpu).
 MLIT_MACS = {  # name: (grouped, static)
     'mlit_s': (365_326_992, 424_814_112),
     'mlit_xs': (222_766_464, 233_011_584),
@@ -37,7 +38,7 @@ class _AttentionOnly(nn.Module):
 
 
 @pytest.mark.parametrize('name', list(MLIT_MACS))
-def test_mlit_macs_are_the_readmes_on_any_torch(name):
+def test_mlit_macs_are_the_documented_ones_on_any_torch(name):
     model = timm.create_model(name)
     grouped, static = MLIT_MACS[name]
     want = grouped if grouped_mm_supported(torch.device('cpu'), torch.float32) else static

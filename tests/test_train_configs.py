@@ -1,5 +1,5 @@
 """The train.py recipes (timm_mlit/configs, shipped in the wheel): only train.py's own arguments, the paper's
-numbers, and the library calls train.py makes with them (CI has no train.py; the README shows the real train.py
+numbers, and the library calls train.py makes with them (CI has no train.py; docs/training.md shows the real train.py
 runs)."""
 import argparse
 import math
@@ -24,7 +24,8 @@ CONFIGS = RECIPE_DIR
 PAPER = sorted(CONFIGS.glob('table*.yaml'))  # mLiT's Tables 4-6
 PRETRAIN = sorted(CONFIGS.glob('*_pretrain_mae.yaml'))  # pretrain_mae.py's, not train.py's
 ALL = [p for p in sorted(CONFIGS.glob('*.yaml')) if p not in PRETRAIN]  # train.py's
-ZOO = [p for p in ALL if p not in PAPER]  # Mae-ViT-C100 and Mobile V-MoE
+OWN = [CONFIGS / 'own_data.yaml']  # your own ImageFolder (tests/test_own_data.py)
+ZOO = [p for p in ALL if p not in PAPER + OWN]  # Mae-ViT-C100 and Mobile V-MoE
 
 # Table 4, and the deviations of Tables 5 and 6: batch, base lr, layer decay, warm-up epochs, AutoAugment policy
 TABLE4 = dict(batch_size=448, lr_base=5e-3, layer_decay=0.9, warmup_epochs=20, aa='cifar10', epochs=300)

@@ -12,6 +12,7 @@ a :class:`~timm_mlit.errors.UserInputError`.
 """
 import argparse
 import math
+import re
 from typing import Any, Callable, Dict, Iterable, Optional
 
 from .errors import UserInputError
@@ -19,13 +20,41 @@ from .errors import UserInputError
 __all__ = ['ArgumentError', 'finite_float', 'positive_float', 'nonneg_float', 'positive_int', 'nonneg_int',
            'int_in', 'float_in', 'probability', 'drop_rate', 'fraction', 'num_classes', 'hub_repo_id',
            'model_kwargs', 'check_train_recipe', 'check_warmup', 'check_img_size', 'check_model_kwargs', 'MAX_CLASSES',
-           'DROP_RATE_KEYS']
+           'DROP_RATE_KEYS', 'plain_text', 'ProseHelpFormatter']
 
 MAX_CLASSES = 100_000  # more than any classification dataset (ImageNet-21k: 21,841); a larger count is a typo
 
 # the rate arguments of the zoo's models (and of timm's ViTs): dropout probabilities, each in [0, 1)
 DROP_RATE_KEYS = ('drop_rate', 'pos_drop_rate', 'attn_drop_rate', 'proj_drop_rate', 'drop_path_rate',
                   'expert_drop_rate', 'patch_drop_rate')
+
+
+# reST markup of the docstrings that double as --help text: roles (:func:`~a.b`), literals (``x``), directives
+_ROLE = re.compile(r':(?:[a-z]+:)?[a-z]+:`(~?)([^`<]*?)(?:\s*<[^`>]*>)?`')
+_LITERAL = re.compile(r'``(.+?)``', re.S)
+_DIRECTIVE = re.compile(r'^(\s*)\.\. ([a-z-]+)::\s*', re.M)
+
+
+def plain_text(text: str) -> str:
+    """``text`` (a docstring written in reST) as plain prose for a terminal: ``:func:`~a.b``` becomes ``b``,
+    a double-backquoted literal its content, ``.. note::`` becomes ``Note:``, and a paragraph's closing ``::`` a
+    colon. What reST leaves plain (indented examples, lists) is kept as it is."""
+    text = _ROLE.sub(lambda m: m.group(2).rsplit('.', 1)[-1] if m.group(1) else m.group(2), text)
+    text = _LITERAL.sub(lambda m: m.group(1), text)
+    text = _DIRECTIVE.sub(lambda m: f'{m.group(1)}{m.group(2).capitalize()}: ', text)
+    return re.sub(r'(\S)::$', r'\1:', re.sub(r'\s::$', '', text, flags=re.M), flags=re.M)
+
+
+class ProseHelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """argparse's formatter for a command whose description is its module docstring: the description keeps its
+    line breaks (RawDescriptionHelpFormatter), and reST markup in it and in each argument's help is turned into
+    plain prose (:func:`plain_text`), so ``--help`` prints prose and options."""
+
+    def _fill_text(self, text, width, indent):
+        return super()._fill_text(plain_text(text), width, indent)
+
+    def _split_lines(self, text, width):
+        return super()._split_lines(plain_text(text), width)
 
 
 class ArgumentError(UserInputError):

@@ -35,36 +35,50 @@ from timm.task import ClassificationTask
 from tqdm import tqdm
 
 from timm_mlit._io import atomic_write, command, write_text
-from timm_mlit.argtypes import nonneg_int, positive_float, positive_int
+from timm_mlit.argtypes import ProseHelpFormatter, nonneg_int, positive_float, positive_int
 from timm_mlit.data.shapes import SHAPE_CLASSES, write_shapes
 from timm_mlit.testing.local_hub import LocalHubServer
 from timm_mlit.mae.visualize import have_matplotlib
 
-__all__ = ['evaluate', 'fine_tune', 'report_mae_outputs', 'main']
+__all__ = ['evaluate', 'evaluate_metrics', 'fine_tune', 'report_mae_outputs', 'main']
 
 _TOKEN = 'hf_demo_token'
 
 
 @torch.no_grad()
-def evaluate(model, data_dir, split: str = 'validation', batch_size: int = 128, workers: int = 2) -> float:
-    """Top-1 % of ``model`` on an ImageFolder split, with the eval transform timm resolves for the model."""
+def evaluate_metrics(model, data_dir, split: str = 'validation', batch_size: int = 128,
+                     workers: int = 2) -> Dict[str, float]:
+    """``loss`` (mean cross-entropy per image), ``top1`` and ``top5`` (%) of ``model`` on an ImageFolder split, with
+    the eval transform timm resolves for the model: what train.py's validate() reports and its summary.csv holds as
+    eval_loss, eval_top1 and eval_top5 (top-5 is top-k for k = min(5, classes), as timm's accuracy())."""
     cfg = resolve_data_config({}, model=model)
     loader = create_loader(
         create_dataset('', root=str(data_dir), split=split), input_size=cfg['input_size'], batch_size=batch_size,
         is_training=False, interpolation=cfg['interpolation'], mean=cfg['mean'], std=cfg['std'],
         crop_pct=cfg['crop_pct'], num_workers=workers, use_prefetcher=False)
     model.eval()
-    correct = total = 0
+    correct = correct5 = total = 0
+    loss = 0.0
     for x, y in loader:
-        correct += (model(x).argmax(-1) == y).sum().item()
+        logits = model(x)
+        correct += (logits.argmax(-1) == y).sum().item()
+        top = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
+        correct5 += (top == y[:, None]).any(-1).sum().item()
+        loss += torch.nn.functional.cross_entropy(logits.float(), y, reduction='sum').item()
         total += y.numel()
-    return 100.0 * correct / total
+    return {'loss': loss / total, 'top1': 100.0 * correct / total, 'top5': 100.0 * correct5 / total}
+
+
+def evaluate(model, data_dir, split: str = 'validation', batch_size: int = 128, workers: int = 2) -> float:
+    """Top-1 % of ``model`` on an ImageFolder split, with the eval transform timm resolves for the model."""
+    return evaluate_metrics(model, data_dir, split, batch_size, workers)['top1']
 
 
 def fine_tune(encoder_file: Path, data_dir: Path, out: Path, model_name: str, epochs: int, batch_size: int,
               workers: int, lr: float = 2e-3) -> Path:
     """Fine-tune from the MAE encoder through timm's training path; write model_best.pth.tar, args.yaml and
-    summary.csv as train.py does. Returns the run folder."""
+    summary.csv as train.py does (epoch from 0, train_loss, eval_loss, eval_top1, eval_top5, lr: every column
+    filled). Returns the run folder."""
     out.mkdir(parents=True, exist_ok=True)
     model = timm.create_model(model_name, pretrained=True, num_classes=len(SHAPE_CLASSES),
                               pretrained_cfg_overlay=dict(file=str(encoder_file)))
@@ -93,8 +107,10 @@ def fine_tune(encoder_file: Path, data_dir: Path, out: Path, model_name: str, ep
             updates += 1
             scheduler.step_update(num_updates=updates)
             losses.append(result['loss'].item())
-        top1 = evaluate(model, data_dir, workers=workers)
-        rows.append([epoch, sum(losses) / len(losses), '', top1, '', optimizer.param_groups[0]['lr']])
+        metrics = evaluate_metrics(model, data_dir, workers=workers)
+        top1 = metrics['top1']
+        rows.append([epoch, sum(losses) / len(losses), metrics['loss'], top1, metrics['top5'],
+                     optimizer.param_groups[0]['lr']])
         print(f'  fine-tune epoch {epoch + 1}/{epochs}: loss {rows[-1][1]:.3f}, validation top-1 {top1:.1f}%')
         if top1 > best:
             best = top1
@@ -110,8 +126,9 @@ def fine_tune(encoder_file: Path, data_dir: Path, out: Path, model_name: str, ep
 
 MAE_OUTPUTS = {
     'log.csv': 'per-epoch losses, LR and speed',
-    'loss_curve.png': 'loss against epochs, log-log (Figure 6)',
-    'expert_load.png': "each MoE layer's least-used expert over the epochs (a dense model has none)",
+    'loss_curve.png': 'the losses against the epochs (Figure 6)',
+    'expert_load.png': "each MoE layer's share of tokens per expert (1/t = balanced) and its least-used expert "
+                       "over the epochs (a dense model has none)",
     'recon_epoch*.png': 'originals, masked inputs and reconstructions',
     'encoder.safetensors': 'the encoder, for timm',
 }
@@ -146,7 +163,7 @@ print(repr(top1))
 @command
 def main(argv: Optional[Sequence[str]] = None) -> float:
     p = argparse.ArgumentParser(prog='mlit-demo (or python -m timm_mlit)', description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=ProseHelpFormatter)
     p.add_argument('--output', default='output/demo', help='where the data, runs and the Hub cache go')
     p.add_argument('--model', default='mlit_xxs')
     p.add_argument('--mae-epochs', type=positive_int, default=3)

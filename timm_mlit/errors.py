@@ -7,11 +7,20 @@ exits with status 2, argparse's status for a usage error. Any other exception is
 
 Python callers of a command's ``main(argv)`` get the exception itself (still a ``ValueError``; the loaders' errors
 are also ``RuntimeError`` as before).
+
+A package of an optional extra that is not installed is such an error too: :func:`require` raises
+:class:`MissingExtraError` (also an ``ImportError``) naming what needs it and the ``pip install 'timm-mlit[EXTRA]'``
+that installs it.
 """
+import importlib
 import sys
 from typing import Any, Callable, NoReturn, Optional, Sequence
 
-__all__ = ['UserInputError', 'MissingInputError', 'UsageExit', 'USAGE_EXIT', 'exit_usage', 'run_command']
+__all__ = ['UserInputError', 'MissingInputError', 'MissingExtraError', 'EXTRAS', 'require', 'UsageExit',
+           'USAGE_EXIT', 'exit_usage', 'run_command']
+
+# the optional packages by the extra that installs them: pyproject.toml's [project.optional-dependencies]
+EXTRAS = {'onnx': 'export', 'onnxruntime': 'export', 'onnxscript': 'export', 'scipy': 'data'}
 
 USAGE_EXIT = 2  # argparse's exit status for a usage error; every user error exits with it
 
@@ -22,6 +31,22 @@ class UserInputError(ValueError):
 
 class MissingInputError(UserInputError, FileNotFoundError):
     """A file or folder the user named does not exist (also a ``FileNotFoundError``)."""
+
+
+class MissingExtraError(UserInputError, ImportError):
+    """A package of one of timm-mlit's optional extras is not installed; the message names the extra to install."""
+
+
+def require(*modules: str, what: str) -> None:
+    """Import each of ``modules`` (optional packages, :data:`EXTRAS`) or raise :class:`MissingExtraError`: ``what``
+    needs it, and ``pip install 'timm-mlit[EXTRA]'`` installs it."""
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            extra = EXTRAS.get(name.split('.')[0])
+            fix = f"pip install 'timm-mlit[{extra}]'" if extra else f'pip install {name}'
+            raise MissingExtraError(f'{what} needs {name}, which cannot be imported ({e}). Fix: {fix}') from e
 
 
 class UsageExit(SystemExit):

@@ -13,8 +13,8 @@ matrices) and they make discrete choices: int8 logits tie or swap the top-k expe
 output far more than the rounding of a weight does. This follows the rule the layers already keep under autocast
 (the gate runs in float32).
 
-Needs ``pip install onnx onnxruntime onnxscript`` (the ``export`` extra) for the ONNX parts; PyTorch's int8 needs
-nothing more.
+Needs ``pip install 'timm-mlit[export]'`` (onnx, onnxruntime, onnxscript) for the ONNX parts; without them each ONNX
+function raises :class:`~timm_mlit.errors.MissingExtraError` naming that command. PyTorch's int8 needs nothing more.
 """
 import copy
 import logging
@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 
 from timm_mlit._io import atomic_write
+from timm_mlit.errors import require
 from timm_mlit.layers import NoisyTopKGate, PerImageRouter
 
 __all__ = [
@@ -97,6 +98,7 @@ def export_onnx(
     one; ``dynamic_size`` also makes height and width dynamic (needs the dynamo exporter and a model created with
     ``dynamic_img_size=True``). The ONNX checker runs on the result. The file appears only when the export succeeded.
     """
+    require(*(['onnx'] if check else []), *(['onnx', 'onnxscript'] if dynamo else []), what='ONNX export')
     from timm.utils.onnx import onnx_export
 
     if dynamic_size and not getattr(model, 'dynamic_img_size', False):
@@ -208,6 +210,7 @@ def quantize_onnx(
     U8S8 on non-VNNI CPUs; PyTorch's x86 kernels reduce the activations' range for the same reason). ``per_channel``
     (default) gives each output column its own scale, which wins back the bit: 7-bit per-tensor weights took a random
     mobile_vmoe_9x384_patch32_224 to a cosine of 0.90, per column 0.998."""
+    require('onnx', 'onnxruntime', what='int8 quantisation of an ONNX model')
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic as ort_quantize_dynamic
 
@@ -238,6 +241,7 @@ def quantize_onnx(
 
 def onnx_session(path: Union[str, Path], num_threads: Optional[int] = None):
     """An onnxruntime CPU session, with ``num_threads`` intra-op threads (None: onnxruntime's default, all cores)."""
+    require('onnxruntime', what='running an ONNX model')
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -254,6 +258,7 @@ def onnx_run(session, x: torch.Tensor) -> np.ndarray:
 
 def onnx_op_counts(path: Union[str, Path]) -> Counter:
     """How often each ONNX op type occurs in the model's graph (and its sub-graphs' functions)."""
+    require('onnx', what='reading an ONNX model')
     import onnx
 
     model = onnx.load(str(path))
@@ -267,6 +272,7 @@ def onnx_op_counts(path: Union[str, Path]) -> Counter:
 def compare_onnx(model: nn.Module, path: Union[str, Path], x: torch.Tensor) -> Dict[str, float]:
     """Run ``x`` through the PyTorch model (eval) and the ONNX file; the largest absolute difference of the outputs
     and the share of rows whose argmax agrees."""
+    require('onnxruntime', what='running an ONNX model')
     was_training = model.training
     ref = model.eval()(x).float().numpy()
     model.train(was_training)

@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+from timm_mlit.argtypes import ProseHelpFormatter, plain_text
+
 __all__ = ['find_script', 'main', 'validate_main']
 
 SEARCH_ENV = 'TIMM_SCRIPTS'
@@ -58,7 +60,7 @@ def _run(script: Path, args: Sequence[str]) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """``mlit-run SCRIPT [ARGS...]``: run timm's SCRIPT (a path, or a name looked up as described above)."""
     p = argparse.ArgumentParser(prog='mlit-run', description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=ProseHelpFormatter)
     p.add_argument('script', help="timm's script: a path, or a name (validate, inference.py, benchmark, ...)")
     p.add_argument('args', nargs=argparse.REMAINDER, help="the script's own arguments (its --help lists them)")
     ns = p.parse_args(sys.argv[1:] if argv is None else argv)
@@ -76,7 +78,7 @@ def validate_main(argv: Optional[Sequence[str]] = None) -> None:
         script = find_script('validate.py')
     except FileNotFoundError as e:
         if {'-h', '--help'} & set(argv):
-            print(f'usage: mlit-validate [validate.py arguments]\n\n{__doc__}\n'
+            print(f'usage: mlit-validate [validate.py arguments]\n\n{plain_text(__doc__)}\n'
                   f"validate.py's own arguments are listed by mlit-validate --help once it is found.\n\n"
                   f'Now: {e}')
             sys.exit(0)

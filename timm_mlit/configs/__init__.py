@@ -1,11 +1,12 @@
 """The train.py recipes (YAML files beside this module), shipped as package data: a clone and an installed package
 read the same files. ``mlit-config`` (:mod:`timm_mlit.recipes`) lists, prints and writes them by name;
-:func:`recipe_path` finds one by name or path, and :data:`TRAIN_PY_KEYS` are the keys a recipe may hold."""
+:func:`recipe_path` finds one by name or path, :func:`recipe_dataset` says which data it reads (its header's
+``# Dataset:`` line), and :data:`TRAIN_PY_KEYS` are the keys a recipe may hold."""
 import os
 from pathlib import Path
 from typing import FrozenSet, List, Union
 
-__all__ = ['RECIPE_DIR', 'TRAIN_PY_KEYS', 'list_recipes', 'recipe_path']
+__all__ = ['RECIPE_DIR', 'TRAIN_PY_KEYS', 'list_recipes', 'recipe_path', 'recipe_dataset']
 
 RECIPE_DIR = Path(__file__).resolve().parent
 _SUFFIX = '.yaml'
@@ -66,3 +67,21 @@ def recipe_path(name_or_path: Union[str, os.PathLike]) -> Path:
     raise FileNotFoundError(
         f"recipe {text!r}: no such file and no shipped recipe of that name. Shipped recipes (mlit-config --list): "
         f"{', '.join(list_recipes())}; or pass the path of a YAML file.")
+
+
+_DATASET = '# Dataset:'
+
+
+def recipe_dataset(name_or_path: Union[str, os.PathLike]) -> str:
+    """The data a recipe reads, from its header's ``# Dataset: ...`` line (continued on the ``#   `` lines below it);
+    ``''`` when it has none (a user's own file)."""
+    lines = recipe_path(name_or_path).read_text(encoding='utf-8').splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith(_DATASET):
+            text = [line[len(_DATASET):].strip()]
+            for more in lines[i + 1:]:
+                if not more.startswith('#   '):
+                    break
+                text.append(more[1:].strip())
+            return ' '.join(text)
+    return ''

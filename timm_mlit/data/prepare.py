@@ -35,8 +35,8 @@ from timm.utils.misc import natural_key
 from tqdm import tqdm
 
 from timm_mlit._io import PartialFolder, command
-from timm_mlit.argtypes import int_in
-from timm_mlit.errors import exit_usage
+from timm_mlit.argtypes import ProseHelpFormatter, int_in
+from timm_mlit.errors import exit_usage, require
 from .cifar10 import DataSourceError, ImageSplit, read_cifar10_npz, read_cifar10_torchvision
 
 __all__ = ['prepare_svhn', 'prepare_flowers102', 'squash', 'prepare_cifar10', 'write_image_folder_tree', 'PREPARERS', 'main']
@@ -158,6 +158,7 @@ def prepare_cifar10(out: str, npz_dir: Optional[str] = None, root: Optional[str]
 
 def prepare_svhn(root: str, out: str, download: bool = False, overwrite: bool = False) -> Path:
     """SVHN's ``train_32x32.mat`` / ``test_32x32.mat`` under ``root`` -> PNG ImageFolder tree at ``out``."""
+    require('scipy', what="mlit-prepare-data svhn (torchvision reads SVHN's .mat files with scipy)")
     from torchvision.datasets import SVHN
     root = str(_check_root(root)) if not download else root
 
@@ -188,6 +189,7 @@ def prepare_flowers102(root: str, out: str, download: bool = False, overwrite: b
     the JPEG files are copied as they are, or with ``size`` each whole photo is resized to ``size`` x ``size``
     (:func:`squash`, lossless PNG): mLiT's Table 8 runs resize every image to 36x36, Flowers102 included, which is
     what its recipes expect (``--size 36``)."""
+    require('scipy', what="mlit-prepare-data flowers102 (torchvision reads Flowers102's .mat files with scipy)")
     from torchvision.datasets import Flowers102
     if size is not None and size < 1:
         raise ValueError(f'--size {size}: expected a positive side in pixels (the recipes: 36).')
@@ -217,16 +219,18 @@ PREPARERS = {'svhn': prepare_svhn, 'flowers102': prepare_flowers102}
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='mlit-prepare-data', description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=ProseHelpFormatter)
     sub = parser.add_subparsers(dest='dataset', required=True, metavar='{cifar10,flowers102,svhn}')
-    cifar = sub.add_parser('cifar10', help='CIFAR-10 from the JPEG copy (--npz-dir) or torchvision\'s files (--root)')
+    cifar = sub.add_parser('cifar10', formatter_class=ProseHelpFormatter,
+                           help='CIFAR-10 from the JPEG copy (--npz-dir) or torchvision\'s files (--root)')
     source = cifar.add_mutually_exclusive_group(required=True)
     source.add_argument('--npz-dir', help='folder with cifar10_train_jpeg.npz and cifar10_test_jpeg.npz')
     source.add_argument('--root', help="torchvision's CIFAR-10 root (holding cifar-10-batches-py/)")
     cifar.add_argument('--no-verify', action='store_true',
                        help="don't check the published .npz files' sha256 (structure is still checked)")
     for name in sorted(PREPARERS):
-        p = sub.add_parser(name, help=f'{name} from torchvision\'s files under --root')
+        p = sub.add_parser(name, formatter_class=ProseHelpFormatter,
+                           help=f'{name} from torchvision\'s files under --root')
         p.add_argument('--root', required=True, help="torchvision's root folder for the dataset")
         if name == 'flowers102':
             p.add_argument('--size', type=int_in(1, 4096, expected='an image side in pixels, 1 to 4096'),

@@ -34,7 +34,7 @@ from timm.models import get_arch_pretrained_cfgs, load_checkpoint, save_for_hf
 from timm_mlit._io import (
     PartialFolder, check_target, command, copy_inside, file_inside, load_safetensors, move_file, temporary_folder,
     torch_load, write_bytes, write_text)
-from timm_mlit.argtypes import hub_repo_id as repo_id_arg, num_classes as num_classes_arg
+from timm_mlit.argtypes import ProseHelpFormatter, hub_repo_id as repo_id_arg, num_classes as num_classes_arg
 from timm_mlit.errors import UserInputError
 from timm_mlit.models import (  # importing the models registers them
     CheckpointMismatchError, PretrainedWeightsError, family_filter_fn, verify_hub_folder)
@@ -327,7 +327,7 @@ def _run_uses_ema(run_dir: Path) -> bool:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=ProseHelpFormatter,
                                 prog=PUSH_CMD)
     p.add_argument('--model', default=None, help="timm name with tag, e.g. mlit_xxs.c10 (or an untagged mlit_xxs)")
     p.add_argument('--checkpoint', default=None,

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from timm_mlit._io import signals_unwind, write_text
-from timm_mlit.argtypes import positive_float
+from timm_mlit.argtypes import ProseHelpFormatter, positive_float
 from timm_mlit.errors import MissingInputError, UserInputError
 from .records import RunRecordError, check_run_info
 from .variants import DATASETS
@@ -64,7 +64,7 @@ def write_run_info(run_dir, wall_time_s: float, hardware: Optional[str] = None, 
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=ProseHelpFormatter,
                                 prog='python -m timm_mlit.hub.run_info')
     p.add_argument('run_dir', help="the run's output folder (train.py's --output/--experiment)")
     p.add_argument('--hardware', default=None, help='default: the GPUs torch sees here, or the CPU')

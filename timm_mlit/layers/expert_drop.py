@@ -5,7 +5,8 @@ output, mLiT Eq. 13's FFN_i); used by :class:`~timm_mlit.layers.mlit_experts.Sha
 
 Per-expert dropout (mLiT Sec. 2.1.2, rate p = 0.1) multiplies each chosen expert's output, an m-vector per
 (token, chosen expert), by an independent mask: 0 with probability p, 1/(1−p) otherwise, as ``nn.Dropout``. That
-is N·k·m Bernoulli draws per layer, which on a CPU cost about as much as the whole dense MLP of the layer.
+is N·k·m Bernoulli draws per layer, one random number per element of the experts' outputs: on a CPU, drawing that
+many is a large share of the layer's cost (docs/benchmarks.md has the measurement).
 
 :func:`expert_drop_mask` draws the same distribution with about p·N·k·m random numbers on the CPU: in a sequence of
 independent Bernoulli(p) trials the gaps between successes are independent Geometric(p) variables, so the dropped

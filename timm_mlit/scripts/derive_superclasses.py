@@ -10,7 +10,7 @@ cluster it into E groups, one per expert.
 split: an ImageFolder without that split folder is refused (timm would silently read the whole folder, training
 images included); ``--split train`` is allowed but warned about, as a model confuses its training images far less.
 
-writes the map (JSON, as :func:`~timm_mlit.data.superclasses.load_superclass_map` reads it) and, beside it,
+It writes the map (JSON, as :func:`~timm_mlit.data.superclasses.load_superclass_map` reads it) and, beside it,
 ``<stem>.confusion.csv``: the confusion matrix as plain integers, row = true class, column = predicted class.
 The clustering is spectral (normalised affinity, top-E eigenvectors, k-means) in numpy only.
 """
@@ -28,7 +28,8 @@ from timm.models import clean_state_dict, get_pretrained_cfg_value
 from tqdm import tqdm
 
 from timm_mlit._io import check_target, command, load_weights, write_text
-from timm_mlit.argtypes import MAX_CLASSES, int_in, nonneg_int, num_classes as num_classes_arg, positive_int
+from timm_mlit.argtypes import (
+    MAX_CLASSES, ProseHelpFormatter, int_in, nonneg_int, num_classes as num_classes_arg, positive_int)
 from timm_mlit.data.superclasses import SuperclassMap
 from timm_mlit.errors import MissingInputError, UserInputError
 from timm_mlit.models import family_filter_fn  # importing the zoo's models registers them
@@ -311,7 +312,7 @@ def _check_held_out_split(args, data_dir: Path) -> None:
 
 @command
 def main(argv: Optional[List[str]] = None) -> SuperclassMap:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=ProseHelpFormatter,
                                 prog='mlit-derive-superclasses')
     p.add_argument('--model', required=True, help='timm model name of the dense baseline (plugin models included)')
     p.add_argument('--checkpoint', required=True, help="train.py checkpoint (.pth.tar) or a .safetensors file")

@@ -1,0 +1,107 @@
+"""An ImageFolder tree of the user's own, read the way timm's train.py reads it (its default ``--dataset ''``).
+
+train.py finds a split's folder with timm's ``create_dataset``: ``ROOT/train`` (or ``training``) for
+``--train-split train`` and ``ROOT/validation`` (or ``val``, ``valid``, ``eval``, ``evaluation``) for
+``--val-split validation``; a split without such a folder silently falls back to ROOT itself. Classes are the
+sub-folders holding images, numbered in sorted (natural) order **per split**. :func:`inspect_image_folder` reads a
+tree with the same timm calls and refuses the trees that train.py would misread: no ``train/`` folder, a validation
+split whose classes differ from the training split's (the labels would not match), a single class.
+"""
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Union
+
+from timm_mlit.errors import MissingInputError, UserInputError
+
+__all__ = ['ImageFolderError', 'ImageFolderInfo', 'inspect_image_folder']
+
+
+class ImageFolderError(UserInputError):
+    """A folder that train.py would not read as an ImageFolder tree of train / validation class folders."""
+
+
+@dataclass
+class ImageFolderInfo:
+    """What train.py will read from an ImageFolder tree: the split folders, image counts and class names."""
+    root: Path
+    train_dir: Path
+    num_train: int
+    classes: List[str]
+    val_dir: Optional[Path] = None  # None: no validation folder (train.py then trains without evaluating)
+    num_val: int = 0
+    train_per_class: Dict[str, int] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+_LAYOUT = ('expected ROOT/train/<class>/<images> and, for held-out images, ROOT/validation/<class>/<images> (or '
+           'val/), the layout train.py and mlit-prepare-data use')
+
+
+def _read_split(root: Path, split: str):
+    """(folder, [(image, class index)], {class: index}) of ``split`` as timm's create_dataset finds and reads it;
+    folder is None where the split falls back to ``root`` itself (no folder of that name or a synonym)."""
+    from timm.data import create_dataset
+    try:
+        reader = create_dataset('', root=str(root), split=split).reader
+    except RuntimeError:  # timm's reader refuses a folder without images: name the folder it looked in
+        names = (split, 'train', 'training') if split in ('train', 'training') else \
+            (split, 'val', 'valid', 'validation', 'eval', 'evaluation')
+        found = next((root / n for n in names if (root / n).is_dir()), None)
+        return (None if found is None or found.resolve() == root.resolve() else found), [], {}
+    found = Path(reader.root)
+    if found.resolve() == root.resolve():
+        return None, [], {}
+    return found, reader.samples, reader.class_to_idx
+
+
+def inspect_image_folder(root: Union[str, Path], train_split: str = 'train',
+                         val_split: str = 'validation', what: str = '--data-dir') -> ImageFolderInfo:
+    """Read ``root`` as train.py will (timm's split search and ImageFolder reader): the training and validation
+    folders, their image counts and the classes. Raises :class:`ImageFolderError` (or ``MissingInputError``) naming
+    the folder, what was expected and the fix for a tree train.py would refuse or misread."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise MissingInputError(f'{what} {root}: no such folder; {_LAYOUT}. Pass the folder that holds train/.')
+    train_dir, train, train_classes = _read_split(root, train_split)
+    if train_dir is None:
+        subfolders = sorted(p.name for p in root.iterdir() if p.is_dir())
+        held = f'it holds {", ".join(subfolders[:5])}{", ..." if len(subfolders) > 5 else ""}' if subfolders else \
+            'it holds no folders'
+        raise ImageFolderError(
+            f'{what} {root}: no {train_split}/ folder ({held}); {_LAYOUT}. Fix: move the class folders into '
+            f'{root / train_split}/ and some images of each class into {root / "validation"}/.')
+    if not train:
+        raise ImageFolderError(f'{what} {root}: {train_dir} holds no images in class folders; {_LAYOUT}.')
+    if '' in train_classes:
+        raise ImageFolderError(
+            f'{what} {root}: {train_dir} holds images directly, outside class folders; {_LAYOUT}. Fix: move each '
+            f'image into {train_dir}/<its class>/.')
+    classes = sorted(train_classes, key=train_classes.get)
+    if len(classes) < 2:
+        raise ImageFolderError(
+            f'{what} {root}: {train_dir} holds one class folder ({classes[0]}); a classifier needs at least 2. Put '
+            f'each class in its own folder: {train_dir}/<class>/<images>.')
+    per_class = {c: 0 for c in classes}
+    for _, target in train:
+        per_class[classes[target]] += 1
+    info = ImageFolderInfo(root=root, train_dir=train_dir, num_train=len(train), classes=classes,
+                           train_per_class=per_class)
+    if not val_split:
+        return info
+    val_dir, val, val_classes = _read_split(root, val_split)
+    if val_dir is None or not val:
+        return info
+    if list(val_classes) != classes:
+        missing = sorted(set(classes) - set(val_classes))
+        extra = sorted(set(val_classes) - set(classes))
+        parts = ([f'lacks {missing[:5]}{" ..." if len(missing) > 5 else ""}'] if missing else []) + \
+                ([f'has {extra[:5]}{" ..." if len(extra) > 5 else ""} that {train_dir.name}/ lacks'] if extra else [])
+        raise ImageFolderError(
+            f'{what} {root}: {val_dir.name}/ {" and ".join(parts)}. timm numbers the classes of each split on its '
+            f'own, so the validation labels would not match the training labels. Fix: give {val_dir.name}/ the same '
+            f'class folders as {train_dir.name}/ (each with at least one image).')
+    info.val_dir, info.num_val = val_dir, len(val)
+    return info
