@@ -13,7 +13,7 @@ import torch
 
 import timm_mlit  # noqa: F401
 from timm_mlit.mae import create_mae
-from timm_mlit.mae.pretrain import TABLE3
+from timm_mlit.mae.arguments import TABLE3
 from timm_mlit.profiling import autocast_for, interleaved_ms
 
 CIFAR100_TRAIN = 50_000

@@ -140,7 +140,8 @@ SMALL = ['--model', 'mlit_xxs', '--dataset', '', '--workers', '0', '--device', '
 
 @pytest.mark.parametrize('leftover', ['last.pth', 'log.csv', 'encoder.safetensors', 'notes.txt'])
 def test_mlit_pretrain_refuses_a_run_folder_that_holds_a_run(leftover, image_folder, tmp_path, outside):
-    from timm_mlit.mae.pretrain import UsageError, main
+    from timm_mlit.mae.arguments import UsageError
+    from timm_mlit.mae.pretrain import main
     run = tmp_path / 'out' / 'run'
     run.mkdir(parents=True)
     target = run / leftover

@@ -6,7 +6,7 @@ from PIL import Image
 
 pytest.importorskip('matplotlib')
 
-from timm_mlit.mae.pretrain import RunLog  # noqa: E402
+from timm_mlit.mae.outputs import RunLog  # noqa: E402
 from timm_mlit.mae.visualize import (  # noqa: E402
     expert_load_figure, loss_curve_figure, plot_expert_load, plot_loss_curve)
 

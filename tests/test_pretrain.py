@@ -3,6 +3,7 @@ and hands a timm-loadable encoder to fine-tuning."""
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -37,11 +38,11 @@ def test_table3_defaults_per_size_and_yaml_config(tmp_path):
     assert args.lr_base == 3e-4 and args.weight_decay == 0.05 and args.opt == 'adamw' and args.scale == [0.6, 1.0]
     assert args.hflip == 0.5 and args.mean == [0.5] * 3 and args.std == [0.5] * 3 and args.mask_ratio == 0.75
     assert (args.alpha, args.beta) == (0.1, 0.5)
-    from timm_mlit.mae.pretrain import TABLE3, _fill_defaults
+    from timm_mlit.mae.arguments import TABLE3, fill_defaults
     assert TABLE3 == {'mlit_s': dict(epochs=4000, batch_size=840), 'mlit_xs': dict(epochs=6000, batch_size=1280),
                       'mlit_xxs': dict(epochs=8000, batch_size=1280)}
     args.world_size = 1
-    _fill_defaults(args)
+    fill_defaults(args)
     assert (args.epochs, args.batch_size, args.warmup_epochs) == (4000, 840, 200)  # warm-up 5%: Table 3's 200
     assert args.lr == pytest.approx(3e-4 * 840 / 256)
     cfg = tmp_path / 'c.yaml'
@@ -324,6 +325,23 @@ def test_module_entry_point_prints_help():
     result = subprocess.run([sys.executable, '-m', 'timm_mlit.mae.pretrain', '--help'], capture_output=True, text=True,
                             cwd=Path(__file__).resolve().parents[1])
     assert result.returncode == 0 and 'usage: mlit-pretrain' in result.stdout and '--resume' in result.stdout
+    # prose and options (issue 22): no reST markup, a description of a few lines between the usage and the options
+    assert '`' not in result.stdout and ':func:' not in result.stdout
+    description = result.stdout.split('\n\n')[1]
+    assert 3 <= len(description.splitlines()) <= 10 and '--resume' in description, description
+
+
+def test_console_and_logs_count_epochs_alike(image_folder, tmp_path, caplog):
+    """Console, log.csv, log.jsonl and steps.csv number epochs the same way, from 0 as timm's train.py."""
+    with caplog.at_level('INFO', logger='timm_mlit.pretrain'):
+        run = pretrain_main(SMALL + ['--data-dir', str(image_folder), '--batch-size', '32', '--epochs', '2',
+                                     '--output', str(tmp_path), '--experiment', 'r', '--recon-interval', '9'])
+    console = [int(m.group(1)) for m in map(re.compile(r'epoch (\d+)/1 ').match, caplog.messages) if m]
+    with open(run / 'log.csv') as f:
+        logged = [int(r['epoch']) for r in csv.DictReader(f)]
+    jsonl = [json.loads(line)['epoch'] for line in (run / 'log.jsonl').read_text().splitlines()]
+    assert console == logged == jsonl == [0, 1]
+    assert sorted({e for e, _, _ in _steps(run)}) == [0, 1]
 
 
 def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):

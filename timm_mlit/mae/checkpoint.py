@@ -14,7 +14,7 @@ state is stored as a tensor, the arguments as a plain dict) and is read with :fu
 import pickle
 import random
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -24,13 +24,9 @@ from timm_mlit._io import atomic_write, torch_load
 from timm_mlit.errors import UserInputError
 
 __all__ = [
-    'save_checkpoint', 'load_checkpoint', 'export_encoder', 'rng_state', 'set_rng_state', 'CheckpointError',
-    'plain_args', 'RESUME_HINT',
+    'save_checkpoint', 'load_checkpoint', 'export_encoder', 'rng_state', 'set_rng_state', 'gather_rng_states',
+    'CheckpointError', 'plain_args',
 ]
-
-RESUME_HINT = ('run `mlit-pretrain --resume OUTPUT/RUN/last.pth` (from a clone: '
-               '`python train_scripts/pretrain_mae.py --resume OUTPUT/RUN/last.pth`)')
-
 
 class CheckpointError(UserInputError, RuntimeError):
     """A checkpoint that cannot be resumed from; the message names the file, what was expected and the fix."""
@@ -78,6 +74,16 @@ def set_rng_state(state: Dict[str, Any]) -> None:
     torch.set_rng_state(state['torch'])
     if 'cuda' in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state['cuda'])
+
+
+def gather_rng_states(distributed: bool) -> List[Dict[str, Any]]:
+    """Every process's RNG state, in rank order (with ``distributed``, a collective: every process calls it), so
+    that each resumes its own stream."""
+    if not distributed:
+        return [rng_state()]
+    states = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(states, rng_state())
+    return states
 
 
 def save_checkpoint(path, state: Dict[str, Any]) -> Path:
