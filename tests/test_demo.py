@@ -37,11 +37,11 @@ def test_life_cycle(tmp_path, capsys):
     assert epoch == 0 and train_loss > 0 and eval_loss > 0 and 0 <= top1 <= top5 <= 100 and lr >= 0
     # stage 3 writes what it announces, and names each file: logs, both plots, the grid, the encoder
     run = tmp_path / 'demo' / 'mae' / 'mlit_xxs'
-    for name in ('log.csv', 'loss_curve.png', 'expert_load.png', 'recon_epoch00001.png', 'encoder.safetensors'):
+    for name in ('log.csv', 'loss_curve.png', 'expert_load.png', 'recon_epoch00000.png', 'encoder.safetensors'):
         assert (run / name).is_file(), name
         assert str(run / name) in out, f'{name} is not announced'
     assert 'NOT written' not in out
-    width, height = Image.open(run / 'recon_epoch00001.png').size
+    width, height = Image.open(run / 'recon_epoch00000.png').size
     assert width >= 8 * RECON_CELL_PX and height >= 4 * RECON_CELL_PX  # 8 images, 4 rows, big enough to see
 
 

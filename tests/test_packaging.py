@@ -322,7 +322,7 @@ def test_pretrain_push_and_pull_from_the_installed_commands(installed, tmp_path)
                         '--output', tmp_path / 'mae', '--experiment', 'run')
     assert pre.returncode == 0, pre.stderr[-3000:]
     run = tmp_path / 'mae' / 'run'
-    for name in ('log.csv', 'loss_curve.png', 'expert_load.png', 'recon_epoch00001.png', 'encoder.safetensors'):
+    for name in ('log.csv', 'loss_curve.png', 'expert_load.png', 'recon_epoch00000.png', 'encoder.safetensors'):
         assert (run / name).is_file(), name
     repo = 'local/mlit_xxs.mae_c100'
     with LocalHubServer(token=TOKEN) as hub:

@@ -71,7 +71,7 @@ def test_pretraining_learns_and_writes_what_a_long_run_needs(smooth_folder, tmp_
     first, last = history[0]['mse_masked'], history[-1]['mse_masked']
     print(f'\nMAE on smooth images: masked MSE {first:.4f} -> {last:.4f}; predicting the mean: {predict_the_mean:.4f}')
     assert last < 0.5 * predict_the_mean and last < 0.5 * first
-    for name in ('log.csv', 'loss_curve.png', 'expert_load.png', 'recon_epoch00012.png', 'recon_epoch00025.png',
+    for name in ('log.csv', 'loss_curve.png', 'expert_load.png', 'recon_epoch00011.png', 'recon_epoch00024.png',
                  'last.pth', 'encoder.safetensors'):
         assert (run / name).is_file() and (run / name).stat().st_size > 0, name
     assert len(history[-1]['expert_load']) == 9 + 4

@@ -99,7 +99,7 @@ def fine_tune(encoder_file: Path, data_dir: Path, out: Path, model_name: str, ep
     for epoch in range(epochs):
         model.train()
         losses = []
-        for x, y in tqdm(loader, desc=f'fine-tune epoch {epoch + 1}/{epochs}', leave=False, unit='batch'):
+        for x, y in tqdm(loader, desc=f'fine-tune epoch {epoch}/{epochs - 1}', leave=False, unit='batch'):
             result = task(x, y)
             optimizer.zero_grad()
             result['loss'].backward()
@@ -111,7 +111,7 @@ def fine_tune(encoder_file: Path, data_dir: Path, out: Path, model_name: str, ep
         top1 = metrics['top1']
         rows.append([epoch, sum(losses) / len(losses), metrics['loss'], top1, metrics['top5'],
                      optimizer.param_groups[0]['lr']])
-        print(f'  fine-tune epoch {epoch + 1}/{epochs}: loss {rows[-1][1]:.3f}, validation top-1 {top1:.1f}%')
+        print(f'  fine-tune epoch {epoch}/{epochs - 1}: loss {rows[-1][1]:.3f}, validation top-1 {top1:.1f}%')
         if top1 > best:
             best = top1
             state = {'epoch': epoch, 'arch': model_name, 'state_dict': model.state_dict(), 'metric': top1}

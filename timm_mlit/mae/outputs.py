@@ -3,7 +3,8 @@
 ``log.csv`` and ``log.jsonl`` (a row per epoch, epochs counted from 0: losses, LR, speed; the JSON adds the expert
 load), ``steps.csv`` (every update's loss), ``loss_curve.png`` and ``expert_load.png`` when matplotlib imports,
 ``recon_epochNNNNN.png`` every ``--recon-interval`` epochs, and at every checkpoint ``encoder.safetensors`` (the
-encoder alone, for timm) and ``last.pth`` (resumable). NNNNN in a file's name is the number of epochs done.
+encoder alone, for timm) and ``last.pth`` (resumable). NNNNN in a file's name is the epoch, counted from 0 as in
+the logs, the console and timm's train.py (``checkpoint-N.pth.tar``).
 
 A new run refuses a folder that already holds a run, and a run holds a lock on its folder (``.mlit-lock``) while it
 lives, so a second writer is refused. A resumed run first cuts its logs back to the checkpoint's epochs.
@@ -157,17 +158,17 @@ class PretrainRun:
         if done % self.args.plot_interval == 0 or done == epochs:
             self.log.plot(self.args.model)
         if done % self.args.recon_interval == 0 or done == epochs:
-            self.save_reconstructions(done)
+            self.save_reconstructions(epoch)
         if checkpoint_rngs is not None:
             self.save_checkpoint(done, checkpoint_rngs)
 
-    def save_reconstructions(self, done: int) -> None:
-        """``recon_epochNNNNN.png`` after ``done`` epochs: the same images and mask every time."""
+    def save_reconstructions(self, epoch: int) -> None:
+        """``recon_epochNNNNN.png`` at the end of ``epoch`` (from 0): the same images and mask every time."""
         device = self.recon_imgs.device
         with torch.random.fork_rng(devices=[device] if device.type == 'cuda' else []):
             torch.manual_seed(0)  # the same mask every time, and the training RNG untouched
             save_reconstructions(
-                self.model, self.recon_imgs, self.args.mean, self.args.std, self.out / f'recon_epoch{done:05d}.png')
+                self.model, self.recon_imgs, self.args.mean, self.args.std, self.out / f'recon_epoch{epoch:05d}.png')
 
     def save_checkpoint(self, done: int, rngs: List[dict]) -> None:
         """``encoder.safetensors`` (and ``encoder-epochNNNNN.safetensors`` every ``--keep-every``) for timm, then
@@ -177,7 +178,7 @@ class PretrainRun:
         meta = {'architecture': args.model, 'mae_epochs': done, 'source': 'timm_mlit mmLiT pre-training'}
         export_encoder(model.encoder, self.out / 'encoder.safetensors', meta)
         if args.keep_every and done % args.keep_every == 0:
-            export_encoder(model.encoder, self.out / f'encoder-epoch{done:05d}.safetensors', meta)
+            export_encoder(model.encoder, self.out / f'encoder-epoch{done - 1:05d}.safetensors', meta)
         save_checkpoint(self.out / 'last.pth', {
             'model': model.state_dict(), 'optimizer': step.optimizer.state_dict(),
             'scheduler': step.scheduler.state_dict(), 'scaler': step.scaler.state_dict() if step.scaler else None,
