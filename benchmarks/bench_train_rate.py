@@ -162,7 +162,9 @@ def bench_steps(args, recipe: dict) -> None:
             t = statistics.median(ts)
             rate = args.batch_size / t
             gflops = rate * flops_per_image / 1e9
-            extra = f'   (compile + {args.warmup} warm-up steps: {compile_s[label]:.0f} s)' if label in compile_s else ''
+            extra = ''
+            if label in compile_s:
+                extra = f'   (compile + {args.warmup} warm-up steps: {compile_s[label]:.0f} s)'
             print(f'{label:<18}{t:>8.3f}{rate:>10.1f}{gflops:>9.1f}{gflops / peak:>9.3f}{base / t:>9.2f}x{extra}')
 
 

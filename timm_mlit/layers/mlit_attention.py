@@ -16,11 +16,12 @@ axis, (B, G, H/G·N, d), and attend to the group's own (B, G, N, d) keys and val
 queries, so outputs and gradients equal those of repeating K/V per query head, without the copies and their
 backward, in plain ops every SDPA backend and exporter takes.
 
-In eager mode and under ``torch.compile`` the fused kernel is instead handed the (B, H, N, d) query heads and the
-(B, G, N, d) key/value heads as strided views of the ``qkv`` output with ``enable_gqa=True``: the kernel reads each
-group's keys and values for its H/G query heads itself, so neither the fold above nor the output's unfold is
-copied (forward and backward). Same function: every query row attends to the same keys and values. TorchScript,
-FX / torch.jit tracing, torch.export and ONNX export keep the folded form.
+On the CPU, in eager mode and under ``torch.compile``, the fused kernel (the CPU's flash kernel) is instead handed
+the (B, H, N, d) query heads and the (B, G, N, d) key/value heads as strided views of the ``qkv`` output with
+``enable_gqa=True``: the kernel reads each group's keys and values for its H/G query heads itself, so neither the
+fold above nor the output's unfold is copied (forward and backward). Same function: every query row attends to the
+same keys and values. TorchScript, FX / torch.jit tracing, torch.export, ONNX export and other devices (whose SDPA
+backends may not all take ``enable_gqa``, and fall back to the math kernel) keep the folded form.
 """
 from typing import Final, Optional
 
@@ -71,9 +72,9 @@ class GroupedQueryAttention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
 
     @torch.jit.unused
-    def _gqa_views(self) -> bool:
-        """Whether the fused kernel takes the heads as views with ``enable_gqa`` (eager and torch.compile)."""
-        return not (is_graph_capture() or torch.onnx.is_in_onnx_export())
+    def _gqa_views(self, x: torch.Tensor) -> bool:
+        """Whether the fused kernel takes the heads as views with ``enable_gqa`` (CPU, eager and torch.compile)."""
+        return x.device.type == 'cpu' and not (is_graph_capture() or torch.onnx.is_in_onnx_export())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, _ = x.shape
@@ -81,7 +82,7 @@ class GroupedQueryAttention(nn.Module):
         R = H // G  # query heads per key/value head
         q, k, v = self.qkv(x).split([H * d, G * d, G * d], dim=-1)
         if not torch.jit.is_scripting() and self.fused_attn:
-            if self._gqa_views():
+            if self._gqa_views(x):
                 x = F.scaled_dot_product_attention(
                     q.reshape(B, N, H, d).transpose(1, 2),
                     k.reshape(B, N, G, d).transpose(1, 2),
