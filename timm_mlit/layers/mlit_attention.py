@@ -74,7 +74,9 @@ class GroupedQueryAttention(nn.Module):
     @torch.jit.unused
     def _gqa_views(self, x: torch.Tensor) -> bool:
         """Whether the fused kernel takes the heads as views with ``enable_gqa`` (CPU, eager and torch.compile)."""
-        return x.device.type == 'cpu' and not (is_graph_capture() or torch.onnx.is_in_onnx_export())
+        if is_graph_capture() or torch.onnx.is_in_onnx_export():  # first: FX's traced device cannot be branched on
+            return False
+        return x.device.type == 'cpu'
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, _ = x.shape
