@@ -68,3 +68,33 @@ def test_folded_groups_give_the_gradients_of_explicit_heads(fused):
         grads.append([xi.grad] + [p.grad for p in attn.parameters()])
     for a, b in zip(*grads):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize('dim,heads,groups', [(108, 6, 3), (64, 4, 1), (96, 6, 6)])
+def test_head_views_with_enable_gqa_equal_the_folded_groups(dim, heads, groups, monkeypatch):
+    """Eager mode on the CPU hands the fused kernel strided head views with enable_gqa; graph capture keeps the
+    folded form.
+    Both compute the same outputs and gradients (within float32 rounding)."""
+    torch.manual_seed(0)
+    attn = GroupedQueryAttention(dim, heads, groups).train()
+    x = torch.randn(3, 145, dim)
+    probe = torch.randn(3, 145, dim)
+    assert attn.fused_attn and attn._gqa_views(x)
+    results = []
+    for views in (True, False):
+        monkeypatch.setattr(attn, '_gqa_views', lambda x, views=views: views)
+        attn.zero_grad(set_to_none=True)
+        xi = x.clone().requires_grad_(True)
+        out = attn(xi)
+        (out * probe).sum().backward()
+        results.append([out, xi.grad] + [p.grad for p in attn.parameters()])
+    for a, b in zip(*results):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_graph_capture_keeps_the_folded_form():
+    attn = GroupedQueryAttention(108, 6, 3).eval()
+    gm = torch.fx.symbolic_trace(attn)
+    assert 'enable_gqa' not in gm.code
+    x = torch.randn(2, 145, 108)
+    assert torch.allclose(gm(x), attn(x), atol=1e-6)

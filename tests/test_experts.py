@@ -261,3 +261,23 @@ def test_flop_counter_counts_the_grouped_matmul_as_the_chosen_experts_only():
     with counter:
         h.sum().backward()
     assert counter.get_total_flops() == 2 * 2 * n * k * m * d_h
+
+
+def test_distinct_row_selection_has_index_selects_gradient():
+    """The dense path's row selection (backward: a copy into zeros) equals index_select's (backward: a scatter-add)
+    for the distinct rows a token's k chosen experts give, and falls back to index_select without autograd."""
+    from timm_mlit.layers.mlit_experts import chosen_rows, select_distinct_rows
+    torch.manual_seed(0)
+    n, t, k, d_h = 50, 5, 2, 7
+    top_idx = torch.rand(n, t).argsort(-1)[:, :k]
+    rows = chosen_rows(top_idx, t)
+    table = torch.randn(n * t, d_h, requires_grad=True)
+    probe = torch.randn(n * k, d_h)
+    out = select_distinct_rows(table, rows)
+    (grad,) = torch.autograd.grad((out * probe).sum(), table)
+    (want,) = torch.autograd.grad((table.index_select(0, rows) * probe).sum(), table)
+    assert torch.equal(out, table.index_select(0, rows))
+    assert torch.equal(grad, want)
+    assert grad.abs().sum(-1).gt(0).sum() == n * k  # the unchosen rows get zeros
+    with torch.no_grad():
+        assert torch.equal(select_distinct_rows(table, rows), table.index_select(0, rows))

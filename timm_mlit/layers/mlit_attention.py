@@ -15,6 +15,13 @@ Key/value heads are not copied out to the query heads: the H/G query heads of gr
 axis, (B, G, H/G·N, d), and attend to the group's own (B, G, N, d) keys and values. Attention is row-wise in the
 queries, so outputs and gradients equal those of repeating K/V per query head, without the copies and their
 backward, in plain ops every SDPA backend and exporter takes.
+
+On the CPU, in eager mode and under ``torch.compile``, the fused kernel (the CPU's flash kernel) is instead handed
+the (B, H, N, d) query heads and the (B, G, N, d) key/value heads as strided views of the ``qkv`` output with
+``enable_gqa=True``: the kernel reads each group's keys and values for its H/G query heads itself, so neither the
+fold above nor the output's unfold is copied (forward and backward). Same function: every query row attends to the
+same keys and values. TorchScript, FX / torch.jit tracing, torch.export, ONNX export and other devices (whose SDPA
+backends may not all take ``enable_gqa``, and fall back to the math kernel) keep the folded form.
 """
 from typing import Final, Optional
 
@@ -22,6 +29,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import use_fused_attn
+
+from ._tracing import is_graph_capture
 
 __all__ = ['GroupedQueryAttention']
 
@@ -62,11 +71,28 @@ class GroupedQueryAttention(nn.Module):
         self.proj = nn.Linear(num_heads * head_dim, dim, bias=proj_bias, **dd)
         self.proj_drop = nn.Dropout(proj_drop)
 
+    @torch.jit.unused
+    def _gqa_views(self, x: torch.Tensor) -> bool:
+        """Whether the fused kernel takes the heads as views with ``enable_gqa`` (CPU, eager and torch.compile)."""
+        if is_graph_capture() or torch.onnx.is_in_onnx_export():  # first: FX's traced device cannot be branched on
+            return False
+        return x.device.type == 'cpu'
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, _ = x.shape
         H, G, d = self.num_heads, self.num_kv_heads, self.head_dim
         R = H // G  # query heads per key/value head
         q, k, v = self.qkv(x).split([H * d, G * d, G * d], dim=-1)
+        if not torch.jit.is_scripting() and self.fused_attn:
+            if self._gqa_views(x):
+                x = F.scaled_dot_product_attention(
+                    q.reshape(B, N, H, d).transpose(1, 2),
+                    k.reshape(B, N, G, d).transpose(1, 2),
+                    v.reshape(B, N, G, d).transpose(1, 2),
+                    dropout_p=self.attn_drop.p if self.training else 0.,
+                    enable_gqa=G != H,
+                )
+                return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, H * d)))
         # query head g·R + r -> group g, rows r·N … (r+1)·N − 1
         q = q.reshape(B, N, G, R, d).permute(0, 2, 3, 1, 4).reshape(B, G, R * N, d)
         k = k.reshape(B, N, G, d).transpose(1, 2)

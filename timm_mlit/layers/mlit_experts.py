@@ -71,6 +71,31 @@ def chosen_rows(top_idx: torch.Tensor, num_experts: int) -> torch.Tensor:
 torch.fx.wrap('chosen_rows')
 
 
+class _SelectDistinctRows(torch.autograd.Function):
+    """``table.index_select(0, rows)`` for ``rows`` without repeats, whose backward copies the gradient rows into a
+    zero table (``index_copy_``) instead of adding them (``index_add_``, which the CPU runs as a scatter-add): with
+    distinct rows each table row receives at most one gradient row, so the copy is the same sum."""
+
+    @staticmethod
+    def forward(ctx, table: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(rows)
+        ctx.table_shape = table.shape
+        return table.index_select(0, rows)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        rows, = ctx.saved_tensors
+        return grad.new_zeros(ctx.table_shape).index_copy_(0, rows, grad), None
+
+
+def select_distinct_rows(table: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Rows ``rows`` (distinct) of the 2-D ``table``, as ``index_select`` (the backward a copy, not a scatter-add)."""
+    if is_graph_capture() or not table.requires_grad:
+        return table.index_select(0, rows)
+    return _SelectDistinctRows.apply(table, rows)
+
+
 class SharedSwiGLUExperts(nn.Module):
     """t SwiGLU experts of hidden size d_h sharing V and W2 (mLiT Sec. 2.1.2), in the fused form."""
     per_expert_drop: Final[bool]
@@ -172,7 +197,11 @@ class SharedSwiGLUExperts(nn.Module):
         else:
             h = self.w(x).reshape(n * t, d_h)  # x W_i + b_i for every expert i, row n·t + i
             rows = chosen_rows(gate.top_idx, t)
-            h_k = h.index_select(0, rows).reshape(n, k, d_h)  # the k chosen experts' rows (whole-row copies)
+            # the k chosen experts' rows (whole-row copies; a token's k experts are distinct, so are its rows)
+            if torch.jit.is_scripting():
+                h_k = h.index_select(0, rows).reshape(n, k, d_h)
+            else:
+                h_k = select_distinct_rows(h, rows).reshape(n, k, d_h)
         v = self.v(x)  # x V + b_V
         if self.per_expert_drop and self.training and self.drop.p > 0.:
             y = self.w2(F.silu(h_k) * v.unsqueeze(1))  # FFN_i(x) of the chosen i, (N, k, m)
