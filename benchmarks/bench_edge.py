@@ -40,6 +40,7 @@ import timm
 from timm.data import create_transform, resolve_data_config
 
 import timm_mlit  # noqa: F401  registers the models
+from timm_mlit._io import torch_load
 from timm_mlit.export import export_onnx, onnx_run, onnx_session, quantize_dynamic, quantize_onnx
 from timm_mlit.profiling import count_params, interleaved_ms
 
@@ -153,9 +154,7 @@ def parse_checkpoints(items: List[str]) -> Dict[str, Path]:
 def describe_checkpoint(path: Path) -> str:
     ckpt = {}
     if path.suffix != '.safetensors':
-        # weights_only: a checkpoint is untrusted; train.py's hold an argparse.Namespace (as timm allows it)
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            ckpt = torch.load(path, map_location='cpu', weights_only=True)
+        ckpt = torch_load(path)  # the project's one safe reader: tensors, plain data and train.py's Namespace
     epoch = ckpt.get('epoch') if isinstance(ckpt, dict) else None
     summary = path.parent / 'summary.csv'
     detail = f', {int(epoch) + 1} epoch(s) by train.py' if isinstance(epoch, int) else ''
