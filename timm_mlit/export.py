@@ -204,12 +204,11 @@ def quantize_onnx(
 
     ``reduce_range`` (default) stores the weights in [-64, 64] (7 bits). onnxruntime multiplies uint8 activations by
     int8 weights with VPMADDUBSW on x86 CPUs without VNNI (AVX2, AVX-512 without VNNI), which adds adjacent pairs of
-    products in int16 and saturates there; with full-range weights (2 x 255 x 127 > 32767) that clipped mLiT's and
-    Mae-ViT-C100's logits to an int8/fp32 cosine of 0.83-0.93 on such a CPU, where a VNNI CPU gave 0.99. With 7-bit
-    weights a pair is at most 2 x 255 x 64 = 32640: the same result on every CPU (onnxruntime's own advice for
-    U8S8 on non-VNNI CPUs; PyTorch's x86 kernels reduce the activations' range for the same reason). ``per_channel``
-    (default) gives each output column its own scale, which wins back the bit: 7-bit per-tensor weights took a random
-    mobile_vmoe_9x384_patch32_224 to a cosine of 0.90, per column 0.998."""
+    products in int16 and saturates there: with full-range weights (2 x 255 x 127 > 32767) the sums clip, and the
+    result depends on the CPU. With 7-bit weights a pair is at most 2 x 255 x 64 = 32640: the same result on every
+    CPU (onnxruntime's own advice for U8S8 on non-VNNI CPUs; PyTorch's x86 kernels reduce the activations' range for
+    the same reason). ``per_channel`` (default) gives each output column its own scale, which wins back the lost bit.
+    The measured effect of both: docs/benchmarks.md ("int8 weights on CPUs without VNNI")."""
     require('onnx', 'onnxruntime', what='int8 quantisation of an ONNX model')
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic as ort_quantize_dynamic
