@@ -294,17 +294,21 @@ def test_stale_temporaries_of_both_forms(tmp_path):
 
 @pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGHUP])
 def test_signals_unwind_like_an_exception_and_clean_up(signum, tmp_path):
-    before = signal.getsignal(signum)
+    # the signal's default action, as a terminal starts a command (under nohup HUP arrives ignored: the next test)
+    inherited = signal.signal(signum, signal.SIG_DFL)
     target = tmp_path / 'a.bin'
 
     def write(tmp):
         Path(tmp).write_bytes(b'half')
         os.kill(os.getpid(), signum)
-    with pytest.raises(SystemExit) as e:
-        with _io.signals_unwind():
-            _io.atomic_write(target, write)
-    assert e.value.code == 128 + signum
-    assert os.listdir(tmp_path) == [] and signal.getsignal(signum) == before
+    try:
+        with pytest.raises(SystemExit) as e:
+            with _io.signals_unwind():
+                _io.atomic_write(target, write)
+        assert e.value.code == 128 + signum
+        assert os.listdir(tmp_path) == [] and signal.getsignal(signum) == signal.SIG_DFL
+    finally:
+        signal.signal(signum, inherited)
 
 
 def test_an_ignored_signal_stays_ignored():
