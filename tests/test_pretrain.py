@@ -364,3 +364,29 @@ def test_checkpoints_of_the_earlier_format_still_resume(tmp_path):
     expected = np.random.rand()
     ckpt.set_rng_state(state['rng'][0])
     assert np.random.rand() == expected
+
+
+def test_a_run_that_stopped_before_its_first_checkpoint_is_not_offered_as_a_resume(image_folder, tmp_path,
+                                                                                   monkeypatch):
+    """A new run that fails in its first epoch leaves its logs but no last.pth: running it again under the same
+    --experiment is refused, and the message may not send the user to a --resume that cannot work."""
+    from timm_mlit.mae import pretrain
+    from timm_mlit.mae.arguments import UsageError
+
+    def diverges(*args, **kwargs):
+        raise FloatingPointError('non-finite loss in epoch 0: stopping (last checkpoint is intact).')
+    argv = SMALL + ['--data-dir', str(image_folder), '--batch-size', '32', '--epochs', '1', '--output', str(tmp_path),
+                    '--experiment', 'r']
+    monkeypatch.setattr(pretrain, 'train_one_epoch', diverges)
+    with pytest.raises(FloatingPointError):
+        pretrain_main(argv)
+    monkeypatch.undo()
+    assert not (tmp_path / 'r' / 'last.pth').exists() and (tmp_path / 'r' / 'log.csv').is_file()
+    with pytest.raises(UsageError) as e:
+        pretrain_main(argv)
+    message = str(e.value)
+    assert 'holds a run already' in message and 'no last.pth' in message and 'another --experiment' in message
+    assert 'overwrite its last.pth' not in message and 'Continue that run with --resume' not in message
+    with pytest.raises(ckpt.CheckpointError, match='No checkpoint'):  # what that advice would have led to
+        pretrain_main(SMALL + ['--data-dir', str(image_folder), '--output', str(tmp_path), '--experiment', 'r',
+                               '--resume', 'auto'])

@@ -46,7 +46,14 @@ def output_folder(args, resumed: bool) -> Path:
         if folder.exists() and not folder.is_dir():
             raise UsageError(f'--output {args.output}: {folder} is a file; expected a folder for the run\'s logs '
                              f'and checkpoints: pass another --output.')
-    if not resumed and out.is_dir() and any(p.name != FolderLock.NAME for p in out.iterdir()):
+    found = sorted(p.name for p in out.iterdir() if p.name != FolderLock.NAME) if out.is_dir() and not resumed else []
+    if found and not (out / 'last.pth').exists():  # nothing to resume: do not offer --resume
+        shown = ', '.join(found[:5]) + (f' and {len(found) - 5} more' if len(found) > 5 else '')
+        raise UsageError(f'--output/--experiment {out} holds a run already ({shown}) but no last.pth: it stopped '
+                         f'before its first checkpoint (or the files are not a run), so there is nothing to --resume '
+                         f'from; nothing was changed. Start the new run under another --experiment, or remove {out} '
+                         f'first if its files are not needed.')
+    if found:
         raise UsageError(f'--output/--experiment {out} holds a run already: a new run would overwrite its last.pth, '
                          f'encoder.safetensors and logs; nothing was changed. {_NEW_RUN_FIX}')
     return out
