@@ -390,3 +390,15 @@ def test_a_run_that_stopped_before_its_first_checkpoint_is_not_offered_as_a_resu
     with pytest.raises(ckpt.CheckpointError, match='No checkpoint'):  # what that advice would have led to
         pretrain_main(SMALL + ['--data-dir', str(image_folder), '--output', str(tmp_path), '--experiment', 'r',
                                '--resume', 'auto'])
+
+
+def test_keep_every_keeps_the_encoder_between_checkpoints(image_folder, tmp_path):
+    """--keep-every N keeps the encoder every N epochs even where N is not a multiple of --checkpoint-interval
+    (it was written only at checkpoints, so epochs 3, 9, ... of --keep-every 3 --checkpoint-interval 2 had none)."""
+    run = pretrain_main(SMALL + ['--data-dir', str(image_folder), '--batch-size', '32', '--epochs', '4',
+                                 '--checkpoint-interval', '2', '--keep-every', '3', '--recon-interval', '99',
+                                 '--plot-interval', '99', '--output', str(tmp_path), '--experiment', 'r'])
+    assert sorted(p.name for p in run.glob('encoder-epoch*')) == ['encoder-epoch00002.safetensors']
+    with safe_open(run / 'encoder-epoch00002.safetensors', 'pt') as f:
+        assert f.metadata()['mae_epochs'] == '3'
+    assert torch.load(run / 'last.pth', weights_only=True)['epoch'] == 4

@@ -168,6 +168,8 @@ class PretrainRun:
             self.save_reconstructions(epoch)
         if checkpoint_rngs is not None:
             self.save_checkpoint(done, checkpoint_rngs)
+        elif self.args.keep_every and done % self.args.keep_every == 0:  # every --keep-every, checkpoint or not
+            self.keep_encoder(done)
 
     def save_reconstructions(self, epoch: int) -> None:
         """``recon_epochNNNNN.png`` at the end of ``epoch`` (from 0): the same images and mask every time."""
@@ -177,15 +179,23 @@ class PretrainRun:
             save_reconstructions(
                 self.model, self.recon_imgs, self.args.mean, self.args.std, self.out / f'recon_epoch{epoch:05d}.png')
 
+    def _encoder_meta(self, done: int) -> dict:
+        return {'architecture': self.args.model, 'mae_epochs': done, 'source': 'timm_mlit mmLiT pre-training'}
+
+    def keep_encoder(self, done: int) -> None:
+        """``encoder-epochNNNNN.safetensors``: the encoder after ``done`` epochs (NNNNN = ``done - 1``, the epoch
+        counted from 0), kept beside the checkpoints."""
+        export_encoder(self.model.encoder, self.out / f'encoder-epoch{done - 1:05d}.safetensors',
+                       self._encoder_meta(done))
+
     def save_checkpoint(self, done: int, rngs: List[dict]) -> None:
         """``encoder.safetensors`` (and ``encoder-epochNNNNN.safetensors`` every ``--keep-every``) for timm, then
         ``last.pth``, everything needed to continue exactly after ``done`` epochs with the RNG states ``rngs``
         (one per process)."""
         args, model, step = self.args, self.model, self.step
-        meta = {'architecture': args.model, 'mae_epochs': done, 'source': 'timm_mlit mmLiT pre-training'}
-        export_encoder(model.encoder, self.out / 'encoder.safetensors', meta)
+        export_encoder(model.encoder, self.out / 'encoder.safetensors', self._encoder_meta(done))
         if args.keep_every and done % args.keep_every == 0:
-            export_encoder(model.encoder, self.out / f'encoder-epoch{done - 1:05d}.safetensors', meta)
+            self.keep_encoder(done)
         save_checkpoint(self.out / 'last.pth', {
             'model': model.state_dict(), 'optimizer': step.optimizer.state_dict(),
             'scheduler': step.scheduler.state_dict(), 'scaler': step.scaler.state_dict() if step.scaler else None,
