@@ -235,3 +235,20 @@ def test_a_device_torch_cannot_name_is_refused(tmp_path, capsys, cpu_only):
     assert not out.exists()
     path, _ = fit(capsys, 'own_data', '--data-dir', str(data), '--device', 'cuda:1', '--out', str(out))
     assert train_py_args(path).device == 'cuda:1' and train_py_args(path).amp is True
+
+
+def test_a_class_folder_without_images_is_refused(tmp_path, capsys, cpu_only):
+    """timm reads a class folder without images as no class at all: the fitted copy would have said 'num_classes 2:
+    the class folders of train/' for three folders, and train.py would build a 2-class head."""
+    data = write_folder(tmp_path / 'myfolder', 12, 6, classes=2)
+    (data / 'train' / 'class_2').mkdir()
+    (data / 'train' / 'class_2' / 'notes.txt').write_text('images to come')
+    (data / 'train' / '.ipynb_checkpoints').mkdir()  # a hidden folder is not a class folder
+    out = tmp_path / 'r.yaml'
+    err = _refused(capsys, 'own_data', '--data-dir', str(data), '--out', str(out))
+    assert 'class_2' in err and 'no images' in err and '2 classes, not 3' in err
+    assert not out.exists()
+    (data / 'train' / 'class_2' / 'notes.txt').unlink()
+    (data / 'train' / 'class_2').rmdir()
+    path, _ = fit(capsys, 'own_data', '--data-dir', str(data), '--out', str(out))
+    assert train_py_args(path).num_classes == 2
