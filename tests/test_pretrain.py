@@ -402,3 +402,12 @@ def test_keep_every_keeps_the_encoder_between_checkpoints(image_folder, tmp_path
     with safe_open(run / 'encoder-epoch00002.safetensors', 'pt') as f:
         assert f.metadata()['mae_epochs'] == '3'
     assert torch.load(run / 'last.pth', weights_only=True)['epoch'] == 4
+
+
+def test_a_missing_torchvision_folder_names_dataset_download(tmp_path):
+    """The tags' printed MAE command reads --dataset torch/cifar100 --data-dir DATA/cifar100: without the files the
+    error says how to fetch them."""
+    with pytest.raises(ValueError, match=r'no such folder.*--dataset-download'):
+        pretrain_main(SMALL[2:] + ['--dataset', 'torch/cifar100', '--data-dir', str(tmp_path / 'cifar100'),
+                                   '--output', str(tmp_path / 'o')])
+    assert not (tmp_path / 'o').exists()
