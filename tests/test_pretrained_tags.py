@@ -213,3 +213,13 @@ def test_the_recipe_commands_parse_and_name_what_staging_needs(tag, tmp_path):
         else:
             assert tokens[0] == PUSH_CMD, command
             push._parser().parse_args(tokens[1:])
+
+
+@pytest.mark.parametrize('tag', ['mae_c100', 'c10', 'mae_c100_ft_svhn'])
+def test_the_clone_note_says_how_to_make_each_commands_data(tag):
+    """The MAE encoder's tag has no recipe file: its note may not send the reader to one for DATA."""
+    from timm_mlit.models._load_errors import clone_note
+    steps = recipe_commands('mlit_xxs', TAGS[tag])
+    note = clone_note(steps)
+    assert ('--dataset-download' in note) == any('mlit-pretrain' in c for _, c in steps)
+    assert ('recipe file' in note) == bool(TAGS[tag].config)

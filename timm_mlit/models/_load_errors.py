@@ -193,8 +193,13 @@ def clone_note(steps: Sequence[Tuple[str, str]]) -> str:
         (PRETRAIN_CMD, PRETRAIN_SCRIPT), ('mlit-config', 'python -m timm_mlit.recipes'),
         ('mlit-run-info', 'python -m timm_mlit.hub.run_info'), (PUSH_CMD, PUSH_SCRIPT))
         if any(f'{cmd} ' in command for _, command in steps)]
-    return (f'(From a clone without installing: {", ".join(scripts)}. DATA/<dataset> is the dataset\'s folder: the '
-            f'recipe file\'s comments say how to make it.)')
+    data = []
+    if any(' --dataset torch/' in command for _, command in steps):
+        data.append(f'{PRETRAIN_CMD} reads torchvision\'s files there (add --dataset-download to fetch them)')
+    if any('mlit-config ' in command for _, command in steps):
+        data.append('the recipe file\'s comments say how to make it for train.py')
+    return (f'(From a clone without installing: {", ".join(scripts)}. DATA/<dataset> is the dataset\'s folder: '
+            f'{"; ".join(data)}.)')
 
 
 def _own_weights(full_name: str) -> str:
