@@ -310,6 +310,14 @@ def test_bad_config_messages(tmp_path, capsys):
     with pytest.raises(SystemExit):
         parse_args(['--config', str(cfg)])
     assert 'is not valid YAML' in capsys.readouterr().err
+    for text in ('lr: abc\n', 'epochs: "-5"\n'):  # a string argparse would convert: the message names the file
+        cfg.write_text(text)
+        with pytest.raises(SystemExit):
+            parse_args(['--config', str(cfg)])
+        err = capsys.readouterr().err
+        assert f'--config {cfg}: {text.split(":")[0]}: ' in err and 'fix the value in the file' in err, err
+    cfg.write_text('epochs: "5"\n')
+    assert parse_args(['--config', str(cfg)]).epochs == 5
 
 
 def test_image_folder_is_the_default_dataset_as_in_train_py(image_folder, cifar10_dir, tmp_path):
