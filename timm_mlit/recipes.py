@@ -106,7 +106,7 @@ def fit_recipe(cfg: Dict[str, Any], info, epochs: Optional[int] = None, device: 
     inspect_image_folder`) and to ``device`` ('auto': CUDA where torch sees a GPU, else the CPU): the fitted
     mapping and the changes, each with its reason. Refuses (ArgumentError) a recipe that cannot read a folder of
     these classes: one for mlit-pretrain, one whose router is guided by a fixed super-class map, one with a
-    class_map."""
+    class_map; and a ``device`` torch cannot name."""
     unknown = sorted(set(cfg) - set(TRAIN_PY_KEYS))
     if unknown:
         raise ArgumentError(
