@@ -223,3 +223,32 @@ def test_the_documented_command_runs_train_py(tmp_path, capsys):
     summary = next((tmp_path / 'output' / 'train').glob('*/summary.csv'))
     rows = list(csv.DictReader(summary.open()))
     assert [r['epoch'] for r in rows] == ['0', '1'] and all(float(r['eval_top1']) >= 0 for r in rows)
+
+
+def test_a_device_torch_cannot_name_is_refused(tmp_path, capsys, cpu_only):
+    """--device goes into the copy as train.py's device: one torch cannot parse would fail only when train.py
+    starts, after a copy that calls it float32 'on gpu' was written."""
+    data = write_folder(tmp_path / 'myfolder', 12, 6)
+    out = tmp_path / 'r.yaml'
+    err = _refused(capsys, 'own_data', '--data-dir', str(data), '--device', 'gpu', '--out', str(out))
+    assert "--device gpu" in err and 'cuda' in err and 'cpu' in err
+    assert not out.exists()
+    path, _ = fit(capsys, 'own_data', '--data-dir', str(data), '--device', 'cuda:1', '--out', str(out))
+    assert train_py_args(path).device == 'cuda:1' and train_py_args(path).amp is True
+
+
+def test_a_class_folder_without_images_is_refused(tmp_path, capsys, cpu_only):
+    """timm reads a class folder without images as no class at all: the fitted copy would have said 'num_classes 2:
+    the class folders of train/' for three folders, and train.py would build a 2-class head."""
+    data = write_folder(tmp_path / 'myfolder', 12, 6, classes=2)
+    (data / 'train' / 'class_2').mkdir()
+    (data / 'train' / 'class_2' / 'notes.txt').write_text('images to come')
+    (data / 'train' / '.ipynb_checkpoints').mkdir()  # a hidden folder is not a class folder
+    out = tmp_path / 'r.yaml'
+    err = _refused(capsys, 'own_data', '--data-dir', str(data), '--out', str(out))
+    assert 'class_2' in err and 'no images' in err and '2 classes, not 3' in err
+    assert not out.exists()
+    (data / 'train' / 'class_2' / 'notes.txt').unlink()
+    (data / 'train' / 'class_2').rmdir()
+    path, _ = fit(capsys, 'own_data', '--data-dir', str(data), '--out', str(out))
+    assert train_py_args(path).num_classes == 2

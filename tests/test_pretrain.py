@@ -310,6 +310,14 @@ def test_bad_config_messages(tmp_path, capsys):
     with pytest.raises(SystemExit):
         parse_args(['--config', str(cfg)])
     assert 'is not valid YAML' in capsys.readouterr().err
+    for text in ('lr: abc\n', 'epochs: "-5"\n'):  # a string argparse would convert: the message names the file
+        cfg.write_text(text)
+        with pytest.raises(SystemExit):
+            parse_args(['--config', str(cfg)])
+        err = capsys.readouterr().err
+        assert f'--config {cfg}: {text.split(":")[0]}: ' in err and 'fix the value in the file' in err, err
+    cfg.write_text('epochs: "5"\n')
+    assert parse_args(['--config', str(cfg)]).epochs == 5
 
 
 def test_image_folder_is_the_default_dataset_as_in_train_py(image_folder, cifar10_dir, tmp_path):
@@ -364,3 +372,50 @@ def test_checkpoints_of_the_earlier_format_still_resume(tmp_path):
     expected = np.random.rand()
     ckpt.set_rng_state(state['rng'][0])
     assert np.random.rand() == expected
+
+
+def test_a_run_that_stopped_before_its_first_checkpoint_is_not_offered_as_a_resume(image_folder, tmp_path,
+                                                                                   monkeypatch):
+    """A new run that fails in its first epoch leaves its logs but no last.pth: running it again under the same
+    --experiment is refused, and the message may not send the user to a --resume that cannot work."""
+    from timm_mlit.mae import pretrain
+    from timm_mlit.mae.arguments import UsageError
+
+    def diverges(*args, **kwargs):
+        raise FloatingPointError('non-finite loss in epoch 0: stopping (last checkpoint is intact).')
+    argv = SMALL + ['--data-dir', str(image_folder), '--batch-size', '32', '--epochs', '1', '--output', str(tmp_path),
+                    '--experiment', 'r']
+    monkeypatch.setattr(pretrain, 'train_one_epoch', diverges)
+    with pytest.raises(FloatingPointError):
+        pretrain_main(argv)
+    monkeypatch.undo()
+    assert not (tmp_path / 'r' / 'last.pth').exists() and (tmp_path / 'r' / 'log.csv').is_file()
+    with pytest.raises(UsageError) as e:
+        pretrain_main(argv)
+    message = str(e.value)
+    assert 'holds a run already' in message and 'no last.pth' in message and 'another --experiment' in message
+    assert 'overwrite its last.pth' not in message and 'Continue that run with --resume' not in message
+    with pytest.raises(ckpt.CheckpointError, match='No checkpoint'):  # what that advice would have led to
+        pretrain_main(SMALL + ['--data-dir', str(image_folder), '--output', str(tmp_path), '--experiment', 'r',
+                               '--resume', 'auto'])
+
+
+def test_keep_every_keeps_the_encoder_between_checkpoints(image_folder, tmp_path):
+    """--keep-every N keeps the encoder every N epochs even where N is not a multiple of --checkpoint-interval
+    (it was written only at checkpoints, so epochs 3, 9, ... of --keep-every 3 --checkpoint-interval 2 had none)."""
+    run = pretrain_main(SMALL + ['--data-dir', str(image_folder), '--batch-size', '32', '--epochs', '4',
+                                 '--checkpoint-interval', '2', '--keep-every', '3', '--recon-interval', '99',
+                                 '--plot-interval', '99', '--output', str(tmp_path), '--experiment', 'r'])
+    assert sorted(p.name for p in run.glob('encoder-epoch*')) == ['encoder-epoch00002.safetensors']
+    with safe_open(run / 'encoder-epoch00002.safetensors', 'pt') as f:
+        assert f.metadata()['mae_epochs'] == '3'
+    assert torch.load(run / 'last.pth', weights_only=True)['epoch'] == 4
+
+
+def test_a_missing_torchvision_folder_names_dataset_download(tmp_path):
+    """The tags' printed MAE command reads --dataset torch/cifar100 --data-dir DATA/cifar100: without the files the
+    error says how to fetch them."""
+    with pytest.raises(ValueError, match=r'no such folder.*--dataset-download'):
+        pretrain_main(SMALL[2:] + ['--dataset', 'torch/cifar100', '--data-dir', str(tmp_path / 'cifar100'),
+                                   '--output', str(tmp_path / 'o')])
+    assert not (tmp_path / 'o').exists()

@@ -166,3 +166,60 @@ def test_mlit_config_lists_the_tags_and_prints_their_commands(capsys):
     with pytest.raises(SystemExit) as e:
         recipes.main(['--commands', 'mlit_xxs.nope'])
     assert e.value.code == 2 and 'mlit-config --tags lists them' in capsys.readouterr().err
+
+
+def _fake_train_py_run(folder, model, tag):
+    """A finished train.py run of ``model.tag`` as its recipe writes it: args.yaml (the recipe's keys) and a
+    summary.csv row."""
+    import yaml
+    from timm_mlit.hub.tag_info import config_path
+    folder.mkdir(parents=True)
+    args = yaml.safe_load(config_path(tag).read_text(encoding='utf-8'))
+    args.update(model=model, epochs=tag.epochs)
+    (folder / 'args.yaml').write_text(yaml.safe_dump(args))
+    (folder / 'summary.csv').write_text('epoch,train_loss,eval_loss,eval_top1,eval_top5,lr\n0,1.0,1.0,50.0,90.0,0.1\n')
+
+
+@pytest.mark.parametrize('tag', list(TAGS))
+def test_the_recipe_commands_parse_and_name_what_staging_needs(tag, tmp_path):
+    """Each printed command runs as printed: its flags exist in its parser, and the run record step leaves a record
+    from which staging knows the run's dataset (an ImageFolder run's args.yaml names none)."""
+    import shlex
+    from timm_mlit.configs import TRAIN_PY_KEYS
+    from timm_mlit.hub import push, run_info
+    from timm_mlit.hub.records import read_run
+    from timm_mlit.mae.arguments import build_parser as pretrain_parser
+    from timm_mlit.models._load_errors import PRETRAIN_CMD, PUSH_CMD, TRAIN_PY
+    model, pretrained_tag = 'mlit_xxs', TAGS[tag]
+    run_dir = None
+    for _, command in recipe_commands(model, pretrained_tag):
+        if command.startswith(TRAIN_PY):
+            tokens = shlex.split(command.replace('"$(mlit-config ', '"').replace(')"', '"'))
+            flags = [t[2:].replace('-', '_') for t in tokens if t.startswith('--')]
+            assert flags and set(flags) <= TRAIN_PY_KEYS, command
+            continue
+        tokens = shlex.split(command)
+        if tokens[0] == PRETRAIN_CMD:
+            pretrain_parser().parse_args(tokens[1:])
+        elif tokens[0] == 'mlit-run-info':
+            folder = tokens[1]
+            if pretrained_tag.kind == 'mae':
+                continue  # the pre-training command reads torch/<dataset>, which its checkpoint records
+            run_dir = tmp_path / 'run'
+            _fake_train_py_run(run_dir, model, pretrained_tag)
+            argv = [str(run_dir) if t == folder else '5400' if t == 'SECONDS' else t for t in tokens[1:]]
+            assert run_info.main(argv) == 0
+            assert read_run(run_dir).dataset == pretrained_tag.dataset, command
+        else:
+            assert tokens[0] == PUSH_CMD, command
+            push._parser().parse_args(tokens[1:])
+
+
+@pytest.mark.parametrize('tag', ['mae_c100', 'c10', 'mae_c100_ft_svhn'])
+def test_the_clone_note_says_how_to_make_each_commands_data(tag):
+    """The MAE encoder's tag has no recipe file: its note may not send the reader to one for DATA."""
+    from timm_mlit.models._load_errors import clone_note
+    steps = recipe_commands('mlit_xxs', TAGS[tag])
+    note = clone_note(steps)
+    assert ('--dataset-download' in note) == any('mlit-pretrain' in c for _, c in steps)
+    assert ('recipe file' in note) == bool(TAGS[tag].config)

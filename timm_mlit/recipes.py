@@ -80,6 +80,18 @@ def _default_device() -> str:
     return 'cuda' if torch.cuda.is_available() else 'cpu'
 
 
+def _check_device(device: str) -> str:
+    """``device`` when torch can name it (train.py passes it to ``torch.device``), else ArgumentError."""
+    import torch
+    try:
+        torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise ArgumentError(
+            f'--device {device}: not a device torch knows ({str(e).splitlines()[0]}); expected \'auto\', \'cuda\', '
+            f'\'cuda:N\', \'cpu\', \'mps\', ... as train.py\'s --device. Fix the name.') from e
+    return device
+
+
 @dataclass
 class Change:
     key: str
@@ -94,7 +106,7 @@ def fit_recipe(cfg: Dict[str, Any], info, epochs: Optional[int] = None, device: 
     inspect_image_folder`) and to ``device`` ('auto': CUDA where torch sees a GPU, else the CPU): the fitted
     mapping and the changes, each with its reason. Refuses (ArgumentError) a recipe that cannot read a folder of
     these classes: one for mlit-pretrain, one whose router is guided by a fixed super-class map, one with a
-    class_map."""
+    class_map; and a ``device`` torch cannot name."""
     unknown = sorted(set(cfg) - set(TRAIN_PY_KEYS))
     if unknown:
         raise ArgumentError(
@@ -145,7 +157,7 @@ def fit_recipe(cfg: Dict[str, Any], info, epochs: Optional[int] = None, device: 
     warm = fitted.get('warmup_epochs')
     if warm is not None and fitted.get('epochs') is not None and warm > fitted['epochs']:
         put('warmup_epochs', fitted['epochs'], 'at most the run\'s epochs')
-    dev = _default_device() if device == 'auto' else device
+    dev = _default_device() if device == 'auto' else _check_device(device)
     how = ': torch sees no CUDA GPU here; mlit-config --device cuda fits a copy for a GPU machine' \
         if device == 'auto' and dev == 'cpu' else ''
     put('device', dev, f'this machine{how}' if device == 'auto' else '--device')

@@ -5,7 +5,8 @@ train.py finds a split's folder with timm's ``create_dataset``: ``ROOT/train`` (
 ``--val-split validation``; a split without such a folder silently falls back to ROOT itself. Classes are the
 sub-folders holding images, numbered in sorted (natural) order **per split**. :func:`inspect_image_folder` reads a
 tree with the same timm calls and refuses the trees that train.py would misread: no ``train/`` folder, a validation
-split whose classes differ from the training split's (the labels would not match), a single class.
+split whose classes differ from the training split's (the labels would not match), a single class, a class folder
+without images timm reads (timm drops it: fewer classes than folders).
 """
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +58,22 @@ def _read_split(root: Path, split: str):
     return found, reader.samples, reader.class_to_idx
 
 
+def _refuse_folders_without_images(train_dir: Path, classes: List[str], what: str, root: Path) -> None:
+    """Refuse class folders of ``train_dir`` (hidden ones aside) that hold no image timm reads: timm drops them as
+    classes, so the model would have fewer classes than the tree has folders."""
+    from timm.data.readers.img_extensions import get_img_extensions
+    extensions = get_img_extensions(as_set=True)
+    empty = sorted(
+        d.name for d in train_dir.iterdir() if d.is_dir() and not d.name.startswith('.') and d.name not in classes
+        and not any(f.suffix.lower() in extensions for f in d.rglob('*')))
+    if empty:
+        raise ImageFolderError(
+            f'{what} {root}: {", ".join(empty[:5])}{" ..." if len(empty) > 5 else ""} in {train_dir} hold no images '
+            f'timm reads ({", ".join(sorted(extensions))}): train.py would drop them as classes and train '
+            f'{len(classes)} classes, not {len(classes) + len(empty)}. Fix: put the images of each class in its '
+            f'folder (converted to one of those formats), or remove the folders of classes you do not train.')
+
+
 def inspect_image_folder(root: Union[str, Path], train_split: str = 'train',
                          val_split: str = 'validation', what: str = '--data-dir') -> ImageFolderInfo:
     """Read ``root`` as train.py will (timm's split search and ImageFolder reader): the training and validation
@@ -80,6 +97,7 @@ def inspect_image_folder(root: Union[str, Path], train_split: str = 'train',
             f'{what} {root}: {train_dir} holds images directly, outside class folders; {_LAYOUT}. Fix: move each '
             f'image into {train_dir}/<its class>/.')
     classes = sorted(train_classes, key=train_classes.get)
+    _refuse_folders_without_images(train_dir, classes, what, root)
     if len(classes) < 2:
         raise ImageFolderError(
             f'{what} {root}: {train_dir} holds one class folder ({classes[0]}); a classifier needs at least 2. Put '

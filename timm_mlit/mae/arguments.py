@@ -147,8 +147,14 @@ def _read_config(path: str, parser: argparse.ArgumentParser) -> dict:
 def _config_value_problem(action: argparse.Action, value) -> str:
     """'' when ``value`` fits ``action`` (YAML gives typed values, which argparse does not check), else what it
     should be. Numbers go through the argument's own type, so a YAML value has the command line's range."""
-    if value is None or isinstance(value, str) and action.type not in (None, str) and action.nargs is None:
-        return ''  # None keeps the default; argparse converts (and checks) a string default itself
+    if value is None:
+        return ''  # None keeps the default
+    if isinstance(value, str) and action.type not in (None, str) and action.nargs is None:
+        try:  # argparse converts a string default itself; checked here so that the error names the file
+            action.type(value)
+        except (argparse.ArgumentTypeError, TypeError, ValueError):
+            return getattr(action.type, '__name__', 'a valid value')
+        return ''
     if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
         return '' if isinstance(value, bool) else 'true or false'
     if action.type is model_kwargs_arg:

@@ -52,8 +52,10 @@ def check_inputs(args, state: Optional[dict]) -> None:
             'cifar10` writes) or, with --dataset torch/cifar100, the folder holding torchvision\'s files.')
     root = Path(args.data_dir).expanduser()
     if not root.is_dir() and not (args.dataset.startswith('torch/') and args.dataset_download):
+        fetch = (f' Add --dataset-download to have torchvision fetch {args.dataset} into it.'
+                 if args.dataset.startswith('torch/') else '')
         raise UsageError(f'--data-dir {root}: no such folder; expected the dataset root (an ImageFolder with '
-                         f'{args.train_split}/<class>/ or, with --dataset torch/..., torchvision\'s files).')
+                         f'{args.train_split}/<class>/ or, with --dataset torch/..., torchvision\'s files).{fetch}')
     if not args.dataset:
         found = [name for name in _TORCH_DATASET_FOLDERS if (root / name).is_dir()]
         if found and not (root / args.train_split).is_dir():

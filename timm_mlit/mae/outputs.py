@@ -46,7 +46,14 @@ def output_folder(args, resumed: bool) -> Path:
         if folder.exists() and not folder.is_dir():
             raise UsageError(f'--output {args.output}: {folder} is a file; expected a folder for the run\'s logs '
                              f'and checkpoints: pass another --output.')
-    if not resumed and out.is_dir() and any(p.name != FolderLock.NAME for p in out.iterdir()):
+    found = sorted(p.name for p in out.iterdir() if p.name != FolderLock.NAME) if out.is_dir() and not resumed else []
+    if found and not (out / 'last.pth').exists():  # nothing to resume: do not offer --resume
+        shown = ', '.join(found[:5]) + (f' and {len(found) - 5} more' if len(found) > 5 else '')
+        raise UsageError(f'--output/--experiment {out} holds a run already ({shown}) but no last.pth: it stopped '
+                         f'before its first checkpoint (or the files are not a run), so there is nothing to --resume '
+                         f'from; nothing was changed. Start the new run under another --experiment, or remove {out} '
+                         f'first if its files are not needed.')
+    if found:
         raise UsageError(f'--output/--experiment {out} holds a run already: a new run would overwrite its last.pth, '
                          f'encoder.safetensors and logs; nothing was changed. {_NEW_RUN_FIX}')
     return out
@@ -161,6 +168,8 @@ class PretrainRun:
             self.save_reconstructions(epoch)
         if checkpoint_rngs is not None:
             self.save_checkpoint(done, checkpoint_rngs)
+        elif self.args.keep_every and done % self.args.keep_every == 0:  # every --keep-every, checkpoint or not
+            self.keep_encoder(done)
 
     def save_reconstructions(self, epoch: int) -> None:
         """``recon_epochNNNNN.png`` at the end of ``epoch`` (from 0): the same images and mask every time."""
@@ -170,15 +179,23 @@ class PretrainRun:
             save_reconstructions(
                 self.model, self.recon_imgs, self.args.mean, self.args.std, self.out / f'recon_epoch{epoch:05d}.png')
 
+    def _encoder_meta(self, done: int) -> dict:
+        return {'architecture': self.args.model, 'mae_epochs': done, 'source': 'timm_mlit mmLiT pre-training'}
+
+    def keep_encoder(self, done: int) -> None:
+        """``encoder-epochNNNNN.safetensors``: the encoder after ``done`` epochs (NNNNN = ``done - 1``, the epoch
+        counted from 0), kept beside the checkpoints."""
+        export_encoder(self.model.encoder, self.out / f'encoder-epoch{done - 1:05d}.safetensors',
+                       self._encoder_meta(done))
+
     def save_checkpoint(self, done: int, rngs: List[dict]) -> None:
         """``encoder.safetensors`` (and ``encoder-epochNNNNN.safetensors`` every ``--keep-every``) for timm, then
         ``last.pth``, everything needed to continue exactly after ``done`` epochs with the RNG states ``rngs``
         (one per process)."""
         args, model, step = self.args, self.model, self.step
-        meta = {'architecture': args.model, 'mae_epochs': done, 'source': 'timm_mlit mmLiT pre-training'}
-        export_encoder(model.encoder, self.out / 'encoder.safetensors', meta)
+        export_encoder(model.encoder, self.out / 'encoder.safetensors', self._encoder_meta(done))
         if args.keep_every and done % args.keep_every == 0:
-            export_encoder(model.encoder, self.out / f'encoder-epoch{done - 1:05d}.safetensors', meta)
+            self.keep_encoder(done)
         save_checkpoint(self.out / 'last.pth', {
             'model': model.state_dict(), 'optimizer': step.optimizer.state_dict(),
             'scheduler': step.scheduler.state_dict(), 'scaler': step.scaler.state_dict() if step.scaler else None,

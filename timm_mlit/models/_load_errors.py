@@ -13,7 +13,7 @@ import pickle
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from timm_mlit.configs import list_recipes
+from timm_mlit.configs import list_recipes, recipe_path
 from timm_mlit.errors import UserInputError
 from . import _pretrained_tags as tags
 
@@ -134,6 +134,16 @@ def _run_folder(tag: tags.PretrainedTag) -> str:
     return 'output/mae/<mae-run>' if tag.kind == 'mae' else 'output/train/<run>'
 
 
+def _reads_image_folder(tag: tags.PretrainedTag) -> bool:
+    """Whether the tag's run reads an ImageFolder (its recipe's ``dataset: ''``): train.py's args.yaml then names no
+    dataset, so the run's record must (``mlit-run-info --dataset``), or staging refuses the run."""
+    if tag.kind == 'mae' or not tag.config:
+        return False  # mlit-pretrain reads torch/<dataset>, which its checkpoint records
+    import yaml
+    cfg = yaml.safe_load(recipe_path(tag.config).read_text(encoding='utf-8')) or {}
+    return not cfg.get('dataset')
+
+
 def training_step(model: str, tag: tags.PretrainedTag) -> Tuple[str, str]:
     """The step that trains ``model.tag``'s weights: (what it does, the command line)."""
     if tag.kind == 'mae':
@@ -161,9 +171,10 @@ def recipe_commands(model: str, tag: tags.PretrainedTag) -> List[Tuple[str, str]
     if tag.encoder:
         steps.append(training_step(model, tags.find_tag(f'{model}.{tag.encoder}')))
     steps.append(training_step(model, tag))
+    dataset = f' --dataset {tag.dataset}' if _reads_image_folder(tag) else ''  # an ImageFolder's args.yaml names none
     steps += [
-        ('record the run\'s hardware and wall time (staging needs them)',
-         f'mlit-run-info {run} --hardware "..." --wall-time-s SECONDS'),
+        ('record the run\'s hardware and wall time (staging needs them)' + (', and its dataset' if dataset else ''),
+         f'mlit-run-info {run}{dataset} --hardware "..." --wall-time-s SECONDS'),
         (f'stage the run as {tags.STAGE_DIR}/{name}/', f'{PUSH_CMD} --model {name} --run-dir {run} --stage-dir '
                                                        f'{tags.STAGE_DIR}/'),
         (f'publish it to {tags.hub_repo_id(model, tag.tag)}', f'{PUSH_CMD} --staged {tags.STAGE_DIR}/{name}'),
@@ -182,8 +193,13 @@ def clone_note(steps: Sequence[Tuple[str, str]]) -> str:
         (PRETRAIN_CMD, PRETRAIN_SCRIPT), ('mlit-config', 'python -m timm_mlit.recipes'),
         ('mlit-run-info', 'python -m timm_mlit.hub.run_info'), (PUSH_CMD, PUSH_SCRIPT))
         if any(f'{cmd} ' in command for _, command in steps)]
-    return (f'(From a clone without installing: {", ".join(scripts)}. DATA/<dataset> is the dataset\'s folder: the '
-            f'recipe file\'s comments say how to make it.)')
+    data = []
+    if any(' --dataset torch/' in command for _, command in steps):
+        data.append(f'{PRETRAIN_CMD} reads torchvision\'s files there (add --dataset-download to fetch them)')
+    if any('mlit-config ' in command for _, command in steps):
+        data.append('the recipe file\'s comments say how to make it for train.py')
+    return (f'(From a clone without installing: {", ".join(scripts)}. DATA/<dataset> is the dataset\'s folder: '
+            f'{"; ".join(data)}.)')
 
 
 def _own_weights(full_name: str) -> str:
