@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import use_fused_attn
 
-from ._tracing import is_graph_capture
+from ._tracing import is_export, is_graph_capture, traced_size
 
 __all__ = ['GroupedQueryAttention']
 
@@ -78,7 +78,37 @@ class GroupedQueryAttention(nn.Module):
             return False
         return x.device.type == 'cpu'
 
+    @torch.jit.unused
+    def _forward_export(self, x: torch.Tensor) -> torch.Tensor:
+        """The eval forward as exported graphs take it, with as few ops as the layout allows: at batch 1 onnxruntime
+        spends more on small ops than on the attention's matmuls (docs/benchmarks.md, "On the edge"). Same function
+        as :meth:`forward` in eval mode (up to float rounding).
+
+        The rows of ``qkv`` are taken group by group, ``[q heads g·R … g·R + R − 1, k head g, v head g]`` (a
+        permutation of its output columns: a constant of the exported graph), so that one reshape and one transpose
+        give (B, G, R + 2, N, d) and one split the group's R query heads (B, G, R, N, d) and its key and value
+        (B, G, 1, N, d); the matmuls broadcast the key and value over the R query heads (no copies, no fold). The
+        token count is a constant under torch.jit tracing (:func:`~timm_mlit.layers._tracing.traced_size`), the batch
+        the reshapes' -1, and the scale d^-1/2 a number, so the graph has no shape arithmetic.
+        """
+        N = traced_size(x, 1)
+        H, G, d = self.num_heads, self.num_kv_heads, self.head_dim
+        R = H // G
+        heads = torch.arange(H + 2 * G, device=x.device).reshape(1, H + 2 * G)
+        order = torch.cat([heads[:, :H].reshape(G, R), heads[:, H:H + G].reshape(G, 1),
+                           heads[:, H + G:].reshape(G, 1)], dim=1)  # (G, R + 2) head rows, group by group
+        rows = (order.reshape(-1, 1) * d + torch.arange(d, device=x.device)).reshape(-1)
+        qkv = F.linear(x, self.qkv.weight[rows], None if self.qkv.bias is None else self.qkv.bias[rows])
+        qkv = qkv.reshape(-1, N, G, R + 2, d).permute(0, 2, 3, 1, 4)  # (B, G, R + 2, N, d)
+        q, k, v = qkv.split([R, 1, 1], dim=2)
+        attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, G, R, N, N)
+        x = (attn @ v).permute(0, 3, 1, 2, 4).reshape(-1, N, H * d)  # query head g·R + r at g·R + r
+        return self.proj(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            if not self.training and is_export():
+                return self._forward_export(x)
         B, N, _ = x.shape
         H, G, d = self.num_heads, self.num_kv_heads, self.head_dim
         R = H // G  # query heads per key/value head
