@@ -187,7 +187,29 @@ def _weight_nodes(graph, routing: Dict[str, torch.Tensor]) -> Tuple[list, list]:
                     for a in arrays):
                 routed.append(node.name)
                 break
-    return weighted, routed
+    return weighted, _downstream_before_softmax(graph, routed)
+
+
+def _downstream_before_softmax(graph, routed: list) -> list:
+    """``routed`` and every MatMul / Gemm reached from their outputs before a Softmax: the matmuls by constant
+    matrices inside a gate's top-k selection (:func:`timm_mlit.layers.mlit_gate.rank_top_k_softmax`), which must stay
+    float32 like the gate's own weights (int8 would change which experts are chosen)."""
+    consumers = {}
+    for node in graph.node:
+        for inp in node.input:
+            consumers.setdefault(inp, []).append(node)
+    seen, out = set(routed), list(routed)
+    frontier = [o for node in graph.node if node.name in seen for o in node.output]
+    while frontier:
+        tensor = frontier.pop()
+        for node in consumers.get(tensor, []):
+            if node.op_type == 'Softmax' or node.name in seen:
+                continue
+            seen.add(node.name)
+            if node.op_type in ('MatMul', 'Gemm'):
+                out.append(node.name)
+            frontier.extend(node.output)
+    return out
 
 
 def quantize_onnx(

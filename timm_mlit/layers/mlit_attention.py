@@ -98,7 +98,10 @@ class GroupedQueryAttention(nn.Module):
         order = torch.cat([heads[:, :H].reshape(G, R), heads[:, H:H + G].reshape(G, 1),
                            heads[:, H + G:].reshape(G, 1)], dim=1)  # (G, R + 2) head rows, group by group
         rows = (order.reshape(-1, 1) * d + torch.arange(d, device=x.device)).reshape(-1)
-        qkv = F.linear(x, self.qkv.weight[rows], None if self.qkv.bias is None else self.qkv.bias[rows])
+        if type(self.qkv) is nn.Linear:
+            qkv = F.linear(x, self.qkv.weight[rows], None if self.qkv.bias is None else self.qkv.bias[rows])
+        else:  # e.g. a dynamically quantised Linear (its weight is not a tensor): reorder the output instead
+            qkv = self.qkv(x)[..., rows]
         qkv = qkv.reshape(-1, N, G, R + 2, d).permute(0, 2, 3, 1, 4)  # (B, G, R + 2, N, d)
         q, k, v = qkv.split([R, 1, 1], dim=2)
         attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, G, R, N, N)

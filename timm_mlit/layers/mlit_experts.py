@@ -176,16 +176,11 @@ class SharedSwiGLUExperts(nn.Module):
 
         The export graph of :class:`~timm_mlit.layers.mlit_moe.MoEFeedForward` (eval only: no expert dropout). At the
         token counts of one image the t − k zero-gated experts cost less than selecting rows: no top-k indices,
-        row gathers or data-dependent shapes, and ``x W`` and ``x V`` are one matmul of width (t + 1)·d_h (for
-        plain Linears; the concatenated weight is a constant of the exported graph). A zero gate adds an exact 0, so
-        this equals :meth:`forward` (for k = 2 bit for bit up to the matmul's own rounding).
+        row gathers or data-dependent shapes. A zero gate adds an exact 0, so this equals :meth:`forward` (for
+        k = 2 bit for bit up to the matmuls' own rounding).
         """
         t, d_h = self.num_experts, self.hidden_dim
-        if type(self.w) is nn.Linear and type(self.v) is nn.Linear:
-            hv = F.linear(x, torch.cat([self.w.weight, self.v.weight]), torch.cat([self.w.bias, self.v.bias]))
-            h, v = hv.split([t * d_h, d_h], dim=-1)
-        else:  # e.g. dynamically quantised Linears
-            h, v = self.w(x), self.v(x)
+        h, v = self.w(x), self.v(x)
         # silu(x W_i + b_i) of every expert, (N, t, d_h) or (B, N, t, d_h)
         h = F.silu(h.reshape(-1, t, d_h) if x.dim() == 2 else h.reshape(-1, tokens, t, d_h))
         mixed = (h * combine.to(h.dtype).unsqueeze(-1)).sum(-2)  # Σ_i G_i silu(x W_i + b_i)

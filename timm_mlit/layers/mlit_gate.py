@@ -25,6 +25,7 @@ Choices where the paper is silent or inconsistent:
     or einsum (``G`` is built by comparing indices with an arange). Training keeps ``topk`` (its noise makes ties
     vanishingly rare).
 """
+import warnings
 from typing import NamedTuple, Optional, Tuple
 
 import torch
@@ -106,14 +107,16 @@ def rank_top_k_softmax(h: torch.Tensor, k: int, num_experts: Optional[int] = Non
     if k >= t:
         return h.softmax(dim=-1)
     pairs = [(a, b) for a in range(t) for b in range(a + 1, t)]
-    diff = torch.zeros(t, len(pairs), dtype=h.dtype, device=h.device)  # column (a, b): 2^24 (e_b - e_a)
-    count = torch.zeros(len(pairs), t, dtype=h.dtype, device=h.device)  # rank offsets
-    for p, (a, b) in enumerate(pairs):
-        diff[b, p], diff[a, p] = 2. ** 24, -2. ** 24
-        count[p, a], count[p, b] = 1., -1.
     c = 2. ** -125
+    # plain-data constants (no indexed writes, which a traced graph would record as scatters)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', torch.jit.TracerWarning)  # constants by design
+        diff = torch.tensor([[2. ** 24 if i == b else -2. ** 24 if i == a else 0. for a, b in pairs]
+                             for i in range(t)], dtype=h.dtype, device=h.device)  # column (a, b): 2^24 (e_b - e_a)
+        count = torch.tensor([[1. if i == a else -1. if i == b else 0. for i in range(t)] for a, b in pairs],
+                             dtype=h.dtype, device=h.device)  # row (a, b): +1 for a, -1 for b
+        limit = torch.tensor([(k - i) * c for i in range(t)], dtype=h.dtype, device=h.device)
     above = torch.clamp(h @ diff, 0., c) @ count  # c (rank_i - i)
-    limit = (k - torch.arange(t, device=h.device, dtype=h.dtype)) * c
     return torch.where(above < limit, h, float('-inf')).softmax(dim=-1)
 
 
