@@ -84,27 +84,20 @@ class GroupedQueryAttention(nn.Module):
         spends more on small ops than on the attention's matmuls (docs/benchmarks.md, "On the edge"). Same function
         as :meth:`forward` in eval mode (up to float rounding).
 
-        The rows of ``qkv`` are taken group by group, ``[q heads g·R … g·R + R − 1, k head g, v head g]`` (a
-        permutation of its output columns: a constant of the exported graph), so that one reshape and one transpose
-        give (B, G, R + 2, N, d) and one split the group's R query heads (B, G, R, N, d) and its key and value
-        (B, G, 1, N, d); the matmuls broadcast the key and value over the R query heads (no copies, no fold). The
-        token count is a constant under torch.jit tracing (:func:`~timm_mlit.layers._tracing.traced_size`), the batch
-        the reshapes' -1, and the scale d^-1/2 a number, so the graph has no shape arithmetic.
+        Query heads g·R … g·R + R − 1 go to (B, G, R, N, d) and key/value head g to (B, G, 1, N, d) by one reshape
+        and one transpose each; the matmuls broadcast the key and value over the R query heads (no copies, no
+        fold). The token count is a constant under torch.jit tracing
+        (:func:`~timm_mlit.layers._tracing.traced_size`), the batch the reshapes' -1, and the scale d^-1/2 a number,
+        so the graph has no shape arithmetic.
         """
         N = traced_size(x, 1)
         H, G, d = self.num_heads, self.num_kv_heads, self.head_dim
         R = H // G
-        heads = torch.arange(H + 2 * G, device=x.device).reshape(1, H + 2 * G)
-        order = torch.cat([heads[:, :H].reshape(G, R), heads[:, H:H + G].reshape(G, 1),
-                           heads[:, H + G:].reshape(G, 1)], dim=1)  # (G, R + 2) head rows, group by group
-        rows = (order.reshape(-1, 1) * d + torch.arange(d, device=x.device)).reshape(-1)
-        if type(self.qkv) is nn.Linear:
-            qkv = F.linear(x, self.qkv.weight[rows], None if self.qkv.bias is None else self.qkv.bias[rows])
-        else:  # e.g. a dynamically quantised Linear (its weight is not a tensor): reorder the output instead
-            qkv = self.qkv(x)[..., rows]
-        qkv = qkv.reshape(-1, N, G, R + 2, d).permute(0, 2, 3, 1, 4)  # (B, G, R + 2, N, d)
-        q, k, v = qkv.split([R, 1, 1], dim=2)
-        attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, G, R, N, N)
+        q, k, v = self.qkv(x).split([H * d, G * d, G * d], dim=-1)
+        q = q.reshape(-1, N, G, R, d).permute(0, 2, 3, 1, 4)  # (B, G, R, N, d)
+        k = k.reshape(-1, N, G, 1, d).permute(0, 2, 3, 4, 1)  # (B, G, 1, d, N): transposed for the scores
+        v = v.reshape(-1, N, G, 1, d).permute(0, 2, 3, 1, 4)  # (B, G, 1, N, d)
+        attn = ((q * self.scale) @ k).softmax(dim=-1)  # (B, G, R, N, N)
         x = (attn @ v).permute(0, 3, 1, 2, 4).reshape(-1, N, H * d)  # query head g·R + r at g·R + r
         return self.proj(x)
 
