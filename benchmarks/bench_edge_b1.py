@@ -5,7 +5,10 @@ repeats of twin ms / mLiT ms (above 1: mLiT is faster), and each repeat's ratios
 Each model is exported as ``benchmarks/bench_edge.py`` exports it (``timm_mlit.export``: TorchScript exporter,
 dynamic batch; int8 by ``quantize_onnx``, routing in float32) and the sessions are called in turn
 (``timm_mlit.profiling.interleaved_ms``), so that load from elsewhere falls on all of them alike. A repeat is one
-such interleaved run; the ratio is taken within a repeat, never across runs.
+such interleaved run; the ratio is taken within a repeat, never across runs. At 1 thread onnxruntime runs in the
+calling thread, so the same repeats are also timed in that thread's CPU time (``time.thread_time``): on a machine
+shared with other work, wall time counts the time the process waits for a core, CPU time does not, and its ratios
+hold still where wall-time ratios swing (both are printed).
 
 ``--onnx LABEL=PATH`` adds an ONNX file exported elsewhere (e.g. by an older checkout of timm_mlit) to every group:
 the way to compare two versions of the export in one process. A file named ``X.onnx`` is the fp32 form; its int8
@@ -21,6 +24,7 @@ import json
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +62,20 @@ def profile(path: Path, x: np.ndarray, folder: Path, runs: int = 200) -> collect
         if e.get('cat') == 'Node' and e['name'].endswith('_kernel_time'):
             total[e['args']['op_name']] += e['dur'] / runs
     return total
+
+
+def interleaved_cpu_ms(fns, calls: int, warmup: int) -> dict:
+    """As ``interleaved_ms``, in the calling thread's CPU time (meaningful where the work runs in that thread)."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {k: [] for k in fns}
+    for _ in range(calls):
+        for name, fn in fns.items():
+            start = time.thread_time()
+            fn()
+            times[name].append((time.thread_time() - start) * 1e3)
+    return {k: float(np.median(v)) for k, v in times.items()}
 
 
 def main():
@@ -98,16 +116,20 @@ def main():
                         if precision in forms}
             fns = {label: (lambda s=s: s.run(None, {'input0': x})) for label, s in sessions.items()}
             for r in range(args.repeats):
-                ms = interleaved_ms(fns, calls=args.calls, warmup=10)
-                for label, v in ms.items():
-                    if label != 'twin':
-                        ratios[(precision, n, label)].append(ms['twin'] / v)
-                print(f'{precision} {n}T repeat {r}: ' + ', '.join(f'{k} {v:.2f} ms' for k, v in ms.items()))
+                clocks = {'wall': interleaved_ms(fns, calls=args.calls, warmup=10)}
+                if n == 1:
+                    clocks['cpu'] = interleaved_cpu_ms(fns, calls=args.calls, warmup=10)
+                for clock, ms in clocks.items():
+                    for label, v in ms.items():
+                        if label != 'twin':
+                            ratios[(precision, n, clock, label)].append(ms['twin'] / v)
+                    print(f'{precision} {n}T {clock} repeat {r}: '
+                          + ', '.join(f'{k} {v:.2f} ms' for k, v in ms.items()))
 
-    print('\n| precision | threads | candidate | twin ms / candidate ms, median of repeats | repeats |')
-    print('|---|---|---|---|---|')
-    for (precision, n, label), rs in ratios.items():
-        print(f'| {precision} | {n} | {label} | {np.median(rs):.2f}x | '
+    print('\n| precision | threads | clock | candidate | twin ms / candidate ms, median of repeats | repeats |')
+    print('|---|---|---|---|---|---|')
+    for (precision, n, clock, label), rs in ratios.items():
+        print(f'| {precision} | {n} | {clock} | {label} | {np.median(rs):.2f}x | '
               + ', '.join(f'{v:.2f}' for v in rs) + ' |')
 
     if args.profile:
