@@ -250,7 +250,10 @@ class NoisyTopKGate(nn.Module):
         """G(x) of an eval forward as the dense (N, t) matrix only (no indices), by :func:`rank_top_k_softmax`: the
         same experts and gates as ``forward(x).combine`` in eval mode. The export graph's gate."""
         x = x.to(torch.promote_types(x.dtype, torch.float32))
-        return rank_top_k_softmax(self._logits(x), self.top_k, self.num_experts)
+        if x.device.type == 'meta':
+            return rank_top_k_softmax(self._logits(x), self.top_k, self.num_experts)
+        with torch.autocast(device_type=x.device.type, enabled=False):  # float32, as forward
+            return rank_top_k_softmax(self._logits(x), self.top_k, self.num_experts)
 
     def _gate(self, x: torch.Tensor) -> GateOutput:
         k, t = self.top_k, self.num_experts
