@@ -187,7 +187,30 @@ def _weight_nodes(graph, routing: Dict[str, torch.Tensor]) -> Tuple[list, list]:
                     for a in arrays):
                 routed.append(node.name)
                 break
-    return weighted, routed
+    return weighted, _selection_matmuls(graph, routed)
+
+
+def _selection_matmuls(graph, routed: list) -> list:
+    """``routed`` and the MatMul / Gemm nodes fed by them directly or through a Clip: the matmuls by constant
+    matrices inside a gate's top-k selection (:func:`timm_mlit.layers.mlit_gate.rank_top_k_softmax`: logits ->
+    MatMul -> Clip -> MatMul), which must stay float32 like the gate's own weights (int8 would change which experts
+    are chosen). Nothing past another op is reached, so the experts' matmuls are not."""
+    consumers = {}
+    for node in graph.node:
+        for inp in node.input:
+            consumers.setdefault(inp, []).append(node)
+    seen, out = set(routed), list(routed)
+    frontier = [o for node in graph.node if node.name in seen for o in node.output]
+    while frontier:
+        tensor = frontier.pop()
+        for node in consumers.get(tensor, []):
+            if node.name in seen or node.op_type not in ('MatMul', 'Gemm', 'Clip'):
+                continue
+            seen.add(node.name)
+            if node.op_type != 'Clip':
+                out.append(node.name)
+            frontier.extend(node.output)
+    return out
 
 
 def quantize_onnx(

@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import use_fused_attn
 
-from ._tracing import is_graph_capture
+from ._tracing import is_export, is_graph_capture, traced_size
 
 __all__ = ['GroupedQueryAttention']
 
@@ -78,7 +78,33 @@ class GroupedQueryAttention(nn.Module):
             return False
         return x.device.type == 'cpu'
 
+    @torch.jit.unused
+    def _forward_export(self, x: torch.Tensor) -> torch.Tensor:
+        """The eval forward as exported graphs take it, with as few ops as the layout allows: at batch 1 onnxruntime
+        spends more on small ops than on the attention's matmuls (docs/benchmarks.md, "On the edge"). Same function
+        as :meth:`forward` in eval mode (up to float rounding).
+
+        Query heads g·R … g·R + R − 1 go to (B, G, R, N, d) and key/value head g to (B, G, 1, N, d) by one reshape
+        and one transpose each; the matmuls broadcast the key and value over the R query heads (no copies, no
+        fold). The token count is a constant under torch.jit tracing
+        (:func:`~timm_mlit.layers._tracing.traced_size`), the batch the reshapes' -1, and the scale d^-1/2 a number,
+        so the graph has no shape arithmetic.
+        """
+        N = traced_size(x, 1)
+        H, G, d = self.num_heads, self.num_kv_heads, self.head_dim
+        R = H // G
+        q, k, v = self.qkv(x).split([H * d, G * d, G * d], dim=-1)
+        q = q.reshape(-1, N, G, R, d).permute(0, 2, 3, 1, 4)  # (B, G, R, N, d)
+        k = k.reshape(-1, N, G, 1, d).permute(0, 2, 3, 4, 1)  # (B, G, 1, d, N): transposed for the scores
+        v = v.reshape(-1, N, G, 1, d).permute(0, 2, 3, 1, 4)  # (B, G, 1, N, d)
+        attn = ((q * self.scale) @ k).softmax(dim=-1)  # (B, G, R, N, N)
+        x = (attn @ v).permute(0, 3, 1, 2, 4).reshape(-1, N, H * d)  # query head g·R + r at g·R + r
+        return self.proj(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            if not self.training and is_export():
+                return self._forward_export(x)
         B, N, _ = x.shape
         H, G, d = self.num_heads, self.num_kv_heads, self.head_dim
         R = H // G  # query heads per key/value head

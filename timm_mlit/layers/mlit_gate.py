@@ -25,6 +25,7 @@ Choices where the paper is silent or inconsistent:
     or einsum (``G`` is built by comparing indices with an arange). Training keeps ``topk`` (its noise makes ties
     vanishingly rare).
 """
+import warnings
 from typing import NamedTuple, Optional, Tuple
 
 import torch
@@ -34,7 +35,7 @@ from timm.layers import register_notrace_module
 
 __all__ = [
     'GateOutput', 'NoisyTopKGate', 'softmax_k', 'top_k_softmax', 'psi', 'prob_in_top_k', 'coefficient_of_variation',
-    'first_max_top_k', 'one_hot_combine', 'linear_fp32',
+    'first_max_top_k', 'one_hot_combine', 'rank_top_k_softmax', 'linear_fp32',
 ]
 
 
@@ -82,6 +83,41 @@ def one_hot_combine(top_idx: torch.Tensor, top_gates: torch.Tensor, num_experts:
     columns = torch.arange(num_experts, device=top_idx.device)
     one_hot = (top_idx.unsqueeze(-1) == columns).to(top_gates.dtype)  # (N, k, t)
     return (one_hot * top_gates.unsqueeze(-1)).sum(-2)
+
+
+def rank_top_k_softmax(h: torch.Tensor, k: int, num_experts: Optional[int] = None) -> torch.Tensor:
+    """Softmax_k(H) of mLiT Eq. 2 as a dense (N, t) matrix, choosing the experts :func:`first_max_top_k` chooses
+    (ties to the lowest index) by two small matmuls with constant matrices instead of k sequential rounds,
+    gathers and index comparisons: the graph an exported eval forward takes
+    (:class:`~timm_mlit.layers.mlit_moe.MoEFeedForward`), where at batch 1 the count of small ops sets the latency.
+
+    Entry j ranks above entry i when ``h_j > h_i``, or ``h_j == h_i`` and ``j < i``; i is chosen when fewer than k
+    entries rank above it. For each pair a < b the first matmul forms ``D_ab = 2^24 (h_b − h_a)``; this is exact up
+    to the one rounding of the subtraction (multiplying by a power of two is exact, every other product is an exact
+    0), so its sign is the sign of ``h_b − h_a``, and the 2^24 keeps a nonzero difference out of the subnormal range.
+    ``clamp(D_ab, 0, c)`` with ``c = 2^-125`` is then exactly c when b ranks above a by value and 0 otherwise, and
+    with ``P_ab`` that indicator the rank of i is ``i + Σ_{b>i} P_ib − Σ_{a<i} P_ai``: the second matmul sums these
+    multiples of c exactly. Unchosen entries are set to −inf before one softmax, so they get exactly 0 and the chosen
+    ones ``softmax(top_vals)`` (for k = 2 bit for bit: adding zeros and swapping two terms is exact). Logits beyond
+    ±2^100 (which would overflow the scaling) are outside its domain.
+
+    ``num_experts``: t, if known as a Python int (``h``'s last size otherwise).
+    """
+    t = h.shape[-1] if num_experts is None else num_experts
+    if k >= t:
+        return h.softmax(dim=-1)
+    pairs = [(a, b) for a in range(t) for b in range(a + 1, t)]
+    c = 2. ** -125
+    # plain-data constants (no indexed writes, which a traced graph would record as scatters)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', torch.jit.TracerWarning)  # constants by design
+        diff = torch.tensor([[2. ** 24 if i == b else -2. ** 24 if i == a else 0. for a, b in pairs]
+                             for i in range(t)], dtype=h.dtype, device=h.device)  # column (a, b): 2^24 (e_b - e_a)
+        count = torch.tensor([[1. if i == a else -1. if i == b else 0. for i in range(t)] for a, b in pairs],
+                             dtype=h.dtype, device=h.device)  # row (a, b): +1 for a, -1 for b
+        limit = torch.tensor([(k - i) * c for i in range(t)], dtype=h.dtype, device=h.device)
+    above = torch.clamp(h @ diff, 0., c) @ count  # c (rank_i - i)
+    return torch.where(above < limit, h, float('-inf')).softmax(dim=-1)
 
 
 def linear_fp32(linear: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -209,6 +245,15 @@ class NoisyTopKGate(nn.Module):
     @torch.jit.unused
     def _logits_any_linear(self, x: torch.Tensor, noise: bool) -> torch.Tensor:
         return linear_fp32(self.w_noise if noise else self.w_gate, x)
+
+    def eval_combine(self, x: torch.Tensor) -> torch.Tensor:
+        """G(x) of an eval forward as the dense (N, t) matrix only (no indices), by :func:`rank_top_k_softmax`: the
+        same experts and gates as ``forward(x).combine`` in eval mode. The export graph's gate."""
+        x = x.to(torch.promote_types(x.dtype, torch.float32))
+        if x.device.type == 'meta':
+            return rank_top_k_softmax(self._logits(x), self.top_k, self.num_experts)
+        with torch.autocast(device_type=x.device.type, enabled=False):  # float32, as forward
+            return rank_top_k_softmax(self._logits(x), self.top_k, self.num_experts)
 
     def _gate(self, x: torch.Tensor) -> GateOutput:
         k, t = self.top_k, self.num_experts

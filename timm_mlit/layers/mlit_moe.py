@@ -25,7 +25,7 @@ from typing import Callable, Dict, Optional
 import torch
 import torch.nn as nn
 
-from ._tracing import is_graph_capture
+from ._tracing import is_export, is_graph_capture, traced_size
 from .aux_loss import AuxRecord, aux_losses
 from .mlit_experts import SharedSwiGLUExperts
 from .mlit_gate import GateOutput, NoisyTopKGate
@@ -64,6 +64,9 @@ class MoEFeedForward(nn.Module):
         self.aux_record = AuxRecord()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            if not self.training and is_export() and self._exportable():
+                return self._forward_export(x)
         shape = x.shape
         x = x.reshape(-1, shape[-1])
         gate = self.gate(x)
@@ -72,6 +75,26 @@ class MoEFeedForward(nn.Module):
             if not is_graph_capture():
                 self._record(gate, x)
         return y.reshape(shape)
+
+    @torch.jit.unused
+    def _exportable(self) -> bool:
+        return (isinstance(self.gate, NoisyTopKGate) and isinstance(self.experts, SharedSwiGLUExperts)
+                and self.experts.dim == self.gate.w_gate.in_features)
+
+    @torch.jit.unused
+    def _forward_export(self, x: torch.Tensor) -> torch.Tensor:
+        """The eval forward as exported graphs take it (torch.jit tracing, torch.export, ONNX export): the gate's
+        dense G by two constant matmuls (:meth:`NoisyTopKGate.eval_combine`) and all t experts weighted by it
+        (:meth:`SharedSwiGLUExperts.forward_combine`), the same function as :meth:`forward` in eval mode without
+        its k argmax rounds, index arithmetic and row gathers, on the (B, N, m) tokens as they come (one reshape,
+        of constant shape; no shape ops): at batch 1 such small ops, more than the matmuls, set the latency
+        (docs/benchmarks.md, "On the edge")."""
+        shape = x.shape
+        if x.dim() not in (2, 3):
+            x = x.reshape(-1, self.experts.dim)  # (..., m) tokens of another rank: flattened
+        tokens = traced_size(x, 1) if x.dim() == 3 else 0
+        y = self.experts.forward_combine(x, self.gate.eval_combine(x), tokens)
+        return y.reshape(shape) if x.dim() == 2 and len(shape) != 2 else y
 
     @torch.jit.unused
     def _record(self, gate: GateOutput, x: torch.Tensor) -> None:
