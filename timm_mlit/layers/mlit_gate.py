@@ -255,15 +255,31 @@ class NoisyTopKGate(nn.Module):
         with torch.autocast(device_type=x.device.type, enabled=False):  # float32, as forward
             return rank_top_k_softmax(self._logits(x), self.top_k, self.num_experts)
 
+    def _train_logits(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(x W_g, x W_noise) at x's precision. Two plain Linears are taken as one matmul of width 2t (one
+        product of x in the forward, one for its gradient in the backward); quantised ones one by one."""
+        if torch.jit.is_scripting():
+            return self._logits(x), self._logits(x, noise=True)
+        return self._train_logits_any_linear(x)
+
+    @torch.jit.unused
+    def _train_logits_any_linear(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        if type(self.w_gate) is nn.Linear and type(self.w_noise) is nn.Linear:
+            weight = torch.cat([self.w_gate.weight, self.w_noise.weight]).to(x.dtype)
+            clean, noise = F.linear(x, weight).split(self.num_experts, dim=-1)
+            return clean, noise
+        return self._logits(x), self._logits(x, noise=True)
+
     def _gate(self, x: torch.Tensor) -> GateOutput:
         k, t = self.top_k, self.num_experts
-        clean = self._logits(x)  # x W_g
         if not self.training:  # G = Softmax_k(x W_g), mLiT Eq. 2 without noise; ties to the lowest expert index
+            clean = self._logits(x)  # x W_g
             top_vals, top_idx = first_max_top_k(clean, k)
             top_gates = top_vals.softmax(dim=-1)
             return GateOutput(one_hot_combine(top_idx, top_gates, t), top_idx, top_gates, None)
 
-        noise_std = F.softplus(self._logits(x, noise=True)) + self.gate_noise_eps
+        clean, noise_logits = self._train_logits(x)  # x W_g, x W_noise
+        noise_std = F.softplus(noise_logits) + self.gate_noise_eps
         h = clean + torch.randn_like(clean) * noise_std  # H(x), mLiT Eq. 3
         # one top-(k+1) serves Softmax_k (first k columns) and Ψ (columns k-1 and k)
         top_vals, top_idx = h.topk(min(k + 1, t), dim=-1)
