@@ -35,7 +35,7 @@ from timm.layers import register_notrace_module
 
 __all__ = [
     'GateOutput', 'NoisyTopKGate', 'softmax_k', 'top_k_softmax', 'psi', 'prob_in_top_k', 'coefficient_of_variation',
-    'first_max_top_k', 'one_hot_combine', 'rank_top_k_softmax', 'linear_fp32',
+    'first_max_top_k', 'one_hot_combine', 'rank_top_k_softmax', 'linear_fp32', 'sorted_softmax',
 ]
 
 
@@ -59,6 +59,14 @@ def top_k_softmax(h: torch.Tensor, k: int, top_vals: Optional[torch.Tensor] = No
     top_gates = top_vals[..., :k].softmax(dim=-1)
     gates = torch.zeros_like(h).scatter(-1, top_idx, top_gates)
     return gates, top_idx, top_gates
+
+
+def sorted_softmax(v: torch.Tensor) -> torch.Tensor:
+    """``v.softmax(-1)`` for rows sorted in descending order (as ``topk`` returns them), written out as
+    ``exp(v − v[0]) / Σ exp(v − v[0])``: the same formula as the softmax kernel (the first entry is the row's max),
+    several times faster than it on a CPU for the k = 2 or 3 columns of mLiT Eq. 2."""
+    e = (v - v[..., :1].detach()).exp()  # the shift changes no value, so it takes no gradient (as in softmax's)
+    return e / e.sum(-1, keepdim=True)
 
 
 def first_max_top_k(h: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -267,7 +275,8 @@ class NoisyTopKGate(nn.Module):
         if type(self.w_gate) is nn.Linear and type(self.w_noise) is nn.Linear:
             weight = torch.cat([self.w_gate.weight, self.w_noise.weight]).to(x.dtype)
             clean, noise = F.linear(x, weight).split(self.num_experts, dim=-1)
-            return clean, noise
+            # contiguous: the (N, t) ops that follow (softplus above all) run many times slower on strided halves
+            return clean.contiguous(), noise.contiguous()
         return self._logits(x), self._logits(x, noise=True)
 
     def _gate(self, x: torch.Tensor) -> GateOutput:
@@ -283,9 +292,12 @@ class NoisyTopKGate(nn.Module):
         h = clean + torch.randn_like(clean) * noise_std  # H(x), mLiT Eq. 3
         # one top-(k+1) serves Softmax_k (first k columns) and Ψ (columns k-1 and k)
         top_vals, top_idx = h.topk(min(k + 1, t), dim=-1)
-        gates, top_idx, top_gates = top_k_softmax(h, k, top_vals, top_idx)  # G(x), mLiT Eq. 2
+        top_idx = top_idx[:, :k]
+        top_gates = sorted_softmax(top_vals[:, :k])  # Softmax_k(H), mLiT Eq. 2: the k gates of each row
+        gates = torch.zeros_like(h).scatter(-1, top_idx, top_gates)  # G(x), (N, t)
 
-        importance = gates.sum(0)  # sum_0 G(x), mLiT Eq. 11
+        # sum_0 G(x), mLiT Eq. 11, from the k non-zeros of each row (a 1-D scatter-add: its backward is a 1-D gather)
+        importance = h.new_zeros(t).index_add(0, top_idx.reshape(-1), top_gates.reshape(-1))
         if k < t:
             load = prob_in_top_k(clean, h, noise_std, k, top_vals).sum(0)  # sum_0 P(x), mLiT Eq. 10
         else:
