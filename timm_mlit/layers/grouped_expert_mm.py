@@ -103,7 +103,9 @@ def _forward(
     xp, w3 = _padded(x, weight.view(t, d_h, -1), align)
     xs = F.embedding(order.div(k, rounding_mode='floor'), xp)  # the token of each sorted pair (a row gather)
     hs = F.grouped_mm(xs, w3.transpose(-2, -1), offs=offs)  # (N·k, d_h), rows sorted by expert
-    h = torch.empty_like(hs).index_copy_(0, order, hs)  # back to (token, choice) order: h[order[i]] = hs[i]
+    # back to (token, choice) order, h[order[i]] = hs[i], as a row gather with the inverse permutation
+    inv = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=order.device))
+    h = hs.index_select(0, inv)
     h += bias.view(t, d_h).index_select(0, top_idx.reshape(-1))
     return h.view(n, k, d_h), order, offs
 
