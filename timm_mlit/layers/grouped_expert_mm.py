@@ -9,13 +9,15 @@ d_h): k·N·m·d_h multiply-adds instead of the t·N·m·d_h of ``x [W_1 … W_t
 are sorted by expert (a stable argsort on the device), the tokens gathered in that order, the per-expert row counts
 summed into offsets (``index_add``, no ``bincount``: no host sync on CUDA) and the products taken by one
 ``torch.nn.functional.grouped_mm`` (group i: the rows routed to expert i times ``W_i``); the result is put back in
-(token, choice) order. An expert that gets no token is an empty group.
+(token, choice) order by a row gather with the inverse permutation; the biases are added as one matmul of the pairs'
+one-hot expert rows with the (t, d_h) bias table (``addmm_``, no gather of N·k bias rows). An expert that gets no
+token is an empty group.
 
 The backward is the same grouped GEMM twice: ``dx`` from ``grouped_mm(dh, W)`` (scattered back to the tokens and
 summed over their k choices) and ``dW_i = dh_iᵀ x_i`` from the 2-D × 2-D form with the same offsets; ``db_i`` is the
-sum of expert i's rows of ``dh``. ``grouped_mm`` wants every row stride a multiple of 16 bytes, which autograd's own
-formula does not meet for widths like d_h = 81; here the operands are laid out padded (zero columns for m, unused
-padding columns for d_h, both sliced off), so any m and d_h work.
+sum of expert i's rows of ``dh``, taken as (one-hot rows)ᵀ dh in float32. ``grouped_mm`` wants every row stride a
+multiple of 16 bytes, which autograd's own formula does not meet for widths like d_h = 81; here the operands are laid
+out padded (zero columns for m, unused padding columns for d_h, both sliced off), so any m and d_h work.
 
 Both directions are PyTorch custom ops, so ``torch.compile`` keeps each as one opaque call (no graph break; the
 data-dependent group sizes stay inside). ``grouped_mm`` is native on CUDA for bf16 on sm90/sm100; elsewhere on CUDA it
@@ -89,6 +91,11 @@ def _padded(x: torch.Tensor, w3: torch.Tensor, align: int) -> Tuple[torch.Tensor
     return F.pad(x, (0, mp - m)), F.pad(w3, (0, mp - m))
 
 
+def _one_hot(top_idx: torch.Tensor, t: int, dtype: torch.dtype) -> torch.Tensor:
+    """(N·k, t): row n·k + j is the one-hot vector of expert ``top_idx[n, j]``."""
+    return (top_idx.reshape(-1, 1) == torch.arange(t, device=top_idx.device)).to(dtype)
+
+
 @torch.library.custom_op('timm_mlit::grouped_expert_mm', mutates_args=())
 def _forward(
         x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, top_idx: torch.Tensor, num_experts: int,
@@ -103,8 +110,10 @@ def _forward(
     xp, w3 = _padded(x, weight.view(t, d_h, -1), align)
     xs = F.embedding(order.div(k, rounding_mode='floor'), xp)  # the token of each sorted pair (a row gather)
     hs = F.grouped_mm(xs, w3.transpose(-2, -1), offs=offs)  # (N·k, d_h), rows sorted by expert
-    h = torch.empty_like(hs).index_copy_(0, order, hs)  # back to (token, choice) order: h[order[i]] = hs[i]
-    h += bias.view(t, d_h).index_select(0, top_idx.reshape(-1))
+    # back to (token, choice) order, h[order[i]] = hs[i], as a row gather with the inverse permutation
+    inv = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=order.device))
+    h = hs.index_select(0, inv)
+    h.addmm_(_one_hot(top_idx, t, h.dtype), bias.view(t, d_h))  # + b_i: one-hot rows times the bias table
     return h.view(n, k, d_h), order, offs
 
 
@@ -126,8 +135,9 @@ def _backward(
     m = x.shape[-1]
     align = 16 // grad.element_size()
     g = grad.reshape(n * k, d_h)
-    # db_i: the sum of expert i's rows, accumulated in float32 (bf16 would round at every one of ~N·k/t additions)
-    db = torch.zeros((t, d_h), dtype=torch.float32, device=grad.device).index_add_(0, top_idx.reshape(-1), g.float())
+    # db_i: the sum of expert i's rows, accumulated in float32 (bf16 would round at every one of ~N·k/t additions),
+    # as (one-hot rows)ᵀ dh: one matmul, not a row-by-row scatter-add
+    db = _one_hot(top_idx, t, torch.float32).t().mm(g.float())
     gs = g.index_select(0, order)  # rows sorted by expert
     dp = _pad_to(d_h, align)
     if dp != d_h:  # row stride a multiple of 16 bytes; the padding columns are never read

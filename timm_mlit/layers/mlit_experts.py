@@ -96,6 +96,65 @@ def select_distinct_rows(table: torch.Tensor, rows: torch.Tensor) -> torch.Tenso
     return _SelectDistinctRows.apply(table, rows)
 
 
+def weighted_sum(y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``Σ_j w[:, j] ⊙ y[:, j]`` for y (N, k, d) and w (N, k) or (N, k, d): ``(y * w).sum(1)`` without the (N, k, d)
+    product, by k multiply-adds into one (N, d) buffer (k is the gate's top k, 1 to 3 in practice)."""
+    if w.dim() == 2:
+        w = w.unsqueeze(-1)
+    out = y[:, 0] * w[:, 0]
+    for j in range(1, y.shape[1]):
+        out.addcmul_(y[:, j], w[:, j])
+    return out
+
+
+class _GatedSiluSum(torch.autograd.Function):
+    """``Σ_j g_j silu(h_j)`` (mLiT Eqs. 1, 13-14 before ``⊙ (x V + b_V)``), h (N, k, d_h), g (N, k): no (N, k, d_h)
+    temporaries in the forward beyond silu's output, and in the backward the gate gradient as one batched dot
+    product (``Σ_d silu(h_j) dy``) instead of a product and a sum."""
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+        s = F.silu(h)
+        ctx.save_for_backward(h, s, gates)
+        return weighted_sum(s, gates)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        h, s, gates = ctx.saved_tensors
+        dh = dg = None
+        if ctx.needs_input_grad[1]:
+            dg = torch.bmm(s, grad.unsqueeze(-1)).squeeze(-1)
+        if ctx.needs_input_grad[0]:
+            dh = torch.ops.aten.silu_backward(grad.unsqueeze(1) * gates.unsqueeze(-1), h)
+        return dh, dg
+
+
+class _DroppedGateSum(torch.autograd.Function):
+    """``Σ_j (g_j mask_j) ⊙ y_j``, per-expert dropout folded into the gates: y (N, k, m) the chosen experts' outputs,
+    g (N, k) their gates, mask (N, k, m) fixed (0 or 1/(1−p)). The weights ``g_j mask_j`` are formed at the gates'
+    precision and cast to y's, as in the plain form; the gate gradient ``Σ_m dy ⊙ mask_j ⊙ y_j`` is one batched dot
+    product, the (N, k, m) products of the plain form's backward are not formed."""
+
+    @staticmethod
+    def forward(ctx, y: torch.Tensor, gates: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        w = (gates.unsqueeze(-1) * mask).to(y.dtype)
+        ctx.save_for_backward(y, w, mask)
+        return weighted_sum(y, w)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        y, w, mask = ctx.saved_tensors
+        dy = dg = None
+        if ctx.needs_input_grad[1]:
+            ym = y.to(mask.dtype) * mask
+            dg = torch.bmm(ym, grad.to(mask.dtype).unsqueeze(-1)).squeeze(-1)
+        if ctx.needs_input_grad[0]:
+            dy = grad.unsqueeze(1) * w
+        return dy, dg, None
+
+
 class SharedSwiGLUExperts(nn.Module):
     """t SwiGLU experts of hidden size d_h sharing V and W2 (mLiT Sec. 2.1.2), in the fused form."""
     per_expert_drop: Final[bool]
@@ -222,13 +281,33 @@ class SharedSwiGLUExperts(nn.Module):
             else:
                 h_k = select_distinct_rows(h, rows).reshape(n, k, d_h)
         v = self.v(x)  # x V + b_V
+        fused = False
+        if not torch.jit.is_scripting():
+            fused = not is_graph_capture()  # traced and exported graphs keep the plain ops below
         if self.per_expert_drop and self.training and self.drop.p > 0.:
             y = self.w2(F.silu(h_k) * v.unsqueeze(1))  # FFN_i(x) of the chosen i, (N, k, m)
             top_gates = gate.top_gates  # float32: the mask's 1/(1-p) is applied at the gates' precision
             if drop_mask is None:
                 drop_mask = torch.ops.timm_mlit.expert_drop_mask(top_gates.detach(), y.shape[-1], float(self.drop.p))
+            if fused:
+                return self._dropped_gate_sum(y, top_gates, drop_mask)  # Σ_j G_j mask_j ⊙ FFN_j(x)
             weights = (top_gates.unsqueeze(-1) * drop_mask).to(y.dtype)  # G_j mask_j, (N, k, m)
             return (y * weights).sum(1)  # Σ_j G_j mask_j ⊙ FFN_j(x)
         top_gates = gate.top_gates.to(h_k.dtype)
-        mixed = (F.silu(h_k) * top_gates.unsqueeze(-1)).sum(1)  # Σ_i G_i silu(x W_i + b_i)
+        if fused:
+            mixed = self._gated_silu_sum(h_k, top_gates)  # Σ_i G_i silu(x W_i + b_i)
+        else:
+            mixed = (F.silu(h_k) * top_gates.unsqueeze(-1)).sum(1)  # Σ_i G_i silu(x W_i + b_i)
         return self.drop(self.w2(mixed * v))
+
+    @torch.jit.unused
+    def _gated_silu_sum(self, h_k: torch.Tensor, top_gates: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and (h_k.requires_grad or top_gates.requires_grad):
+            return _GatedSiluSum.apply(h_k, top_gates)
+        return weighted_sum(F.silu(h_k), top_gates)
+
+    @torch.jit.unused
+    def _dropped_gate_sum(self, y: torch.Tensor, top_gates: torch.Tensor, drop_mask: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and (y.requires_grad or top_gates.requires_grad):
+            return _DroppedGateSum.apply(y, top_gates, drop_mask)
+        return weighted_sum(y, (top_gates.unsqueeze(-1) * drop_mask).to(y.dtype))
