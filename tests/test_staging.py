@@ -135,6 +135,13 @@ def test_stage_a_finished_run(finished_run, short_recipe, tmp_path):
     card = (folder / 'README.md').read_text()
     meta = _card_meta(card)
     assert meta['datasets'] == ['uoft-cs/cifar10']
+    # CIFAR-10 has no validation split: train.py's 'validation' folder is its test split, and the card names it so
+    assert meta['model-index'][0]['results'][0]['dataset']['split'] == 'test'
+    assert 'evaluated on its test split (train.py\'s `validation` split' in card
+    assert '| CIFAR-10 | test |' in card
+    # the run's amp: false against the recipe's amp: true
+    assert ('- **Precision:** float32 throughout (no autocast; the recipe\'s float16 autocast (`amp: true`) was '
+            'turned off for this run)') in card
     assert meta['model-index'][0]['results'][0]['metrics'][0]['value'] == round(float(final['eval_top1']), 3)
     assert f'| final ({EPOCHS}) | {round(float(final["eval_top1"]), 3)} |' in card
     assert f'| best on the test split ({int(best["epoch"]) + 1}) | {round(float(best["eval_top1"]), 3)} |' in card
@@ -397,3 +404,27 @@ def test_run_info_times_the_training_command(tmp_path):
     with pytest.raises(SystemExit):
         run_info([str(failed), '--wall-time-s', '-5'])
     assert not (failed / 'run_info.json').exists()
+
+
+def test_staging_reads_a_resumed_runs_summary(finished_run, short_recipe, tmp_path):
+    """train.py --resume appends a second header line to summary.csv; an epoch whose row was written before a stop
+    but whose checkpoint was not appears twice, and its later row is the one the weights continue from."""
+    run = tmp_path / 'resumed'
+    shutil.copytree(finished_run, run)
+    lines = (finished_run / 'summary.csv').read_text().splitlines()
+    header, rows = lines[0], lines[1:]
+    first = rows[0].split(',')
+    first[header.split(',').index('eval_top1')] = '0.5'  # the lost attempt of epoch 0, listed before the resume
+    (run / 'summary.csv').write_text('\n'.join([header, ','.join(first), header, *rows]) + '\n')
+    info = read_run(run)
+    assert [h['epoch'] for h in info.history] == list(range(EPOCHS))
+    with open(finished_run / 'summary.csv') as f:
+        final = list(csv.DictReader(f))[-1]
+    assert info.final['top1'] == round(float(final['eval_top1']), 3) and info.epochs == EPOCHS
+    assert 0.5 not in [h['top1'] for h in info.history]
+    folder = push_main(['--model', 'mlit_xxs.c10', '--run-dir', str(run), '--stage-dir', str(tmp_path / 'staged')])
+    assert f'| final ({EPOCHS}) | {round(float(final["eval_top1"]), 3)} |' in (folder / 'README.md').read_text()
+
+    (run / 'summary.csv').write_text('\n'.join([header, rows[0], 'epoch,eval_top1', rows[1]]) + '\n')
+    with pytest.raises(RunRecordError, match='header line whose columns differ'):
+        read_run(run)

@@ -13,7 +13,7 @@ import yaml
 
 from .records import RunInfo, read_run
 from timm_mlit.models._pretrained_tags import find_tag
-from .tag_info import DATASETS, PAPER_SOURCE, PAPER_TOP1
+from .tag_info import DATASETS, PAPER_SOURCE, PAPER_TOP1, VALIDATION_IS, config_path
 
 __all__ = ['RunInfo', 'read_run', 'render_card', 'card_metadata', 'JPEG_CAVEAT']
 
@@ -27,6 +27,44 @@ def _unnamed(run: RunInfo) -> str:
     if run.dataset:
         return run.dataset
     return 'an ImageFolder the run\'s records do not name' + (f' ({run.data_dir})' if run.data_dir else '')
+
+
+def eval_split(run: RunInfo) -> str:
+    """The split a classifier's figures were measured on, named as the dataset names it: a known dataset's test split
+    where the run read train.py's default ``validation`` split (:data:`~timm_mlit.hub.tag_info.VALIDATION_IS`), else
+    the run's own split name."""
+    if run.kind == 'classification' and run.eval_split == 'validation' and run.dataset in VALIDATION_IS:
+        return VALIDATION_IS[run.dataset]
+    return run.eval_split
+
+
+def _data_line(run: RunInfo, display: str) -> str:
+    if run.kind != 'classification':
+        return f'- **Data:** {display}, `{run.eval_split}` split, masked-autoencoder pre-training'
+    split = eval_split(run)
+    if split == run.eval_split:
+        return f'- **Data:** {display}, evaluated on its `{split}` split'
+    return (f'- **Data:** {display}, trained on its train split and evaluated on its {split} split (train.py\'s '
+            f'`{run.eval_split}` split: the `{run.eval_split}/` folder mlit-prepare-data writes from the {split} '
+            f'images, or timm\'s torch/{run.dataset} reader)')
+
+
+def _precision(run: RunInfo, recipe: Dict[str, Any]) -> Optional[str]:
+    """How train.py ran the model's arithmetic (its --amp / --amp-dtype), when the run's args.yaml records it, and
+    where the tag's ``recipe`` asked for autocast the run did not use."""
+    if run.kind != 'classification' or 'amp' not in run.args:
+        return None
+    if not run.args.get('amp'):
+        turned_off = (f'; the recipe\'s {recipe.get("amp_dtype") or "float16"} autocast (`amp: true`) was turned off '
+                      f'for this run' if recipe.get('amp') else '')
+        return f'- **Precision:** float32 throughout (no autocast{turned_off})'
+    return f'- **Precision:** {run.args.get("amp_dtype") or "float16"} autocast (mixed precision)'
+
+
+def _recipe(pretrained_tag) -> Dict[str, Any]:
+    """The tag's train.py recipe (its shipped YAML file), or {} where the tag has none."""
+    path = config_path(pretrained_tag) if pretrained_tag else None
+    return (yaml.safe_load(path.read_text(encoding='utf-8')) or {}) if path else {}
 
 
 def _duration(seconds: float) -> str:
@@ -54,7 +92,7 @@ def card_metadata(model_name: str, repo_id: str, license: str, run: RunInfo) -> 
             'name': repo_id.split('/')[-1],
             'results': [{
                 'task': {'type': 'image-classification', 'name': 'Image Classification'},
-                'dataset': {'name': display, 'type': hub_dataset or 'imagefolder', 'split': run.eval_split},
+                'dataset': {'name': display, 'type': hub_dataset or 'imagefolder', 'split': eval_split(run)},
                 'metrics': metrics,
             }],
         }]
@@ -100,9 +138,11 @@ def render_card(model_name: str, model: torch.nn.Module, repo_id: str, run: RunI
         f'- **Input:** {cfg["input_size"][1]}x{cfg["input_size"][2]} RGB, mean = {list(cfg["mean"])}, '
         f'std = {list(cfg["std"])}, crop_pct {cfg.get("crop_pct")}',
         f'- **Weights:** {"the exponential moving average (EMA) of the" if run.ema else "the"} training weights',
-        f'- **Data:** {display}' + (f', evaluated on its `{run.eval_split}` split' if run.kind == 'classification'
-                                    else f', `{run.eval_split}` split, masked-autoencoder pre-training'),
+        _data_line(run, display),
     ]
+    precision = _precision(run, _recipe(pretrained_tag))
+    if precision:
+        lines.append(precision)
     if run.jpeg_copy:
         lines.append('- **Data caveat:** ' + JPEG_CAVEAT.format(name=display))
     if run.weights_epoch is not None:
@@ -120,13 +160,13 @@ def render_card(model_name: str, model: torch.nn.Module, repo_id: str, run: RunI
     lines += [f'| {k} | {v} |' for k, v in run.recipe.items()]
     lines += ['', '## Results (measured by the run that produced these weights)', '']
     if run.kind == 'classification':
-        lines.append(f'| dataset | split | top-1 % | top-5 % |\n|---|---|---|---|\n| {display} | {run.eval_split} | '
+        lines.append(f'| dataset | split | top-1 % | top-5 % |\n|---|---|---|---|\n| {display} | {eval_split(run)} | '
                      f'{run.metrics.get("top1", "")} | {run.metrics.get("top5", "")} |')
         if run.best and run.final and len(run.history) > 1:
             lines += [
                 '', '| epoch | top-1 % | top-5 % |', '|---|---|---|',
                 f'| final ({run.final["epoch"] + 1}) | {run.final["top1"]} | {run.final["top5"] or ""} |',
-                f'| best on the test split ({run.best["epoch"] + 1}) | {run.best["top1"]} | {run.best["top5"] or ""} |']
+                f'| best on the {eval_split(run)} split ({run.best["epoch"] + 1}) | {run.best["top1"]} | {run.best["top5"] or ""} |']
         paper = PAPER_TOP1.get(pretrained_tag.tag, {}).get(arch) if pretrained_tag else None
         if paper is not None:
             lines += ['', f'The paper reports {paper}% top-1 for this setting ({PAPER_SOURCE[pretrained_tag.tag]}).']

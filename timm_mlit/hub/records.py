@@ -114,24 +114,35 @@ def _number(row: Dict[str, str], key: str, where: str) -> Optional[float]:
 
 
 def _read_summary(path: Path) -> List[Dict[str, float]]:
+    """One dict per epoch of train.py's ``summary.csv``, in epoch order. A run resumed with ``--resume`` appends a
+    second header line (timm's ``update_summary`` writes one whenever it opens the file anew): such lines are skipped.
+    An epoch listed twice (a run stopped after its summary row but before its checkpoint, then resumed from the
+    epoch before) keeps its later row, the one the resumed run's weights continue from."""
     try:
         with open(path, newline='', encoding='utf-8') as f:
-            rows = list(csv.DictReader(f))
+            reader = csv.DictReader(f)
+            rows = [(i + 2, row) for i, row in enumerate(reader)
+                    if not all(row.get(k) == k for k in reader.fieldnames or ())]  # a resume's header line
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise RunRecordError(f'{path} is not readable CSV ({e}); it is the summary.csv train.py writes.') from e
     if not rows:
         raise RunRecordError(f'{path} has no epochs: the run evaluated nothing yet.')
-    history = []
-    for i, row in enumerate(rows):
-        where = f'{path}, row {i + 2}'
+    by_epoch: Dict[int, Dict[str, float]] = {}
+    for line, row in rows:
+        where = f'{path}, row {line}'
+        if row.get('epoch') == 'epoch':
+            raise RunRecordError(f'{where} is a header line whose columns differ from the first line\'s: the file mixes '
+                                 f'two layouts, so its rows cannot be read by one header. Pass the summary.csv of '
+                                 f'one run, or split it at that line.')
         epoch, top1 = _number(row, 'epoch', where), _number(row, 'eval_top1', where)
         if epoch is None or top1 is None:
             raise RunRecordError(f'{where} lacks epoch or eval_top1: not a train.py summary of a run with evaluation.')
         if not 0 <= top1 <= 100:
             raise RunRecordError(f'{where}: eval_top1 {top1} is not a percentage.')
         top5 = _number(row, 'eval_top5', where)
-        history.append({'epoch': int(epoch), 'top1': round(top1, 3), 'top5': None if top5 is None else round(top5, 3)})
-    return history
+        by_epoch[int(epoch)] = {'epoch': int(epoch), 'top1': round(top1, 3),
+                                'top5': None if top5 is None else round(top5, 3)}
+    return [by_epoch[e] for e in sorted(by_epoch)]
 
 
 def read_run_info(run_dir) -> Dict[str, Any]:

@@ -13,7 +13,7 @@ from typing import Optional
 from timm_mlit.configs import RECIPE_DIR
 from timm_mlit.models._pretrained_tags import PretrainedTag
 
-__all__ = ['PAPER_TOP1', 'PAPER_SOURCE', 'DATASETS', 'config_path']
+__all__ = ['PAPER_TOP1', 'PAPER_SOURCE', 'DATASETS', 'VALIDATION_IS', 'config_path']
 
 _CONFIG_DIR = RECIPE_DIR  # timm_mlit/configs: in a clone and in the installed package
 
@@ -24,6 +24,10 @@ DATASETS = {
     'svhn': ('SVHN', 'ufldl-stanford/svhn'),
     'flowers102': ('Flowers102', 'nelorth/oxford-flowers'),
 }
+# name -> the dataset's own split that train.py's default ``validation`` split reads: the ``validation/`` folder
+# mlit-prepare-data writes from it (its docstring) and what timm's ``torch/<name>`` reader takes for 'validation'.
+# None of the four has a validation split of its own, so every recipe is scored on the test split.
+VALIDATION_IS = {'cifar100': 'test', 'cifar10': 'test', 'svhn': 'test', 'flowers102': 'test'}
 
 # Top-1 % the paper reports for each (model, tag): Table 7 (300 epochs) and Table 8 (100 epochs)
 PAPER_TOP1 = {
