@@ -428,3 +428,26 @@ def test_staging_reads_a_resumed_runs_summary(finished_run, short_recipe, tmp_pa
     (run / 'summary.csv').write_text('\n'.join([header, rows[0], 'epoch,eval_top1', rows[1]]) + '\n')
     with pytest.raises(RunRecordError, match='header line whose columns differ'):
         read_run(run)
+
+
+def test_the_card_says_how_the_wall_time_was_measured(finished_run, short_recipe, tmp_path, capsys):
+    from timm_mlit.hub.run_info import main as run_info_main
+    run = tmp_path / 'paused'
+    shutil.copytree(finished_run, run)
+    how = "the epochs' own durations, pauses left out"
+    assert run_info_main([str(run), '--wall-time-s', '4000', '--hardware', 'test CPU (2 cores)', '--dataset',
+                          'cifar10', '--jpeg-copy', '--wall-time-how', how]) == 0
+    assert json.loads((run / 'run_info.json').read_text())['wall_time_how'] == how
+    folder = push_main(['--model', 'mlit_xxs.c10', '--run-dir', str(run), '--stage-dir', str(tmp_path / 'staged')])
+    assert f"Trained on test CPU (2 cores) in 1 h 07 min wall time ({how}) (the run's run_info.json)." in (
+        folder / 'README.md').read_text()
+
+    with pytest.raises(SystemExit):  # it describes --wall-time-s; a timed command records its own
+        run_info_main([str(run), '--wall-time-how', how, '--', sys.executable, '-c', 'pass'])
+    assert '--wall-time-how describes --wall-time-s' in capsys.readouterr().err
+    before = (run / 'run_info.json').read_text()
+    for bad in ('two\nlines', ' ', 'x' * 301):  # the card quotes it: one line of text
+        with pytest.raises(SystemExit):
+            run_info_main([str(run), '--wall-time-s', '10', '--wall-time-how', bad])
+        assert '"wall_time_how" must be one line of text' in capsys.readouterr().err
+    assert (run / 'run_info.json').read_text() == before  # a refused record never replaces a good one

@@ -153,6 +153,7 @@ def render_card(model_name: str, model: torch.nn.Module, repo_id: str, run: RunI
     if run.hardware or run.wall_time_s:
         lines += [f'Trained on {run.hardware or "(hardware not recorded)"}'
                   + (f' in {_duration(run.wall_time_s)} wall time' if run.wall_time_s else '')
+                  + (f' ({run.wall_time_how})' if run.wall_time_s and run.wall_time_how else '')
                   + ' (the run\'s run_info.json).', '']
     lines += [
         f'{run.epochs} epochs. The recipe, as run:', '', '| setting | value |', '|---|---|',

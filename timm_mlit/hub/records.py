@@ -74,6 +74,7 @@ class RunInfo:
     # run_info.json
     hardware: Optional[str] = None
     wall_time_s: Optional[float] = None
+    wall_time_how: Optional[str] = None  # how wall_time_s was measured, in the trainer's words
     jpeg_copy: bool = False
     data_dir: str = ''
 
@@ -163,6 +164,13 @@ def check_run_info(info: Any, path) -> Dict[str, Any]:
         raise RunRecordError(f'{path} holds a {type(info).__name__}, not an object.')
     if 'hardware' in info and (not isinstance(info['hardware'], str) or not info['hardware'].strip()):
         raise RunRecordError(f'{path}: "hardware" must name the machine, e.g. "1x NVIDIA H100 80GB".')
+    for key, example in (('hardware', '1x NVIDIA H100 80GB'),
+                         ('wall_time_how', "the epochs' own durations, pauses left out")):
+        text = info.get(key)
+        if key in info and (not isinstance(text, str) or not text.strip() or len(text) > 300
+                            or any(not c.isprintable() for c in text)):
+            raise RunRecordError(f'{path}: "{key}" must be one line of text (at most 300 characters) for the card, '
+                                 f'e.g. "{example}"; got {text!r:.80}.')
     wall = info.get('wall_time_s')
     if wall is not None and (isinstance(wall, bool) or not isinstance(wall, (int, float)) or not math.isfinite(wall)
                              or wall <= 0):
@@ -213,7 +221,8 @@ def _read_train_py(run: Path, checkpoint: Optional[Path]) -> RunInfo:
         model=str(args.get('model') or ''), num_classes=num_classes if isinstance(num_classes, int) else None,
         planned_epochs=planned if isinstance(planned, int) else None, args=args, history=history,
         weights_epoch=weights_epoch, best=dict(best), final=dict(history[-1]),
-        hardware=info.get('hardware'), wall_time_s=info.get('wall_time_s'), jpeg_copy=bool(info.get('jpeg_copy')),
+        hardware=info.get('hardware'), wall_time_s=info.get('wall_time_s'), wall_time_how=info.get('wall_time_how'),
+            jpeg_copy=bool(info.get('jpeg_copy')),
         data_dir=str(args.get('data_dir') or ''))
 
 
@@ -252,7 +261,8 @@ def read_run(run_dir, dataset: Optional[str] = None, checkpoint=None) -> RunInfo
             str(args.get('train_split') or 'train'), len(history), metrics,
             {k: args[k] for k in _CARD_KEYS if args.get(k) not in (None, '', {}, [])},
             model=str(args.get('model') or ''), args=args, hardware=info.get('hardware'),
-            wall_time_s=info.get('wall_time_s'), jpeg_copy=bool(info.get('jpeg_copy')),
+            wall_time_s=info.get('wall_time_s'), wall_time_how=info.get('wall_time_how'),
+            jpeg_copy=bool(info.get('jpeg_copy')),
             data_dir=str(args.get('data_dir') or ''))
     else:
         raise RunRecordError(

@@ -8,7 +8,8 @@ Wrap the training command (the record is written only when it succeeds and left 
         --data-dir DATA --output output/train --experiment mlit_xxs_c10
 
 or record a finished run's numbers by hand: ``python -m timm_mlit.hub.run_info RUN --wall-time-s 5400 --hardware
-"1x NVIDIA H100 80GB"``. ``--dataset`` names the data when train.py read an ImageFolder (its args.yaml then names
+"1x NVIDIA H100 80GB"``, with ``--wall-time-how`` saying how the seconds were measured where that is not plain
+(a run paused and resumed: "the epochs' own durations, pauses left out"); the card quotes it. ``--dataset`` names the data when train.py read an ImageFolder (its args.yaml then names
 none); ``--jpeg-copy`` marks images that are the JPEG copy of CIFAR (the card then carries the caveat).
 """
 import argparse
@@ -42,7 +43,8 @@ def detect_hardware() -> str:
 
 
 def write_run_info(run_dir, wall_time_s: float, hardware: Optional[str] = None, dataset: Optional[str] = None,
-                   jpeg_copy: bool = False, command: Optional[List[str]] = None) -> Path:
+                   jpeg_copy: bool = False, command: Optional[List[str]] = None,
+                   wall_time_how: Optional[str] = None) -> Path:
     """Write ``run_dir/run_info.json`` (atomically) and return its path. The fields are checked as staging reads
     them before anything is written, so a bad record never replaces a good one; an existing record is replaced
     (it is this command's), a symlink or special file there is refused."""
@@ -50,6 +52,10 @@ def write_run_info(run_dir, wall_time_s: float, hardware: Optional[str] = None, 
     if not run_dir.is_dir():
         raise MissingInputError(f'No run folder at {run_dir}: pass the train.py output folder (--output/--experiment).')
     info: Dict[str, Any] = {'hardware': hardware or detect_hardware(), 'wall_time_s': round(float(wall_time_s), 1)}
+    if wall_time_how is not None:
+        info['wall_time_how'] = wall_time_how
+    elif command:
+        info['wall_time_how'] = 'the training command, timed by mlit-run-info'
     if dataset:
         info['dataset'] = dataset
     info['jpeg_copy'] = bool(jpeg_copy)
@@ -69,6 +75,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument('run_dir', help="the run's output folder (train.py's --output/--experiment)")
     p.add_argument('--hardware', default=None, help='default: the GPUs torch sees here, or the CPU')
     p.add_argument('--wall-time-s', type=positive_float, default=None, help='a finished run\'s wall time (no command given)')
+    p.add_argument('--wall-time-how', default=None, metavar='TEXT',
+                   help='with --wall-time-s: how it was measured, one line the card quotes (e.g. "the epochs\' own '
+                        'durations, pauses left out")')
     p.add_argument('--dataset', default=None, choices=sorted(DATASETS), help='the data, for an ImageFolder run')
     p.add_argument('--jpeg-copy', action='store_true', help='the images are the JPEG copy of CIFAR')
     p.add_argument('--', dest='command', metavar='COMMAND', help='then the training command to run and time')
@@ -82,6 +91,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not command and not Path(args.run_dir).is_dir():
         p.error(f'run_dir {args.run_dir}: no such folder; expected the run\'s output folder (train.py\'s '
                 f'--output/--experiment). Fix the path.')
+    if args.wall_time_how is not None and args.wall_time_s is None:
+        p.error('--wall-time-how describes --wall-time-s: give both (a timed command records how itself)')
     if args.hardware is not None and not args.hardware.strip():
         p.error('--hardware is empty; expected what the run trained on, e.g. --hardware "1x NVIDIA H100 80GB" (or '
                 'leave it out to record this machine\'s).')
@@ -96,7 +107,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             p.exit(2, f'run_info: {args.run_dir} has no summary.csv after the command: it is not the run\'s output '
                       f'folder (train.py writes OUTPUT/EXPERIMENT). Nothing recorded.\n')
     try:
-        path = write_run_info(args.run_dir, wall, args.hardware, args.dataset, args.jpeg_copy, command or None)
+        path = write_run_info(args.run_dir, wall, args.hardware, args.dataset, args.jpeg_copy, command or None,
+                              args.wall_time_how)
     except (UserInputError, RunRecordError, FileNotFoundError) as e:
         p.exit(2, f'{p.prog}: error: {e}\n')
     print(f'wrote {path}')
