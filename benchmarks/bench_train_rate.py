@@ -20,7 +20,12 @@ training step are printed too.
 
 Candidates: ``eager`` always; ``--compile`` adds ``torch.compile`` of the model (what train.py's ``--torchcompile``
 does; its compile time, the first steps, is printed); ``--expert-matmul dense grouped`` adds the model with that
-expert matmul; ``--threads 1 2`` runs the whole comparison at each thread count.
+expert matmul; ``--dense-drop-mask`` adds the step with per-expert dropout's dense (N, k, m) mask (what eager CPU
+training used before it kept the mask as dropped positions; the same function, the same draws) and times the
+Geometric gap draws of one layer's mask both ways (``Tensor.geometric_`` against the vectorised inversion of
+``timm_mlit.layers.expert_drop.drop_positions``); ``--autocast bfloat16 float16`` adds the step under CPU autocast
+(another precision than the run's fp32: it says what half precision would buy on this CPU, the FLOP count is the
+same); ``--threads 1 2`` runs the whole comparison at each thread count.
 
 ``--train-py PATH`` instead runs timm's real train.py for ``--updates`` optimizer steps on ``--data-dir`` (a copy of
 the recipe with ``epochs`` shortened), reads its images/s from the log and prints it beside the sgemm rate measured
@@ -28,6 +33,7 @@ in the same run. It trains for real (minutes) and is not part of any test.
 
     python benchmarks/bench_train_rate.py                            # mlit_xxs, batch 256, fp32, eager
     python benchmarks/bench_train_rate.py --compile --expert-matmul dense grouped --rounds 5
+    python benchmarks/bench_train_rate.py --dense-drop-mask --autocast bfloat16 float16
     python benchmarks/bench_train_rate.py --train-py ../train.py --data-dir DATA --updates 20 --workers 2
 """
 import argparse
@@ -48,6 +54,7 @@ import timm_mlit  # noqa: F401  registers the models and the MoE loss
 from timm.optim import create_optimizer_v2
 from timm_mlit.configs import recipe_path
 from timm_mlit.layers import SharedSwiGLUExperts
+from timm_mlit.layers.expert_drop import drop_positions
 from timm_mlit.profiling import count_macs, flop_counter
 from timm_mlit.training import AuxLossTask
 
@@ -105,6 +112,44 @@ def build_step(recipe: dict, model: torch.nn.Module, batch_size: int, compiled: 
     return step
 
 
+def with_dense_drop_mask(step: Callable[[], None]) -> Callable[[], None]:
+    """The step with per-expert dropout's dense (N, k, m) mask (``expert_drop_mask``, ``_DroppedGateSum``) in place of
+    the dropped positions eager CPU training keeps."""
+    def dense_step():
+        keep = SharedSwiGLUExperts._drop_at_positions
+        SharedSwiGLUExperts._drop_at_positions = lambda self, y, top_gates: False
+        try:
+            step()
+        finally:
+            SharedSwiGLUExperts._drop_at_positions = keep
+    return dense_step
+
+
+def with_autocast(step: Callable[[], None], dtype: torch.dtype) -> Callable[[], None]:
+    def autocast_step():
+        with torch.autocast('cpu', dtype=dtype):
+            step()
+    return autocast_step
+
+
+def gap_draw_ms(numel: int, p: float, reps: int = 15) -> Dict[str, float]:
+    """Median ms of the Geometric(p) gap draws for a ``numel`` mask, by ``Tensor.geometric_`` and by
+    :func:`drop_positions` (which adds the running sum and the positions: the inversion is timed inside it)."""
+    count = int(numel * p + 8 * ((numel * p * (1 - p)) ** 0.5 + 2))
+    fns = {'Tensor.geometric_': lambda: torch.empty(count, dtype=torch.float64).geometric_(p),
+           'drop_positions': lambda: drop_positions(numel, p, torch.device('cpu'))}
+    out = {}
+    for label, fn in fns.items():
+        fn()
+        ts = []
+        for _ in range(reps):
+            start = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - start)
+        out[label] = statistics.median(ts) * 1e3
+    return out
+
+
 def step_flops(recipe: dict, model_name: str, batch_size: int) -> int:
     """FLOPs torch's counter sees in one training forward + backward (a fresh model: the step is not taken)."""
     model = build_model(recipe, model_name)
@@ -135,6 +180,12 @@ def bench_steps(args, recipe: dict) -> None:
         for matmul in ['auto'] + [m for m in args.expert_matmul if m != 'auto']:
             label = 'eager' if matmul == 'auto' else f'eager {matmul}'
             steps[label] = build_step(recipe, build_model(recipe, args.model, matmul), args.batch_size)
+        if args.dense_drop_mask:
+            steps['eager dense mask'] = with_dense_drop_mask(
+                build_step(recipe, build_model(recipe, args.model), args.batch_size))
+        for name in args.autocast:
+            steps[f'autocast {name}'] = with_autocast(
+                build_step(recipe, build_model(recipe, args.model), args.batch_size), getattr(torch, name))
         if args.compile:
             steps['compiled'] = build_step(recipe, build_model(recipe, args.model), args.batch_size, compiled=True)
         for label, fn in steps.items():  # warm-up; compilation happens here
@@ -166,6 +217,15 @@ def bench_steps(args, recipe: dict) -> None:
             if label in compile_s:
                 extra = f'   (compile + {args.warmup} warm-up steps: {compile_s[label]:.0f} s)'
             print(f'{label:<18}{t:>8.3f}{rate:>10.1f}{gflops:>9.1f}{gflops / peak:>9.3f}{base / t:>9.2f}x{extra}')
+        if args.dense_drop_mask:
+            probe = build_model(recipe, args.model)
+            layer = next(m for m in probe.modules() if isinstance(m, SharedSwiGLUExperts))
+            tokens = args.batch_size * (probe.patch_embed.num_patches + probe.num_prefix_tokens)
+            numel = tokens * probe.blocks[0].mlp.gate.top_k * layer.dim  # N·k·m
+            ms = gap_draw_ms(numel, layer.drop.p)
+            print(f'gap draws for one layer\'s mask ({numel} entries, p {layer.drop.p}): Tensor.geometric_ '
+                  f'{ms["Tensor.geometric_"]:.1f} ms, drop_positions (inversion, running sum, positions) '
+                  f'{ms["drop_positions"]:.1f} ms, {ms["Tensor.geometric_"] / ms["drop_positions"]:.2f}x')
 
 
 def bench_train_py(args, recipe: dict) -> None:
@@ -217,6 +277,10 @@ def main():
     parser.add_argument('--compile', action='store_true', help='also time torch.compile of the model')
     parser.add_argument('--expert-matmul', nargs='*', default=[], choices=['dense', 'grouped'],
                         help='also time the model with this expert matmul')
+    parser.add_argument('--dense-drop-mask', action='store_true',
+                        help='also time the step with per-expert dropout\'s dense mask, and the gap draws both ways')
+    parser.add_argument('--autocast', nargs='*', default=[], choices=['bfloat16', 'float16'],
+                        help='also time the step under CPU autocast in this dtype')
     parser.add_argument('--train-py', help='time timm\'s train.py at this path instead (trains for real)')
     parser.add_argument('--data-dir', help='with --train-py: the ImageFolder tree')
     parser.add_argument('--updates', type=int, default=10, help='with --train-py: optimizer steps to run')

@@ -3,7 +3,7 @@ independence between positions; also when the first draw falls short and more ga
 import pytest
 import torch
 
-from timm_mlit.layers.expert_drop import expert_drop_mask, geometric_drop_mask
+from timm_mlit.layers.expert_drop import drop_positions, expert_drop_mask, geometric_drop_mask
 
 CPU = torch.device('cpu')
 
@@ -48,3 +48,16 @@ def test_seeded_and_sized_like_the_gates():
 def test_rate_out_of_range_is_refused():
     with pytest.raises(ValueError, match='dropout rate'):
         expert_drop_mask(torch.zeros(2, 2), 4, 1.)
+
+
+@pytest.mark.parametrize('margin', [8., -3.])
+def test_drop_positions_are_the_masks_zeros(margin):
+    """The positions are ascending, inside the mask, and the same seed gives the mask with zeros exactly there."""
+    for numel, p in [(1000, 0.1), (37, 0.5), (1, 0.3), (0, 0.1)]:
+        torch.manual_seed(3)
+        pos = drop_positions(numel, p, CPU, margin)
+        torch.manual_seed(3)
+        mask = geometric_drop_mask(numel, p, torch.float32, CPU, margin)
+        assert pos.dtype == torch.int64 and mask.shape == (numel,)
+        assert (pos[1:] > pos[:-1]).all() and ((pos >= 0) & (pos < numel)).all()
+        assert torch.equal((mask == 0).nonzero().flatten(), pos)

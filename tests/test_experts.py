@@ -14,6 +14,7 @@ from timm_mlit.testing.dispatch_reference import DispatchSwiGLUExperts
 from helpers import needs_grouped_mm
 
 MATMULS = ['dense', pytest.param('grouped', marks=needs_grouped_mm)]
+_DROP_MASK = torch.ops.timm_mlit.expert_drop_mask
 
 
 class FixedMask(nn.Module):
@@ -88,6 +89,35 @@ def test_per_expert_dropout_equals_reference_with_same_masks(t, k, expert_matmul
     assert torch.allclose(y_fused, y_ref, atol=1e-5, rtol=1e-5)
     for name in g_fused:
         assert torch.allclose(g_fused[name], g_ref[name], atol=1e-5, rtol=1e-5), name
+
+
+@pytest.mark.parametrize('expert_matmul', MATMULS)
+@pytest.mark.parametrize('t,k', [(3, 2), (5, 2), (4, 1)])
+def test_per_expert_dropout_at_positions_equals_the_dense_mask(t, k, expert_matmul):
+    """Eager CPU training keeps the mask as its dropped positions (_DroppedAtGateSum): with the same seed it draws
+    the same mask as ``expert_drop_mask`` and gives the same output and expert gradients bit for bit, and the gate's
+    (and through it x's) up to rounding."""
+    torch.manual_seed(0)
+    dim, hidden, n, p = 16, 20, 64, 0.3
+    gate, fused, _ = _pair(dim, hidden, t, k, drop_mode='expert', expert_matmul=expert_matmul)
+    fused.drop.p = p
+    x = torch.randn(n, dim)
+    # the noise draw of _run (seed 7) comes first, then the mask; _run draws nothing else before the experts
+    y_pos, g_pos, _ = _run(gate, fused, x)
+    torch.manual_seed(7)
+    g = gate(x.detach())
+    mask = _DROP_MASK(g.top_gates.detach(), dim, p)
+    y_mask, g_mask, _ = _run(gate, fused, x, drop_mask=mask)
+    assert 0 < (mask == 0).float().mean() < 1
+    assert torch.equal(y_pos, y_mask)  # bit for bit: the same zeros and the same g_j / (1 - p) products
+    for name in g_pos:
+        if name.startswith('gate.') or name == 'x':  # through the gate gradient
+            assert torch.allclose(g_pos[name], g_mask[name], atol=1e-6, rtol=1e-5), name
+        else:
+            assert torch.equal(g_pos[name], g_mask[name]), name
+    x2 = x.clone().requires_grad_(True)
+    out = fused(x2, gate(x2))
+    assert type(out.grad_fn).__name__ == '_DroppedAtGateSumBackward'  # the path eager CPU training takes
 
 
 def test_combined_dropout_drops_the_mixed_output_once():

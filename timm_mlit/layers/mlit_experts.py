@@ -23,7 +23,9 @@ Dropout (rate 0.1 in the paper) is applied to each expert's output before the ga
 multiplied by ``x V + b_V`` and sent through W2 as N·k rows; each (token, chosen expert) output gets its own
 dropout mask (0 or 1/(1−p), drawn by ``timm_mlit.layers.expert_drop`` from about p·N·k·m
 random numbers), folded into the gate weights (``G_i · mask``) so that one multiply and a sum over k finish the
-layer. ``expert_drop_mode='combined'`` drops the combined output once, ``drop(y)``: same expectation, different training
+layer. In eager training on a CPU the mask is never formed: the same draws are kept as the dropped positions, the
+outputs are zeroed there and weighted by ``G_i / (1 − p)`` (:class:`_DroppedAtGateSum`; one (N, k, m) tensor saved
+for the backward instead of three; 1.06× per mlit_xxs training step, docs/benchmarks.md). ``expert_drop_mode='combined'`` drops the combined output once, ``drop(y)``: same expectation, different training
 noise, one W2 matmul over N rows.
 
 Outside per-expert dropout the layer runs the form above on the k chosen experts only: their rows of ``x W + b``
@@ -50,7 +52,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import expert_drop  # noqa: F401  registers torch.ops.timm_mlit.expert_drop_mask
+from .expert_drop import drop_positions  # the module also registers torch.ops.timm_mlit.expert_drop_mask
 from ._tracing import is_graph_capture
 from .grouped_expert_mm import grouped_expert_mm, grouped_mm_supported, grouped_pays_on_cpu
 from .mlit_gate import GateOutput
@@ -153,6 +155,38 @@ class _DroppedGateSum(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             dy = grad.unsqueeze(1) * w
         return dy, dg, None
+
+
+class _DroppedAtGateSum(torch.autograd.Function):
+    """:class:`_DroppedGateSum` with the mask given by its dropped positions: ``pos``, the flat indices into y (N, k, m)
+    where ``mask`` is 0 (ascending, from :func:`~timm_mlit.layers.expert_drop.drop_positions`), ``scale`` = 1/(1−p)
+    everywhere else. No (N, k, m) mask or weight tensor is formed: the forward zeroes a copy of y at ``pos`` (z =
+    mask ⊙ y / scale) and sums z_j (g_j·scale) over j; the backward forms dy = dL/dout ⊗ (g_j·scale) and zeroes it at
+    ``pos``. Output and dy equal :class:`_DroppedGateSum`'s with the dense mask bit for bit (up to the sign of a zero);
+    the gate gradient ``scale · Σ_m dy ⊙ z_j`` differs from its ``Σ_m dy ⊙ (mask_j ⊙ y_j)`` by float rounding.
+    Saved for the backward: z and ``pos`` (~p·N·k·m indices) instead of y, the weights and the mask."""
+
+    @staticmethod
+    def forward(ctx, y: torch.Tensor, gates: torch.Tensor, pos: torch.Tensor, scale: float) -> torch.Tensor:
+        w = (gates * scale).to(y.dtype)  # g_j / (1 − p), (N, k), formed at the gates' precision as the dense form
+        z = y.clone()
+        z.view(-1).index_fill_(0, pos, 0.)
+        ctx.save_for_backward(z, w, pos)
+        ctx.scale, ctx.gate_dtype = scale, gates.dtype
+        return weighted_sum(z, w)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        z, w, pos = ctx.saved_tensors
+        dy = dg = None
+        if ctx.needs_input_grad[1]:
+            dt = ctx.gate_dtype  # at the gates' precision, as the dense form
+            dg = torch.bmm(z.to(dt), grad.to(dt).unsqueeze(-1)).squeeze(-1).mul_(ctx.scale)
+        if ctx.needs_input_grad[0]:
+            dy = grad.unsqueeze(1) * w.unsqueeze(-1)
+            dy.view(-1).index_fill_(0, pos, 0.)
+        return dy, dg, None, None
 
 
 class SharedSwiGLUExperts(nn.Module):
@@ -287,6 +321,8 @@ class SharedSwiGLUExperts(nn.Module):
         if self.per_expert_drop and self.training and self.drop.p > 0.:
             y = self.w2(F.silu(h_k) * v.unsqueeze(1))  # FFN_i(x) of the chosen i, (N, k, m)
             top_gates = gate.top_gates  # float32: the mask's 1/(1-p) is applied at the gates' precision
+            if drop_mask is None and fused and self._drop_at_positions(y, top_gates):
+                return self._dropped_at_gate_sum(y, top_gates)  # Σ_j G_j mask_j ⊙ FFN_j(x), mask as positions
             if drop_mask is None:
                 drop_mask = torch.ops.timm_mlit.expert_drop_mask(top_gates.detach(), y.shape[-1], float(self.drop.p))
             if fused:
@@ -305,6 +341,20 @@ class SharedSwiGLUExperts(nn.Module):
         if torch.is_grad_enabled() and (h_k.requires_grad or top_gates.requires_grad):
             return _GatedSiluSum.apply(h_k, top_gates)
         return weighted_sum(F.silu(h_k), top_gates)
+
+    @torch.jit.unused
+    def _drop_at_positions(self, y: torch.Tensor, top_gates: torch.Tensor) -> bool:
+        """Whether per-expert dropout keeps its mask as the dropped positions (:class:`_DroppedAtGateSum`): in eager
+        mode on a CPU with autograd on. Under torch.compile the mask stays the opaque ``expert_drop_mask`` op; on CUDA
+        it is drawn per element (``bernoulli_``, no host read)."""
+        return (y.device.type == 'cpu' and torch.is_grad_enabled() and (y.requires_grad or top_gates.requires_grad)
+                and not torch.compiler.is_compiling())
+
+    @torch.jit.unused
+    def _dropped_at_gate_sum(self, y: torch.Tensor, top_gates: torch.Tensor) -> torch.Tensor:
+        p = float(self.drop.p)
+        pos = drop_positions(y.numel(), p, y.device)  # the draws expert_drop_mask makes, without the (N, k, m) mask
+        return _DroppedAtGateSum.apply(y, top_gates, pos, 1. / (1. - p))
 
     @torch.jit.unused
     def _dropped_gate_sum(self, y: torch.Tensor, top_gates: torch.Tensor, drop_mask: torch.Tensor) -> torch.Tensor:
