@@ -23,9 +23,12 @@ does; its compile time, the first steps, is printed); ``--expert-matmul dense gr
 expert matmul; ``--dense-drop-mask`` adds the step with per-expert dropout's dense (N, k, m) mask (what eager CPU
 training used before it kept the mask as dropped positions; the same function, the same draws) and times the
 Geometric gap draws of one layer's mask both ways (``Tensor.geometric_`` against the vectorised inversion of
-``timm_mlit.layers.expert_drop.drop_positions``); ``--autocast bfloat16 float16`` adds the step under CPU autocast
+``timm_mlit.layers.expert_drop.geometric_gaps``); ``--autocast bfloat16 float16`` adds the step under CPU autocast
 (another precision than the run's fp32: it says what half precision would buy on this CPU, the FLOP count is the
-same); ``--threads 1 2`` runs the whole comparison at each thread count.
+same); ``--ablations`` adds two steps that are not the recipe's math, to show where the time goes: the model without
+dropout (``expert_drop_rate`` 0) and the model with attention's kernel replaced by its query (``F.scaled_dot_product_
+attention`` returning q: the projections stay, the attention itself costs nothing); ``--threads 1 2`` runs the whole
+comparison at each thread count.
 
 ``--train-py PATH`` instead runs timm's real train.py for ``--updates`` optimizer steps on ``--data-dir`` (a copy of
 the recipe with ``epochs`` shortened), reads its images/s from the log and prints it beside the sgemm rate measured
@@ -33,7 +36,7 @@ in the same run. It trains for real (minutes) and is not part of any test.
 
     python benchmarks/bench_train_rate.py                            # mlit_xxs, batch 256, fp32, eager
     python benchmarks/bench_train_rate.py --compile --expert-matmul dense grouped --rounds 5
-    python benchmarks/bench_train_rate.py --dense-drop-mask --autocast bfloat16 float16
+    python benchmarks/bench_train_rate.py --dense-drop-mask --autocast bfloat16 float16 --ablations
     python benchmarks/bench_train_rate.py --train-py ../train.py --data-dir DATA --updates 20 --workers 2
 """
 import argparse
@@ -47,6 +50,7 @@ import time
 from typing import Callable, Dict, List
 
 import torch
+import torch.nn.functional as F
 import timm
 import yaml
 
@@ -54,7 +58,7 @@ import timm_mlit  # noqa: F401  registers the models and the MoE loss
 from timm.optim import create_optimizer_v2
 from timm_mlit.configs import recipe_path
 from timm_mlit.layers import SharedSwiGLUExperts
-from timm_mlit.layers.expert_drop import drop_positions
+from timm_mlit.layers.expert_drop import geometric_gaps
 from timm_mlit.profiling import count_macs, flop_counter
 from timm_mlit.training import AuxLossTask
 
@@ -66,10 +70,10 @@ def load_recipe(name: str) -> dict:
         return yaml.safe_load(f)
 
 
-def sgemm_gflops(reps: int = 10) -> float:
-    """Median GFLOP/s of a 1024³ float32 matmul (2·n³ FLOPs) on torch's current thread count."""
-    a, b = torch.randn(SGEMM_N, SGEMM_N), torch.randn(SGEMM_N, SGEMM_N)
-    out = torch.empty(SGEMM_N, SGEMM_N)
+def sgemm_gflops(reps: int = 10, dtype: torch.dtype = torch.float32) -> float:
+    """Median GFLOP/s of a 1024³ matmul (2·n³ FLOPs; float32 unless ``dtype``) on torch's current thread count."""
+    a, b = torch.randn(SGEMM_N, SGEMM_N, dtype=dtype), torch.randn(SGEMM_N, SGEMM_N, dtype=dtype)
+    out = torch.empty(SGEMM_N, SGEMM_N, dtype=dtype)
     torch.mm(a, b, out=out)
     times = []
     for _ in range(reps):
@@ -125,6 +129,18 @@ def with_dense_drop_mask(step: Callable[[], None]) -> Callable[[], None]:
     return dense_step
 
 
+def without_attention(step: Callable[[], None]) -> Callable[[], None]:
+    """The step with ``F.scaled_dot_product_attention`` returning its query (an ablation, not the recipe's math)."""
+    def ablated_step():
+        keep = F.scaled_dot_product_attention
+        F.scaled_dot_product_attention = lambda q, k, v, **kwargs: q * 1.
+        try:
+            step()
+        finally:
+            F.scaled_dot_product_attention = keep
+    return ablated_step
+
+
 def with_autocast(step: Callable[[], None], dtype: torch.dtype) -> Callable[[], None]:
     def autocast_step():
         with torch.autocast('cpu', dtype=dtype):
@@ -133,11 +149,11 @@ def with_autocast(step: Callable[[], None], dtype: torch.dtype) -> Callable[[], 
 
 
 def gap_draw_ms(numel: int, p: float, reps: int = 15) -> Dict[str, float]:
-    """Median ms of the Geometric(p) gap draws for a ``numel`` mask, by ``Tensor.geometric_`` and by
-    :func:`drop_positions` (which adds the running sum and the positions: the inversion is timed inside it)."""
+    """Median ms of the Geometric(p) gap draws for a ``numel`` mask (as many as one round of
+    ``drop_positions`` draws), by ``Tensor.geometric_`` and by :func:`geometric_gaps` (vectorised inversion)."""
     count = int(numel * p + 8 * ((numel * p * (1 - p)) ** 0.5 + 2))
     fns = {'Tensor.geometric_': lambda: torch.empty(count, dtype=torch.float64).geometric_(p),
-           'drop_positions': lambda: drop_positions(numel, p, torch.device('cpu'))}
+           'geometric_gaps': lambda: geometric_gaps(count, p, torch.device('cpu'))}
     out = {}
     for label, fn in fns.items():
         fn()
@@ -186,6 +202,11 @@ def bench_steps(args, recipe: dict) -> None:
         for name in args.autocast:
             steps[f'autocast {name}'] = with_autocast(
                 build_step(recipe, build_model(recipe, args.model), args.batch_size), getattr(torch, name))
+        if args.ablations:
+            no_drop = dict(recipe, model_kwargs=dict(recipe.get('model_kwargs') or {}, expert_drop_rate=0.))
+            steps['ablation: no dropout'] = build_step(no_drop, build_model(no_drop, args.model), args.batch_size)
+            steps['ablation: no attention'] = without_attention(
+                build_step(recipe, build_model(recipe, args.model), args.batch_size))
         if args.compile:
             steps['compiled'] = build_step(recipe, build_model(recipe, args.model), args.batch_size, compiled=True)
         for label, fn in steps.items():  # warm-up; compilation happens here
@@ -207,7 +228,7 @@ def bench_steps(args, recipe: dict) -> None:
         peak = statistics.median(sgemm)
         print(f'\n{threads} thread(s): sgemm {SGEMM_N}^3 fp32 {peak:.1f} GFLOP/s (median of {len(sgemm)}, '
               f'{min(sgemm):.1f}-{max(sgemm):.1f}); {args.rounds} rounds x {args.steps} steps per candidate')
-        print(f'{"candidate":<18}{"s/step":>8}{"images/s":>10}{"GFLOP/s":>9}{"/ sgemm":>9}{"vs eager":>10}')
+        print(f'{"candidate":<24}{"s/step":>8}{"images/s":>10}{"GFLOP/s":>9}{"/ sgemm":>9}{"vs eager":>10}')
         base = statistics.median(times['eager'])
         for label, ts in times.items():
             t = statistics.median(ts)
@@ -216,7 +237,10 @@ def bench_steps(args, recipe: dict) -> None:
             extra = ''
             if label in compile_s:
                 extra = f'   (compile + {args.warmup} warm-up steps: {compile_s[label]:.0f} s)'
-            print(f'{label:<18}{t:>8.3f}{rate:>10.1f}{gflops:>9.1f}{gflops / peak:>9.3f}{base / t:>9.2f}x{extra}')
+            print(f'{label:<24}{t:>8.3f}{rate:>10.1f}{gflops:>9.1f}{gflops / peak:>9.3f}{base / t:>9.2f}x{extra}')
+        for name in args.autocast:
+            print(f'sgemm {SGEMM_N}^3 {name}: {sgemm_gflops(dtype=getattr(torch, name)):.1f} GFLOP/s (the matmuls '
+                  f'alone; the step above runs its other ops in {name} too)')
         if args.dense_drop_mask:
             probe = build_model(recipe, args.model)
             layer = next(m for m in probe.modules() if isinstance(m, SharedSwiGLUExperts))
@@ -224,8 +248,8 @@ def bench_steps(args, recipe: dict) -> None:
             numel = tokens * probe.blocks[0].mlp.gate.top_k * layer.dim  # N·k·m
             ms = gap_draw_ms(numel, layer.drop.p)
             print(f'gap draws for one layer\'s mask ({numel} entries, p {layer.drop.p}): Tensor.geometric_ '
-                  f'{ms["Tensor.geometric_"]:.1f} ms, drop_positions (inversion, running sum, positions) '
-                  f'{ms["drop_positions"]:.1f} ms, {ms["Tensor.geometric_"] / ms["drop_positions"]:.2f}x')
+                  f'{ms["Tensor.geometric_"]:.1f} ms, geometric_gaps (vectorised inversion) '
+                  f'{ms["geometric_gaps"]:.1f} ms, {ms["Tensor.geometric_"] / ms["geometric_gaps"]:.2f}x')
 
 
 def bench_train_py(args, recipe: dict) -> None:
@@ -281,6 +305,8 @@ def main():
                         help='also time the step with per-expert dropout\'s dense mask, and the gap draws both ways')
     parser.add_argument('--autocast', nargs='*', default=[], choices=['bfloat16', 'float16'],
                         help='also time the step under CPU autocast in this dtype')
+    parser.add_argument('--ablations', action='store_true',
+                        help='also time the step without dropout and without the attention kernel (not the recipe)')
     parser.add_argument('--train-py', help='time timm\'s train.py at this path instead (trains for real)')
     parser.add_argument('--data-dir', help='with --train-py: the ImageFolder tree')
     parser.add_argument('--updates', type=int, default=10, help='with --train-py: optimizer steps to run')

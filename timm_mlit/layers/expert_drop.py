@@ -24,31 +24,39 @@ import math
 
 import torch
 
-__all__ = ['expert_drop_mask', 'geometric_drop_mask', 'drop_positions']
+__all__ = ['expert_drop_mask', 'geometric_drop_mask', 'drop_positions', 'geometric_gaps']
+
+
+def geometric_gaps(count: int, p: float, device: torch.device) -> torch.Tensor:
+    """``count`` iid Geometric(``p``) variables (trials up to and including the first success, >= 1), float64.
+
+    Drawn as ``ceil(log(u) / log(1 − p))`` from a uniform ``u`` in (0, 1], the inversion ``Tensor.geometric_`` makes
+    element by element, here as vectorised float64 ops (faster on a CPU; docs/benchmarks.md has the measurement):
+    P(gap = j) = (1 − p)^(j−1) − (1 − p)^j = p (1 − p)^(j−1). The same distribution as
+    ``geometric_``, other draws from the same generator.
+    """
+    u = torch.rand(count, dtype=torch.float64, device=device).neg_().add_(1.)  # uniform in (0, 1]
+    return u.log_().div_(math.log1p(-p)).ceil_().clamp_min_(1.)  # u = 1 (chance 2^-53) would give 0
 
 
 def drop_positions(numel: int, p: float, device: torch.device, margin: float = 8.) -> torch.Tensor:
     """The dropped positions of ``numel`` iid Bernoulli(``p``) trials, ascending int64 flat indices, from Geometric
     gaps (about p·``numel`` random numbers instead of ``numel``).
 
-    Each round draws the expected number of drops plus ``margin`` (standard deviations + 2) gaps, and rounds
-    repeat until the gaps pass the end; ``margin`` changes only the speed, never the distribution. A gap is drawn as
-    ``ceil(log(u) / log(1 − p))`` from a uniform ``u`` in (0, 1], the inversion that ``Tensor.geometric_`` makes per
-    element, here as vectorised float64 ops (about 2.4× faster on a CPU; docs/benchmarks.md): P(gap = j) =
-    (1 − p)^(j−1) − (1 − p)^j = p (1 − p)^(j−1). CPU only (it reads the last position on the host).
+    Each round draws the expected number of drops plus ``margin`` (standard deviations + 2) gaps
+    (:func:`geometric_gaps`), and rounds repeat until the gaps pass the end; ``margin`` changes only the speed, never
+    the distribution. CPU only (it reads the last position on the host).
     """
     found = []
     if numel == 0:
         return torch.zeros(0, dtype=torch.int64, device=device)
-    log_keep = math.log1p(-p)
     expected = numel * p
     start = 0  # position of the next trial
     while True:
         # the drops among the remaining trials are Binomial(trials, p): mean + 8 (std + 2) gaps pass the end but
         # for a ~1e-15 chance, and a shortfall draws more
         count = max(1, int(expected + margin * (math.sqrt(expected * (1. - p)) + 2.)))
-        u = torch.rand(count, dtype=torch.float64, device=device).neg_().add_(1.)  # uniform in (0, 1]
-        gaps = u.log_().div_(log_keep).ceil_().clamp_min_(1.)  # trials up to and including a drop, >= 1
+        gaps = geometric_gaps(count, p, device)  # trials up to and including a drop, >= 1
         pos = gaps.cumsum_(0).to(torch.int64).add_(start - 1)  # 0-based positions of the dropped trials
         last = int(pos[-1])
         if last >= numel - 1:

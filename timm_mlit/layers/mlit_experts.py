@@ -25,7 +25,7 @@ dropout mask (0 or 1/(1−p), drawn by ``timm_mlit.layers.expert_drop`` from abo
 random numbers), folded into the gate weights (``G_i · mask``) so that one multiply and a sum over k finish the
 layer. In eager training on a CPU the mask is never formed: the same draws are kept as the dropped positions, the
 outputs are zeroed there and weighted by ``G_i / (1 − p)`` (:class:`_DroppedAtGateSum`; one (N, k, m) tensor saved
-for the backward instead of three; 1.06× per mlit_xxs training step, docs/benchmarks.md). ``expert_drop_mode='combined'`` drops the combined output once, ``drop(y)``: same expectation, different training
+for the backward instead of three; docs/benchmarks.md has the measurement). ``expert_drop_mode='combined'`` drops the combined output once, ``drop(y)``: same expectation, different training
 noise, one W2 matmul over N rows.
 
 Outside per-expert dropout the layer runs the form above on the k chosen experts only: their rows of ``x W + b``
