@@ -3,6 +3,7 @@ independence between positions; also when the first draw falls short and more ga
 import pytest
 import torch
 
+from timm_mlit.layers import SharedSwiGLUExperts
 from timm_mlit.layers.expert_drop import drop_positions, expert_drop_mask, geometric_drop_mask
 
 CPU = torch.device('cpu')
@@ -48,6 +49,11 @@ def test_seeded_and_sized_like_the_gates():
 def test_rate_out_of_range_is_refused():
     with pytest.raises(ValueError, match='dropout rate'):
         expert_drop_mask(torch.zeros(2, 2), 4, 1.)
+    with pytest.raises(ValueError, match='dropout rate'):
+        drop_positions(10, 1., CPU)
+    with pytest.raises(ValueError, match=r'expert_drop_rate must be in \[0, 1\).*Fix'):
+        SharedSwiGLUExperts(8, 8, 3, expert_drop_rate=1.)
+    SharedSwiGLUExperts(8, 8, 3, expert_drop_rate=1., expert_drop_mode='combined')  # nn.Dropout(1): all zeros
 
 
 @pytest.mark.parametrize('margin', [8., -3.])

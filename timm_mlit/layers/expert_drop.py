@@ -47,6 +47,8 @@ def drop_positions(numel: int, p: float, device: torch.device, margin: float = 8
     (:func:`geometric_gaps`), and rounds repeat until the gaps pass the end; ``margin`` changes only the speed, never
     the distribution. CPU only (it reads the last position on the host).
     """
+    if not 0. < p < 1.:
+        raise ValueError(f'expert dropout rate must be in (0, 1), got {p}.')
     found = []
     if numel == 0:
         return torch.zeros(0, dtype=torch.int64, device=device)

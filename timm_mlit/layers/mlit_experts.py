@@ -221,6 +221,10 @@ class SharedSwiGLUExperts(nn.Module):
             raise ValueError(
                 f"expert_drop_mode must be one of {EXPERT_DROP_MODES} ('expert': each chosen expert's output dropped, "
                 f"the paper; 'combined': the combined output dropped once), got {expert_drop_mode!r}.")
+        if expert_drop_mode == 'expert' and not 0. <= expert_drop_rate < 1.:
+            raise ValueError(
+                f"expert_drop_rate must be in [0, 1) with expert_drop_mode='expert' (each kept output is scaled by "
+                f"1/(1 - rate)), got {expert_drop_rate!r}. Fix: a rate below 1, e.g. the paper's 0.1.")
         if expert_matmul not in EXPERT_MATMULS:
             raise ValueError(
                 f"expert_matmul must be one of {EXPERT_MATMULS} ('auto' picks per device and shape; 'dense' always "
