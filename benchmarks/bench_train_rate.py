@@ -23,12 +23,12 @@ does; its compile time, the first steps, is printed); ``--expert-matmul dense gr
 expert matmul; ``--dense-drop-mask`` adds the step with per-expert dropout's dense (N, k, m) mask (what eager CPU
 training used before it kept the mask as dropped positions; the same function, the same draws) and times the
 Geometric gap draws of one layer's mask both ways (``Tensor.geometric_`` against the vectorised inversion of
-``timm_mlit.layers.expert_drop.geometric_gaps``); ``--autocast bfloat16 float16`` adds the step under CPU autocast
-(another precision than the run's fp32: it says what half precision would buy on this CPU, the FLOP count is the
-same); ``--ablations`` adds two steps that are not the recipe's math, to show where the time goes: the model without
-dropout (``expert_drop_rate`` 0) and the model with attention's kernel replaced by its query (``F.scaled_dot_product_
-attention`` returning q: the projections stay, the attention itself costs nothing); ``--threads 1 2`` runs the whole
-comparison at each thread count.
+``timm_mlit.layers.expert_drop.geometric_gaps``); ``--autocast bfloat16 float16`` adds the step with its forward and
+loss under CPU autocast and the backward outside it, as train.py's ``--amp`` (another precision than the run's fp32:
+it says what half precision would buy on this CPU, the FLOP count is the same); ``--ablations`` adds two steps that
+are not the recipe's math, to show where the time goes: the model without dropout (``expert_drop_rate`` 0) and the
+model with attention's kernel replaced by its query (``F.scaled_dot_product_attention`` returning q: the projections
+stay, the attention itself costs nothing); ``--threads 1 2`` runs the whole comparison at each thread count.
 
 ``--train-py PATH`` instead runs timm's real train.py for ``--updates`` optimizer steps on ``--data-dir`` (a copy of
 the recipe with ``epochs`` shortened), reads its images/s from the log and prints it beside the sgemm rate measured
@@ -47,7 +47,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -92,8 +92,10 @@ def build_model(recipe: dict, model_name: str, expert_matmul: str = 'auto') -> t
     return model.train()
 
 
-def build_step(recipe: dict, model: torch.nn.Module, batch_size: int, compiled: bool = False) -> Callable[[], None]:
-    """One optimizer step of the recipe's math on a fixed random batch (the data pipeline left out)."""
+def build_step(recipe: dict, model: torch.nn.Module, batch_size: int, compiled: bool = False,
+               autocast_dtype: Optional[torch.dtype] = None) -> Callable[[], None]:
+    """One optimizer step of the recipe's math on a fixed random batch (the data pipeline left out); with
+    ``autocast_dtype`` the forward and loss run under CPU autocast and the backward outside it, as train.py does."""
     lr = recipe['lr_base'] * batch_size / recipe.get('lr_base_size', 256)
     opt = create_optimizer_v2(
         model, recipe['opt'], lr=lr, weight_decay=recipe['weight_decay'], layer_decay=recipe.get('layer_decay'),
@@ -109,7 +111,8 @@ def build_step(recipe: dict, model: torch.nn.Module, batch_size: int, compiled: 
     y = torch.randint(0, recipe.get('num_classes', 10), (batch_size,))
 
     def step():
-        loss = task(x, y)['loss']
+        with torch.autocast('cpu', dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+            loss = task(x, y)['loss']
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -139,13 +142,6 @@ def without_attention(step: Callable[[], None]) -> Callable[[], None]:
         finally:
             F.scaled_dot_product_attention = keep
     return ablated_step
-
-
-def with_autocast(step: Callable[[], None], dtype: torch.dtype) -> Callable[[], None]:
-    def autocast_step():
-        with torch.autocast('cpu', dtype=dtype):
-            step()
-    return autocast_step
 
 
 def gap_draw_ms(numel: int, p: float, reps: int = 15) -> Dict[str, float]:
@@ -200,8 +196,8 @@ def bench_steps(args, recipe: dict) -> None:
             steps['eager dense mask'] = with_dense_drop_mask(
                 build_step(recipe, build_model(recipe, args.model), args.batch_size))
         for name in args.autocast:
-            steps[f'autocast {name}'] = with_autocast(
-                build_step(recipe, build_model(recipe, args.model), args.batch_size), getattr(torch, name))
+            steps[f'autocast {name}'] = build_step(
+                recipe, build_model(recipe, args.model), args.batch_size, autocast_dtype=getattr(torch, name))
         if args.ablations:
             no_drop = dict(recipe, model_kwargs=dict(recipe.get('model_kwargs') or {}, expert_drop_rate=0.))
             steps['ablation: no dropout'] = build_step(no_drop, build_model(no_drop, args.model), args.batch_size)
@@ -237,6 +233,9 @@ def bench_steps(args, recipe: dict) -> None:
             extra = ''
             if label in compile_s:
                 extra = f'   (compile + {args.warmup} warm-up steps: {compile_s[label]:.0f} s)'
+            if label.startswith('ablation'):  # not the recipe's work: no FLOP rate to claim
+                print(f'{label:<24}{t:>8.3f}{rate:>10.1f}{"-":>9}{"-":>9}{base / t:>9.2f}x{extra}')
+                continue
             print(f'{label:<24}{t:>8.3f}{rate:>10.1f}{gflops:>9.1f}{gflops / peak:>9.3f}{base / t:>9.2f}x{extra}')
         for name in args.autocast:
             print(f'sgemm {SGEMM_N}^3 {name}: {sgemm_gflops(dtype=getattr(torch, name)):.1f} GFLOP/s (the matmuls '

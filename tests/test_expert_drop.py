@@ -57,8 +57,19 @@ def test_rate_out_of_range_is_refused():
 
 
 @pytest.mark.parametrize('margin', [8., -3.])
+def test_drop_positions_rate_and_order(margin):
+    """drop_positions itself (not through the mask): ascending, inside [0, numel), dropping a fraction p."""
+    torch.manual_seed(1)
+    p, numel = 0.2, 50000
+    pos = drop_positions(numel, p, CPU, margin)
+    assert (pos[1:] > pos[:-1]).all() and pos[0] >= 0 and pos[-1] < numel
+    assert abs(pos.numel() / numel - p) < 5 * (p * (1 - p) / numel) ** 0.5
+
+
+@pytest.mark.parametrize('margin', [8., -3.])
 def test_drop_positions_are_the_masks_zeros(margin):
-    """The positions are ascending, inside the mask, and the same seed gives the mask with zeros exactly there."""
+    """The same seed gives the dense mask with its zeros exactly at the positions (what the experts' two paths rely
+    on to draw the same mask); ascending and inside the mask, also for tiny sizes."""
     for numel, p in [(1000, 0.1), (37, 0.5), (1, 0.3), (0, 0.1)]:
         torch.manual_seed(3)
         pos = drop_positions(numel, p, CPU, margin)

@@ -120,6 +120,41 @@ def test_per_expert_dropout_at_positions_equals_the_dense_mask(t, k, expert_matm
     assert type(out.grad_fn).__name__ == '_DroppedAtGateSumBackward'  # the path eager CPU training takes
 
 
+@pytest.mark.parametrize('case', ['transposed grad', 'frozen gate', 'bf16 autocast'])
+def test_per_expert_dropout_at_positions_edge_cases(case):
+    """The positions path against the dense mask drawn from the same seed: an incoming gradient that is not
+    contiguous, a gate that needs no gradient (only y does), and y in bf16 under CPU autocast (gates in fp32)."""
+    torch.manual_seed(0)
+    dim, hidden, n, t, p = 16, 20, 48, 4, 0.3
+    gate, fused, _ = _pair(dim, hidden, t, 2, drop_mode='expert')
+    fused.drop.p = p
+    x = torch.randn(n, dim)
+    g = gate(x)
+    if case == 'frozen gate':
+        g = g._replace(top_gates=g.top_gates.detach(), combine=g.combine.detach())
+    probe = torch.randn(dim, n)
+
+    def run(drop_mask=None):
+        fused.zero_grad(set_to_none=True)
+        xr = x.clone().requires_grad_(True)
+        torch.manual_seed(3)
+        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=case == 'bf16 autocast'):
+            y = fused(xr, g, drop_mask=drop_mask)
+        loss = (y.t().float() * probe).sum()  # y.t(): the gradient reaching the layer is transposed
+        grads = torch.autograd.grad(loss, [xr] + list(fused.parameters()), retain_graph=True)
+        return y.detach().float(), grads, type(y.grad_fn).__name__
+
+    y_pos, grads_pos, fn_pos = run()
+    torch.manual_seed(3)
+    mask = _DROP_MASK(g.top_gates.detach(), dim, p)
+    y_mask, grads_mask, fn_mask = run(drop_mask=mask)
+    assert fn_pos == '_DroppedAtGateSumBackward' and fn_mask != fn_pos
+    tol = dict(atol=1e-2, rtol=1e-2) if case == 'bf16 autocast' else dict(atol=1e-6, rtol=1e-5)
+    assert torch.allclose(y_pos, y_mask, **tol)
+    for a, b in zip(grads_pos, grads_mask):
+        assert a.dtype == b.dtype and torch.allclose(a.float(), b.float(), **tol)
+
+
 def test_combined_dropout_drops_the_mixed_output_once():
     torch.manual_seed(0)
     dim, hidden, n, t = 16, 20, 64, 4

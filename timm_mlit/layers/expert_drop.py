@@ -12,9 +12,9 @@ many is a large share of the layer's cost (docs/benchmarks.md has the measuremen
 independent Bernoulli(p) trials the gaps between successes are independent Geometric(p) variables, so the dropped
 positions are the running sums of Geometric(p) draws. The mask starts as 1/(1−p) everywhere and the dropped
 positions are set to 0; if the drawn gaps happen not to reach the end of the mask, more are drawn (exact, never
-truncated). :func:`drop_positions` returns those positions alone, for a caller that needs no dense mask (the experts'
-eager CPU training path). On CUDA, where a Bernoulli draw per element is cheap and a data-dependent loop would sync the host,
-it is ``bernoulli_`` per element.
+truncated). :func:`drop_positions` returns those positions alone, for a caller that needs no dense mask (the
+experts' eager CPU training path). On CUDA, where a Bernoulli draw per element is cheap and a data-dependent loop
+would sync the host, it is ``bernoulli_`` per element.
 
 It is a PyTorch custom op, so ``torch.compile`` keeps it out of the compiled graph as one opaque call (no graph
 break, no RNG lowered into the graph), FX and ``torch.export`` record it as a single node, and it runs on ``meta``.
@@ -30,10 +30,10 @@ __all__ = ['expert_drop_mask', 'geometric_drop_mask', 'drop_positions', 'geometr
 def geometric_gaps(count: int, p: float, device: torch.device) -> torch.Tensor:
     """``count`` iid Geometric(``p``) variables (trials up to and including the first success, >= 1), float64.
 
-    Drawn as ``ceil(log(u) / log(1 − p))`` from a uniform ``u`` in (0, 1], the inversion ``Tensor.geometric_`` makes
-    element by element, here as vectorised float64 ops (faster on a CPU; docs/benchmarks.md has the measurement):
-    P(gap = j) = (1 − p)^(j−1) − (1 − p)^j = p (1 − p)^(j−1). The same distribution as
-    ``geometric_``, other draws from the same generator.
+    Drawn by inversion, ``ceil(log(u) / log(1 − p))`` from a uniform ``u`` in (0, 1] (one minus ``torch.rand``; the
+    clamp only maps u = 1 to 1), as vectorised float64 ops where ``Tensor.geometric_`` inverts element by element
+    (faster on a CPU; docs/benchmarks.md has the measurement): P(gap = j) = (1 − p)^(j−1) − (1 − p)^j =
+    p (1 − p)^(j−1). The same distribution as ``geometric_``, other draws from the same generator.
     """
     u = torch.rand(count, dtype=torch.float64, device=device).neg_().add_(1.)  # uniform in (0, 1]
     return u.log_().div_(math.log1p(-p)).ceil_().clamp_min_(1.)  # u = 1 (chance 2^-53) would give 0

@@ -23,9 +23,10 @@ Dropout (rate 0.1 in the paper) is applied to each expert's output before the ga
 multiplied by ``x V + b_V`` and sent through W2 as N·k rows; each (token, chosen expert) output gets its own
 dropout mask (0 or 1/(1−p), drawn by ``timm_mlit.layers.expert_drop`` from about p·N·k·m
 random numbers), folded into the gate weights (``G_i · mask``) so that one multiply and a sum over k finish the
-layer. In eager training on a CPU the mask is never formed: the same draws are kept as the dropped positions, the
-outputs are zeroed there and weighted by ``G_i / (1 − p)`` (:class:`_DroppedAtGateSum`; one (N, k, m) tensor saved
-for the backward instead of three; docs/benchmarks.md has the measurement). ``expert_drop_mode='combined'`` drops the combined output once, ``drop(y)``: same expectation, different training
+layer. In eager training on a CPU with autograd on, the mask is not formed: the same draws are kept as the dropped
+positions, the outputs are zeroed there and weighted by ``G_i / (1 − p)`` (:class:`_DroppedAtGateSum`; one (N, k, m)
+tensor saved for the backward instead of three; docs/benchmarks.md has the measurement).
+``expert_drop_mode='combined'`` drops the combined output once, ``drop(y)``: same expectation, different training
 noise, one W2 matmul over N rows.
 
 Outside per-expert dropout the layer runs the form above on the k chosen experts only: their rows of ``x W + b``
@@ -162,14 +163,16 @@ class _DroppedAtGateSum(torch.autograd.Function):
     where ``mask`` is 0 (ascending, from :func:`~timm_mlit.layers.expert_drop.drop_positions`), ``scale`` = 1/(1−p)
     everywhere else. No (N, k, m) mask or weight tensor is formed: the forward zeroes a copy of y at ``pos`` (z =
     mask ⊙ y / scale) and sums z_j (g_j·scale) over j; the backward forms dy = dL/dout ⊗ (g_j·scale) and zeroes it at
-    ``pos``. Output and dy equal :class:`_DroppedGateSum`'s with the dense mask bit for bit (up to the sign of a zero);
-    the gate gradient ``scale · Σ_m dy ⊙ z_j`` differs from its ``Σ_m dy ⊙ (mask_j ⊙ y_j)`` by float rounding.
-    Saved for the backward: z and ``pos`` (~p·N·k·m indices) instead of y, the weights and the mask."""
+    ``pos``. For finite y, output and dy equal :class:`_DroppedGateSum`'s with the dense mask bit for bit (up to the
+    sign of a zero); a non-finite output at a dropped position gives 0 here where the dense form's ``inf · 0`` gives
+    NaN. The gate gradient ``scale · Σ_m dy ⊙ z_j`` differs from its ``Σ_m dy ⊙ (mask_j ⊙ y_j)`` by float rounding.
+    Saved for the backward: z, the (N, k) weights and ``pos`` (~p·N·k·m indices) instead of y, the (N, k, m) weights
+    and the mask."""
 
     @staticmethod
     def forward(ctx, y: torch.Tensor, gates: torch.Tensor, pos: torch.Tensor, scale: float) -> torch.Tensor:
         w = (gates * scale).to(y.dtype)  # g_j / (1 − p), (N, k), formed at the gates' precision as the dense form
-        z = y.clone()
+        z = y.clone(memory_format=torch.contiguous_format)  # flat positions index the contiguous layout
         z.view(-1).index_fill_(0, pos, 0.)
         ctx.save_for_backward(z, w, pos)
         ctx.scale, ctx.gate_dtype = scale, gates.dtype
@@ -184,7 +187,9 @@ class _DroppedAtGateSum(torch.autograd.Function):
             dt = ctx.gate_dtype  # at the gates' precision, as the dense form
             dg = torch.bmm(z.to(dt), grad.to(dt).unsqueeze(-1)).squeeze(-1).mul_(ctx.scale)
         if ctx.needs_input_grad[0]:
-            dy = grad.unsqueeze(1) * w.unsqueeze(-1)
+            n, k, m = z.shape
+            dy = torch.empty((n, k, m), dtype=torch.result_type(grad, w), device=grad.device)  # contiguous, as z
+            torch.mul(grad.unsqueeze(1), w.unsqueeze(-1), out=dy)  # whatever grad's strides
             dy.view(-1).index_fill_(0, pos, 0.)
         return dy, dg, None, None
 
