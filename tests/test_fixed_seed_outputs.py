@@ -38,6 +38,15 @@ def _geometric_(count, p, device):
     return torch.empty(count, dtype=torch.float64, device=device).geometric_(p)
 
 
+@pytest.fixture(params=['inversion', 'geometric_'])
+def recorded(request, monkeypatch):
+    """The train-mode records for the gap draws in use: today's inversion, or Tensor.geometric_ patched back in."""
+    if request.param == 'geometric_':
+        monkeypatch.setattr(expert_drop, 'geometric_gaps', _geometric_)
+        return RECORDED_GEOMETRIC_
+    return RECORDED
+
+
 def _inputs():
     g = torch.Generator().manual_seed(123)
     return torch.randn(2, 3, 36, 36, generator=g), torch.tensor([3, 57])
@@ -48,12 +57,7 @@ def _close(got, key, recorded=RECORDED):
     assert torch.allclose(torch.as_tensor(got, dtype=want.dtype), want, rtol=1e-4, atol=1e-5), key
 
 
-@pytest.mark.parametrize('gaps', ['inversion', 'geometric_'])
-def test_mlit_outputs_and_moe_loss_are_unchanged(gaps, monkeypatch):
-    recorded = RECORDED
-    if gaps == 'geometric_':
-        monkeypatch.setattr(expert_drop, 'geometric_gaps', _geometric_)
-        recorded = RECORDED_GEOMETRIC_
+def test_mlit_outputs_and_moe_loss_are_unchanged(recorded):
     x, _ = _inputs()
     torch.manual_seed(0)
     model = timm.create_model('mlit_xxs', num_classes=100).eval()
@@ -77,12 +81,7 @@ def test_mobile_vmoe_outputs_and_router_loss_are_unchanged():
 
 
 @pytest.mark.filterwarnings('ignore::UserWarning')
-@pytest.mark.parametrize('gaps', ['inversion', 'geometric_'])
-def test_mae_loss_is_unchanged(gaps, monkeypatch):
-    recorded = RECORDED
-    if gaps == 'geometric_':
-        monkeypatch.setattr(expert_drop, 'geometric_gaps', _geometric_)
-        recorded = RECORDED_GEOMETRIC_
+def test_mae_loss_is_unchanged(recorded):
     x, _ = _inputs()
     torch.manual_seed(0)
     mae = create_mae('mlit_xxs').train()
