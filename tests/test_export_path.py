@@ -35,10 +35,10 @@ def test_rank_top_k_softmax_picks_what_first_max_top_k_picks(t):
             assert torch.equal(got[~chosen], torch.zeros_like(got[~chosen])), (t, k, label)  # only the chosen
             if label != 'large':  # (there a chosen gate may underflow to 0)
                 assert (got[chosen] > 0).all(), (t, k, label)
-            if k == 2:
-                assert torch.equal(got, ref), (t, k, label)  # bit for bit
-            else:
-                torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-7)
+            if k < t:  # (k = t is a plain softmax)
+                assert torch.equal(got > 0, ref > 0) or label == 'large', (t, k, label)  # the same experts
+            # k = 2: sigmoid of the two chosen logits' difference, within a few ulp of the softmax
+            torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-7)
 
 
 def test_rank_top_k_softmax_can_fail():
@@ -73,7 +73,9 @@ def test_moe_export_path_equals_forward(untie):
             assert got.shape == ref.shape
             torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
             gate = blk.mlp.gate
-            assert torch.equal(gate.eval_combine(x.reshape(-1, 108)), gate(x.reshape(-1, 108)).combine)
+            got, ref = gate.eval_combine(x.reshape(-1, 108)), gate(x.reshape(-1, 108)).combine
+            assert torch.equal(got > 0, ref > 0)  # the same experts
+            torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-7)
 
 
 @torch.no_grad()
@@ -103,15 +105,17 @@ def test_traced_model_takes_the_export_path_and_matches_eager():
     torch.testing.assert_close(traced(x), model(x), rtol=1e-5, atol=1e-5)
 
 
-def test_quantize_onnx_keeps_the_gate_selection_float32(tmp_path):
-    """The dynamo exporter stores the selection's constant matrices as initializers: quantize_onnx must still leave
+@pytest.mark.parametrize('dynamo', [True, False])
+def test_quantize_onnx_keeps_the_gate_selection_float32(tmp_path, dynamo):
+    """An exporter may store the selection's constant matrices as initializers: quantize_onnx must still leave
     them float32 (int8 would change the chosen experts), so exactly one int8 matmul per Linear outside the routing."""
-    pytest.importorskip('onnxscript')
+    if dynamo:
+        pytest.importorskip('onnxscript')
     pytest.importorskip('onnxruntime')
     from timm_mlit.export import export_onnx, onnx_op_counts, quantize_onnx, routing_modules
 
     model = _untied()
-    path = export_onnx(model, tmp_path / 'm.onnx', dynamo=True)
+    path = export_onnx(model, tmp_path / 'm.onnx', dynamo=dynamo)
     q_path = quantize_onnx(path, tmp_path / 'm.int8.onnx', model=model)
     routing = tuple(routing_modules(model))
     linears = sum(isinstance(m, torch.nn.Linear) and not any(n == r or n.startswith(r + '.') for r in routing)

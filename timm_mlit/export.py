@@ -29,6 +29,7 @@ import torch.nn as nn
 from timm_mlit._io import atomic_write
 from timm_mlit.errors import require
 from timm_mlit.layers import NoisyTopKGate, PerImageRouter
+from timm_mlit.layers.mlit_gate import rank_selection_matrices
 
 __all__ = [
     'EDGE_UNFRIENDLY_OPS', 'routing_modules', 'routing_weights', 'quantize_dynamic', 'export_onnx', 'quantize_onnx',
@@ -47,9 +48,17 @@ def routing_modules(model: nn.Module) -> Dict[str, nn.Module]:
 
 
 def routing_weights(model: nn.Module) -> Dict[str, torch.Tensor]:
-    """The routing matrices (``W_g``, ``W_noise``, the router's ``W``) by parameter name."""
-    return {f'{name}.{p_name}': p.detach() for name, m in routing_modules(model).items()
-            for p_name, p in m.named_parameters()}
+    """The routing matrices (``W_g``, ``W_noise``, the router's ``W``) by parameter name, and the constant matrices
+    an mLiT gate's exported top-k selection multiplies by (:func:`~timm_mlit.layers.mlit_gate.rank_selection_matrices`),
+    named ``GATE.selection.NAME``."""
+    out = {f'{name}.{p_name}': p.detach() for name, m in routing_modules(model).items()
+           for p_name, p in m.named_parameters()}
+    for name, m in routing_modules(model).items():
+        if isinstance(m, NoisyTopKGate) and m.top_k < m.num_experts:
+            for key, value in rank_selection_matrices(m.num_experts, m.top_k).items():
+                if value.dim() == 2:
+                    out[f'{name}.selection.{key}'] = value
+    return out
 
 
 def quantize_dynamic(
@@ -166,8 +175,9 @@ def _gemm_to_matmul(graph) -> None:
 
 def _weight_nodes(graph, routing: Dict[str, torch.Tensor]) -> Tuple[list, list]:
     """(names of the MatMul / Gemm / Conv nodes of ``graph`` that multiply by a stored weight, the subset of them
-    whose weight is a routing matrix). Routing is matched by the parameter name the dynamo exporter keeps, or else
-    by value (the TorchScript exporter renames and may transpose weights)."""
+    whose weight is a routing matrix: a gate's weight or a constant of its top-k selection, :func:`routing_weights`).
+    Routing is matched by the parameter name the dynamo exporter keeps, or else by value (the TorchScript exporter
+    renames and may transpose weights; the selection's constants have no parameter name)."""
     from onnx import numpy_helper
 
     arrays = [w.float().cpu().numpy() for w in routing.values()]
@@ -187,30 +197,7 @@ def _weight_nodes(graph, routing: Dict[str, torch.Tensor]) -> Tuple[list, list]:
                     for a in arrays):
                 routed.append(node.name)
                 break
-    return weighted, _selection_matmuls(graph, routed)
-
-
-def _selection_matmuls(graph, routed: list) -> list:
-    """``routed`` and the MatMul / Gemm nodes fed by them directly or through a Clip: the matmuls by constant
-    matrices inside a gate's top-k selection (:func:`timm_mlit.layers.mlit_gate.rank_top_k_softmax`: logits ->
-    MatMul -> Clip -> MatMul), which must stay float32 like the gate's own weights (int8 would change which experts
-    are chosen). Nothing past another op is reached, so the experts' matmuls are not."""
-    consumers = {}
-    for node in graph.node:
-        for inp in node.input:
-            consumers.setdefault(inp, []).append(node)
-    seen, out = set(routed), list(routed)
-    frontier = [o for node in graph.node if node.name in seen for o in node.output]
-    while frontier:
-        tensor = frontier.pop()
-        for node in consumers.get(tensor, []):
-            if node.name in seen or node.op_type not in ('MatMul', 'Gemm', 'Clip'):
-                continue
-            seen.add(node.name)
-            if node.op_type != 'Clip':
-                out.append(node.name)
-            frontier.extend(node.output)
-    return out
+    return weighted, routed
 
 
 def quantize_onnx(

@@ -272,20 +272,22 @@ class SharedSwiGLUExperts(nn.Module):
     @torch.jit.unused
     def forward_combine(self, x: torch.Tensor, combine: torch.Tensor, tokens: int = 0) -> torch.Tensor:
         """The eval forward of the (N, m) or (B, N, m) tokens ``x`` from the dense (N, t) or (B, N, t) gate matrix
-        ``combine`` (G of mLiT Eq. 2) alone; for 3-D ``x``, ``tokens`` is N (a Python int, so that the graph's one
-        reshape has a constant shape). The fused form
+        ``combine`` (G of mLiT Eq. 2) alone; for 3-D ``x``, ``tokens`` is N (a Python int, so that the graph's
+        reshapes have constant shapes). The fused form
         of the module docstring over all t experts, ``[(Σ_i G_i silu(x W_i + b_i)) ⊙ (x V + b_V)] W2 + b_2``.
 
         The export graph of :class:`~timm_mlit.layers.mlit_moe.MoEFeedForward` (eval only: no expert dropout). At the
         token counts of one image the t − k zero-gated experts cost less than selecting rows: no top-k indices,
-        row gathers or data-dependent shapes. A zero gate adds an exact 0, so this equals :meth:`forward` (for
-        k = 2 bit for bit up to the matmuls' own rounding).
+        row gathers or data-dependent shapes. The gate-weighted sum is one batched matmul per token,
+        (1, t) @ (t, d_h), which onnxruntime runs faster than a broadcast product and a sum over the expert axis
+        (docs/benchmarks.md, "On the edge"). A zero gate adds an exact 0, so this equals :meth:`forward` up to float
+        rounding.
         """
         t, d_h = self.num_experts, self.hidden_dim
         h, v = self.w(x), self.v(x)
-        # silu(x W_i + b_i) of every expert, (N, t, d_h) or (B, N, t, d_h)
-        h = F.silu(h.reshape(-1, t, d_h) if x.dim() == 2 else h.reshape(-1, tokens, t, d_h))
-        mixed = (h * combine.to(h.dtype).unsqueeze(-1)).sum(-2)  # Σ_i G_i silu(x W_i + b_i)
+        h = F.silu(h.reshape(-1, t, d_h))  # silu(x W_i + b_i) of every expert, one (t, d_h) matrix per token
+        mixed = combine.to(h.dtype).reshape(-1, 1, t) @ h  # Σ_i G_i silu(x W_i + b_i), (tokens, 1, d_h)
+        mixed = mixed.reshape(-1, d_h) if x.dim() == 2 else mixed.reshape(-1, tokens, d_h)
         return self.drop(self.w2(mixed * v))
 
     @torch.jit.unused

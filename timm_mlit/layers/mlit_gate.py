@@ -26,7 +26,7 @@ Choices where the paper is silent or inconsistent:
     vanishingly rare).
 """
 import warnings
-from typing import NamedTuple, Optional, Tuple
+from typing import Dict, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -35,7 +35,8 @@ from timm.layers import register_notrace_module
 
 __all__ = [
     'GateOutput', 'NoisyTopKGate', 'softmax_k', 'top_k_softmax', 'psi', 'prob_in_top_k', 'coefficient_of_variation',
-    'first_max_top_k', 'one_hot_combine', 'rank_top_k_softmax', 'linear_fp32', 'sorted_softmax',
+    'first_max_top_k', 'one_hot_combine', 'rank_selection_matrices', 'rank_top_k_softmax', 'linear_fp32',
+    'sorted_softmax',
 ]
 
 
@@ -93,11 +94,32 @@ def one_hot_combine(top_idx: torch.Tensor, top_gates: torch.Tensor, num_experts:
     return (one_hot * top_gates.unsqueeze(-1)).sum(-2)
 
 
+def rank_selection_matrices(t: int, k: int, dtype: torch.dtype = torch.float32, device=None) -> Dict[str, torch.Tensor]:
+    """The constant matrices :func:`rank_top_k_softmax` multiplies by, for t experts and top k (k < t):
+    ``pair_diff`` (t, P) and ``pair_count`` (P, t) over the P = t(t−1)/2 pairs a < b, the ``rank_limit`` (t,), and,
+    for k = 2, ``pair_gap`` = 2I − 1 (t, t). Quantising them would change which experts are chosen, so
+    ``timm_mlit.export.quantize_onnx`` finds them by value and leaves their matmuls in float32."""
+    pairs = [(a, b) for a in range(t) for b in range(a + 1, t)]
+    c = 2. ** -125
+    # plain-data constants (no indexed writes, which a traced graph would record as scatters)
+    rows = {
+        'pair_diff': [[2. ** 24 if i == b else -2. ** 24 if i == a else 0. for a, b in pairs] for i in range(t)],
+        'pair_count': [[1. if i == a else -1. if i == b else 0. for i in range(t)] for a, b in pairs],
+        'rank_limit': [(k - i) * c for i in range(t)],
+    }
+    if k == 2:
+        rows['pair_gap'] = [[1. if i == j else -1. for j in range(t)] for i in range(t)]
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', torch.jit.TracerWarning)  # constants by design
+        return {name: torch.tensor(v, dtype=dtype, device=device) for name, v in rows.items()}
+
+
 def rank_top_k_softmax(h: torch.Tensor, k: int, num_experts: Optional[int] = None) -> torch.Tensor:
     """Softmax_k(H) of mLiT Eq. 2 as a dense (N, t) matrix, choosing the experts :func:`first_max_top_k` chooses
     (ties to the lowest index) by two small matmuls with constant matrices instead of k sequential rounds,
     gathers and index comparisons: the graph an exported eval forward takes
-    (:class:`~timm_mlit.layers.mlit_moe.MoEFeedForward`), where at batch 1 the count of small ops sets the latency.
+    (:class:`~timm_mlit.layers.mlit_moe.MoEFeedForward`), where at batch 1 the count and kind of small ops set the
+    latency (docs/benchmarks.md, "On the edge").
 
     Entry j ranks above entry i when ``h_j > h_i``, or ``h_j == h_i`` and ``j < i``; i is chosen when fewer than k
     entries rank above it. For each pair a < b the first matmul forms ``D_ab = 2^24 (h_b − h_a)``; this is exact up
@@ -105,27 +127,27 @@ def rank_top_k_softmax(h: torch.Tensor, k: int, num_experts: Optional[int] = Non
     0), so its sign is the sign of ``h_b − h_a``, and the 2^24 keeps a nonzero difference out of the subnormal range.
     ``clamp(D_ab, 0, c)`` with ``c = 2^-125`` is then exactly c when b ranks above a by value and 0 otherwise, and
     with ``P_ab`` that indicator the rank of i is ``i + Σ_{b>i} P_ib − Σ_{a<i} P_ai``: the second matmul sums these
-    multiples of c exactly. Unchosen entries are set to −inf before one softmax, so they get exactly 0 and the chosen
-    ones ``softmax(top_vals)`` (for k = 2 bit for bit: adding zeros and swapping two terms is exact). Logits beyond
-    ±2^100 (which would overflow the scaling) are outside its domain.
+    multiples of c exactly (:func:`rank_selection_matrices`).
+
+    The gates: for k = 2 (the paper's), the softmax of the two chosen logits is ``σ(h_i − h_o)`` for chosen i and
+    the other chosen o, and ``(C ⊙ H) (2I − 1)`` with C the 0/1 chosen matrix is ``2 h_i − (h_i + h_o)`` there:
+    one more constant matmul and a sigmoid, where onnxruntime's softmax over rows of t ≤ 5 entries cost more than
+    the whole selection; unchosen entries are multiplied by an exact 0. This equals the eager forward's gates up to
+    float rounding (a few ulp), with the same experts. For other k, unchosen entries are set to −inf before one
+    softmax (they get exactly 0). Logits beyond ±2^100 (which would overflow the scaling) are outside its domain.
 
     ``num_experts``: t, if known as a Python int (``h``'s last size otherwise).
     """
     t = h.shape[-1] if num_experts is None else num_experts
     if k >= t:
         return h.softmax(dim=-1)
-    pairs = [(a, b) for a in range(t) for b in range(a + 1, t)]
+    m = rank_selection_matrices(t, k, h.dtype, h.device)
     c = 2. ** -125
-    # plain-data constants (no indexed writes, which a traced graph would record as scatters)
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore', torch.jit.TracerWarning)  # constants by design
-        diff = torch.tensor([[2. ** 24 if i == b else -2. ** 24 if i == a else 0. for a, b in pairs]
-                             for i in range(t)], dtype=h.dtype, device=h.device)  # column (a, b): 2^24 (e_b - e_a)
-        count = torch.tensor([[1. if i == a else -1. if i == b else 0. for i in range(t)] for a, b in pairs],
-                             dtype=h.dtype, device=h.device)  # row (a, b): +1 for a, -1 for b
-        limit = torch.tensor([(k - i) * c for i in range(t)], dtype=h.dtype, device=h.device)
-    above = torch.clamp(h @ diff, 0., c) @ count  # c (rank_i - i)
-    return torch.where(above < limit, h, float('-inf')).softmax(dim=-1)
+    chosen = torch.clamp(h @ m['pair_diff'], 0., c) @ m['pair_count'] < m['rank_limit']  # c (rank_i - i) < c (k - i)
+    if k == 2:
+        chosen = chosen.to(h.dtype)
+        return torch.sigmoid((chosen * h) @ m['pair_gap']) * chosen
+    return torch.where(chosen, h, float('-inf')).softmax(dim=-1)
 
 
 def linear_fp32(linear: nn.Module, x: torch.Tensor) -> torch.Tensor:
