@@ -143,9 +143,11 @@ def test_stage_a_finished_run(finished_run, short_recipe, tmp_path):
     assert ('- **Precision:** float32 throughout (no autocast; the recipe\'s float16 autocast (`amp: true`) was '
             'turned off for this run)') in card
     assert meta['model-index'][0]['results'][0]['metrics'][0]['value'] == round(float(final['eval_top1']), 3)
-    assert f'| final ({EPOCHS}) | {round(float(final["eval_top1"]), 3)} |' in card
-    assert f'| best on the test split ({int(best["epoch"]) + 1}) | {round(float(best["eval_top1"]), 3)} |' in card
-    assert f'epoch {EPOCHS} of {EPOCHS} (the final epoch\'s weights, not the best-on-test)' in card
+    # epochs as train.py numbers them (from 0), the numbers summary.csv holds
+    assert f'| final ({int(final["epoch"])}) | {round(float(final["eval_top1"]), 3)} |' in card
+    assert f'| best on the test split ({int(best["epoch"])}) | {round(float(best["eval_top1"]), 3)} |' in card
+    assert (f'epoch {EPOCHS - 1}, the last of {EPOCHS} (train.py numbers epochs from 0): the final epoch\'s weights, '
+            'not the best-on-test') in card
     assert 'The paper reports 80.78% top-1 for this setting (Table 8, 100 epochs).' in card
     assert 'JPEG copy of CIFAR-10 (PSNR about 28-35 dB' in card
     assert "Trained on test CPU (2 cores) in 0.2 min wall time (the run's run_info.json)" in card
@@ -423,7 +425,7 @@ def test_staging_reads_a_resumed_runs_summary(finished_run, short_recipe, tmp_pa
     assert info.final['top1'] == round(float(final['eval_top1']), 3) and info.epochs == EPOCHS
     assert 0.5 not in [h['top1'] for h in info.history]
     folder = push_main(['--model', 'mlit_xxs.c10', '--run-dir', str(run), '--stage-dir', str(tmp_path / 'staged')])
-    assert f'| final ({EPOCHS}) | {round(float(final["eval_top1"]), 3)} |' in (folder / 'README.md').read_text()
+    assert f'| final ({EPOCHS - 1}) | {round(float(final["eval_top1"]), 3)} |' in (folder / 'README.md').read_text()
 
     (run / 'summary.csv').write_text('\n'.join([header, rows[0], 'epoch,eval_top1', rows[1]]) + '\n')
     with pytest.raises(RunRecordError, match='header line whose columns differ'):

@@ -147,8 +147,9 @@ def render_card(model_name: str, model: torch.nn.Module, repo_id: str, run: RunI
         lines.append('- **Data caveat:** ' + JPEG_CAVEAT.format(name=display))
     if run.weights_epoch is not None:
         final = run.history and run.weights_epoch == run.history[-1]['epoch']
-        lines.append(f'- **Checkpoint:** epoch {run.weights_epoch + 1} of {run.epochs}'
-                     + (' (the final epoch\'s weights, not the best-on-test)' if final else ''))
+        lines.append(f'- **Checkpoint:** epoch {run.weights_epoch}' + (
+            f', the last of {run.epochs} (train.py numbers epochs from 0): the final epoch\'s weights, not the '
+            'best-on-test' if final else f' of {run.epochs}, numbered from 0 as train.py does'))
     lines += ['', '## Training', '']
     if run.hardware or run.wall_time_s:
         lines += [f'Trained on {run.hardware or "(hardware not recorded)"}'
@@ -165,9 +166,9 @@ def render_card(model_name: str, model: torch.nn.Module, repo_id: str, run: RunI
                      f'{run.metrics.get("top1", "")} | {run.metrics.get("top5", "")} |')
         if run.best and run.final and len(run.history) > 1:
             lines += [
-                '', '| epoch | top-1 % | top-5 % |', '|---|---|---|',
-                f'| final ({run.final["epoch"] + 1}) | {run.final["top1"]} | {run.final["top5"] or ""} |',
-                f'| best on the {eval_split(run)} split ({run.best["epoch"] + 1}) | {run.best["top1"]} | {run.best["top5"] or ""} |']
+                '', '| epoch (train.py\'s, from 0) | top-1 % | top-5 % |', '|---|---|---|',
+                f'| final ({run.final["epoch"]}) | {run.final["top1"]} | {run.final["top5"] or ""} |',
+                f'| best on the {eval_split(run)} split ({run.best["epoch"]}) | {run.best["top1"]} | {run.best["top5"] or ""} |']
         paper = PAPER_TOP1.get(pretrained_tag.tag, {}).get(arch) if pretrained_tag else None
         if paper is not None:
             lines += ['', f'The paper reports {paper}% top-1 for this setting ({PAPER_SOURCE[pretrained_tag.tag]}).']
