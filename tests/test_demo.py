@@ -107,3 +107,22 @@ def test_evaluate_metrics_are_train_pys(tmp_path):
     assert abs(metrics['top1'] - float(top1)) < 1e-4 and abs(metrics['top5'] - float(top5)) < 1e-4  # float32 %
     assert metrics['top5'] > metrics['top1']
     assert abs(metrics['loss'] - torch.nn.functional.cross_entropy(logits, y).item()) < 1e-5
+
+
+def test_fine_tuning_stops_at_a_diverged_loss(tmp_path):
+    """An LR that blows the loss up stops the fine-tuning with a message that names --lr, before any checkpoint of
+    the diverged epoch is written; mlit-demo reports it as one line (a UserInputError), not a traceback."""
+    import pytest
+    import timm
+    from safetensors.torch import save_file
+    from timm_mlit.demo import fine_tune
+    from timm_mlit.errors import DivergedError
+    data = write_shapes(tmp_path / 'shapes', train_per_class=4, val_per_class=1)
+    encoder = timm.create_model('mlit_xxs', num_classes=0)
+    save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(tmp_path / 'encoder.safetensors'))
+    with pytest.raises(DivergedError, match=r'diverged in epoch 0.*smaller --lr'):
+        fine_tune(tmp_path / 'encoder.safetensors', data, tmp_path / 'ft', 'mlit_xxs', epochs=1, batch_size=10,
+                  workers=0, lr=1000.)  # (the CLI refuses more: MAX_LR)
+    assert not (tmp_path / 'ft' / 'model_best.pth.tar').exists()
+    assert fine_tune(tmp_path / 'encoder.safetensors', data, tmp_path / 'ok', 'mlit_xxs', epochs=1, batch_size=10,
+                     workers=0, lr=1e-3).joinpath('model_best.pth.tar').is_file()  # a sane LR trains through

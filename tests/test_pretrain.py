@@ -419,3 +419,22 @@ def test_a_missing_torchvision_folder_names_dataset_download(tmp_path):
         pretrain_main(SMALL[2:] + ['--dataset', 'torch/cifar100', '--data-dir', str(tmp_path / 'cifar100'),
                                    '--output', str(tmp_path / 'o')])
     assert not (tmp_path / 'o').exists()
+
+
+def test_a_diverging_lr_stops_with_the_fix(image_folder, tmp_path, capsys):
+    """A learning rate that blows the loss up stops the run in its first epoch with a DivergedError (one line from
+    the command, not a traceback) naming the epoch, the update, its learning rate and --lr; no checkpoint is
+    written. A rate beyond MAX_LR (which overflowed the optimiser's float32 step) is refused when parsed."""
+    from timm_mlit.errors import DivergedError, UsageExit, run_command
+    argv = SMALL + ['--data-dir', str(image_folder), '--batch-size', '16', '--epochs', '2', '--warmup-epochs', '0',
+                    '--lr', '1000', '--output', str(tmp_path), '--experiment', 'r']
+    with pytest.raises(DivergedError, match=r'not finite in epoch 0 \(first at update \d of 4, learning rate '
+                                            r'[\d.]+\).*smaller --lr'):  # (the cosine has begun its descent)
+        pretrain_main(argv)
+    assert not (tmp_path / 'r' / 'last.pth').exists()
+    with pytest.raises(UsageExit):
+        run_command('mlit-pretrain', pretrain_main, argv[:-1] + ['r2'])
+    assert 'mlit-pretrain: error: the loss is not finite in epoch 0' in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        pretrain_main([a if a != '1000' else '1e38' for a in argv[:-1]] + ['r3'])
+    assert "argument --lr: '1e38' is out of range; expected a learning rate > 0 and <= 1000" in capsys.readouterr().err

@@ -1,7 +1,7 @@
 """The argparse ``type=`` functions every command of the package shares: an argument is checked when it is parsed,
 and a bad one is refused with argparse's usage error (exit status 2) naming the flag, what was expected and the fix.
 
-    p.add_argument('--lr', type=positive_float)              # finite and > 0 (NaN, inf, 0, -1 are refused)
+    p.add_argument('--lr', type=learning_rate)               # finite, > 0 and <= MAX_LR (NaN, inf, 0, 1e38 refused)
     p.add_argument('--epochs', type=positive_int)            # 1, 2, ...
     p.add_argument('--drop', type=drop_rate)                 # a probability in [0, 1)
     p.add_argument('--repo-id', type=hub_repo_id)            # ORG/NAME, huggingface_hub's own rules
@@ -20,9 +20,14 @@ from .errors import UserInputError
 __all__ = ['ArgumentError', 'finite_float', 'positive_float', 'nonneg_float', 'positive_int', 'nonneg_int',
            'int_in', 'float_in', 'probability', 'drop_rate', 'fraction', 'num_classes', 'hub_repo_id',
            'model_kwargs', 'check_train_recipe', 'check_warmup', 'check_img_size', 'check_model_kwargs', 'MAX_CLASSES',
+           'MAX_LR', 'learning_rate', 'lr_floor',
            'DROP_RATE_KEYS', 'plain_text', 'ProseHelpFormatter']
 
 MAX_CLASSES = 100_000  # more than any classification dataset (ImageNet-21k: 21,841); a larger count is a typo
+# far above any useful learning rate, far below what overflows the optimisers' float32 step (AdamW divides the LR
+# by its bias correction, 1 - beta1 = 0.1 at the first step: --lr 1e38 ended in torch's 'cannot be converted to
+# type float without overflow')
+MAX_LR = 1e3
 
 # the rate arguments of the zoo's models (and of timm's ViTs): dropout probabilities, each in [0, 1)
 DROP_RATE_KEYS = ('drop_rate', 'pos_drop_rate', 'attn_drop_rate', 'proj_drop_rate', 'drop_path_rate',
@@ -112,6 +117,8 @@ probability = float_in(0, 1, expected='a probability in [0, 1]')
 drop_rate = float_in(0, 1, hi_open=True, expected='a drop rate in [0, 1) (1 would drop everything)')
 fraction = float_in(0, 1, lo_open=True, hi_open=True, expected='a fraction strictly between 0 and 1')
 num_classes = int_in(0, MAX_CLASSES, expected=f'a number of classes, 0 (no classifier) to {MAX_CLASSES}')
+learning_rate = float_in(0, MAX_LR, lo_open=True, expected=f'a learning rate > 0 and <= {MAX_LR:g}')
+lr_floor = float_in(0, MAX_LR, expected=f'a learning rate >= 0 and <= {MAX_LR:g}')  # min_lr, warmup_lr
 
 
 def hub_repo_id(text: str) -> str:
@@ -197,7 +204,7 @@ def check_warmup(warmup_epochs: Optional[float], epochs: Optional[float], where:
 # train.py's numeric arguments that a recipe sets, with their range (train.py itself checks none of them)
 _RECIPE_NUMBERS = {
     'epochs': positive_int, 'warmup_epochs': nonneg_int, 'cooldown_epochs': nonneg_int, 'batch_size': positive_int,
-    'lr': positive_float, 'lr_base': positive_float, 'warmup_lr': nonneg_float, 'min_lr': nonneg_float,
+    'lr': learning_rate, 'lr_base': learning_rate, 'warmup_lr': lr_floor, 'min_lr': lr_floor,
     'weight_decay': nonneg_float, 'layer_decay': float_in(0, 1, lo_open=True), 'momentum': float_in(0, 1, hi_open=True),
     'drop': drop_rate, 'drop_path': drop_rate, 'smoothing': drop_rate, 'reprob': probability, 'mixup': nonneg_float,
     'cutmix': nonneg_float, 'mixup_prob': probability, 'mixup_switch_prob': probability, 'hflip': probability,

@@ -17,6 +17,7 @@ import argparse
 import csv
 import io
 import logging
+import math
 import os
 import shutil
 import subprocess
@@ -35,8 +36,9 @@ from timm.task import ClassificationTask
 from tqdm import tqdm
 
 from timm_mlit._io import atomic_write, command, write_text
-from timm_mlit.argtypes import ProseHelpFormatter, nonneg_int, positive_float, positive_int
+from timm_mlit.argtypes import ProseHelpFormatter, learning_rate, nonneg_int, positive_int
 from timm_mlit.data.shapes import SHAPE_CLASSES, write_shapes
+from timm_mlit.errors import DivergedError
 from timm_mlit.testing.local_hub import LocalHubServer
 from timm_mlit.mae.visualize import have_matplotlib
 
@@ -107,6 +109,10 @@ def fine_tune(encoder_file: Path, data_dir: Path, out: Path, model_name: str, ep
             updates += 1
             scheduler.step_update(num_updates=updates)
             losses.append(result['loss'].item())
+        if not all(math.isfinite(v) for v in losses):
+            raise DivergedError(
+                f'fine-tuning diverged in epoch {epoch}: the training loss is {losses[-1]} at learning rate {lr:g}; '
+                f'nothing of this epoch was saved. Pass a smaller --lr (the default is 3e-3).')
         metrics = evaluate_metrics(model, data_dir, workers=workers)
         top1 = metrics['top1']
         rows.append([epoch, sum(losses) / len(losses), metrics['loss'], top1, metrics['top5'],
@@ -169,7 +175,7 @@ def main(argv: Optional[Sequence[str]] = None) -> float:
     p.add_argument('--mae-epochs', type=positive_int, default=3)
     p.add_argument('--epochs', type=positive_int, default=6, help='fine-tuning epochs')
     p.add_argument('--batch-size', type=positive_int, default=32, help='fine-tuning batch (MAE pre-training uses twice it)')
-    p.add_argument('--lr', type=positive_float, default=3e-3, help='fine-tuning learning rate')
+    p.add_argument('--lr', type=learning_rate, default=3e-3, help='fine-tuning learning rate')
     p.add_argument('--train-per-class', type=positive_int, default=100)
     p.add_argument('--val-per-class', type=positive_int, default=30)
     p.add_argument('--workers', type=nonneg_int, default=2)

@@ -16,7 +16,7 @@ import importlib
 import sys
 from typing import Any, Callable, NoReturn, Optional, Sequence
 
-__all__ = ['UserInputError', 'MissingInputError', 'MissingExtraError', 'EXTRAS', 'require', 'UsageExit',
+__all__ = ['UserInputError', 'MissingInputError', 'MissingExtraError', 'DivergedError', 'EXTRAS', 'require', 'UsageExit',
            'USAGE_EXIT', 'exit_usage', 'run_command']
 
 # the optional packages by the extra that installs them: pyproject.toml's [project.optional-dependencies]
@@ -31,6 +31,11 @@ class UserInputError(ValueError):
 
 class MissingInputError(UserInputError, FileNotFoundError):
     """A file or folder the user named does not exist (also a ``FileNotFoundError``)."""
+
+
+class DivergedError(UserInputError, FloatingPointError):
+    """A training run's loss went non-finite (also a ``FloatingPointError``): the message names the epoch and the
+    learning rate, and the fix, a smaller ``--lr``. Raised before anything of the diverged epoch is saved."""
 
 
 class MissingExtraError(UserInputError, ImportError):

@@ -16,8 +16,8 @@ import torch
 import yaml
 
 from timm_mlit.argtypes import (
-    ArgumentError, check_model_kwargs, check_warmup, finite_float, float_in, fraction, model_kwargs as model_kwargs_arg,
-    nonneg_float, nonneg_int, positive_float, positive_int, probability)
+    MAX_LR, ArgumentError, check_model_kwargs, check_warmup, finite_float, float_in, fraction, learning_rate, lr_floor,
+    model_kwargs as model_kwargs_arg, nonneg_float, nonneg_int, positive_float, positive_int, probability)
 from timm_mlit.errors import UserInputError
 from timm_mlit.recipes import recipe_path
 from .checkpoint import load_checkpoint
@@ -85,12 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     o = p.add_argument_group('optimisation (Table 3)')
     o.add_argument('--epochs', type=positive_int, default=None, help='default: Table 3 for the size')
     o.add_argument('--batch-size', type=positive_int, default=None, help='per process; default: Table 3 / world size')
-    o.add_argument('--lr', type=positive_float, default=None,
+    o.add_argument('--lr', type=learning_rate, default=None,
                    help='absolute LR; default lr-base x global batch / 256 (mLiT Eq. 17)')
-    o.add_argument('--lr-base', type=positive_float, default=3e-4)
+    o.add_argument('--lr-base', type=learning_rate, default=3e-4)
     o.add_argument('--lr-base-size', type=positive_int, default=256)
     o.add_argument('--warmup-epochs', type=nonneg_int, default=None, help='default: 5%% of the epochs')
-    o.add_argument('--min-lr', type=nonneg_float, default=0.0)
+    o.add_argument('--min-lr', type=lr_floor, default=0.0)
     o.add_argument('--opt', default='adamw')
     o.add_argument('--opt-betas', type=float_in(0, 1, hi_open=True), nargs=2, default=[0.9, 0.95])
     o.add_argument('--weight-decay', type=nonneg_float, default=0.05)
@@ -201,8 +201,12 @@ def _validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None
         value = getattr(args, name)
         if value is not None and value < 0:
             parser.error(f'--{name.replace("_", "-")} {value}: expected 0 or more.')
-    if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
-        parser.error(f'--lr {args.lr}: expected a positive learning rate.')
+    for name in ('lr', 'lr_base', 'min_lr'):  # a --config may set them
+        value = getattr(args, name)
+        low_ok = value is None or (value > 0 if name != 'min_lr' else value >= 0)
+        if value is not None and not (math.isfinite(value) and low_ok and value <= MAX_LR):
+            parser.error(f'--{name.replace("_", "-")} {value}: expected a learning rate '
+                         f'{"> 0" if name != "min_lr" else ">= 0"} and <= {MAX_LR:g}.')
     if not isinstance(args.model_kwargs, dict):
         parser.error(f'--model-kwargs {args.model_kwargs!r}: expected a YAML/JSON mapping such as '
                      f'\'{{"decoder_num_experts": 0}}\'.')

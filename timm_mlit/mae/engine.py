@@ -9,6 +9,7 @@ from timm.utils import NativeScaler
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from timm_mlit.errors import DivergedError
 from timm_mlit.layers import expert_load
 from .model import MAEOutput
 
@@ -45,17 +46,18 @@ def train_one_epoch(
 
     ``model`` is ``train_model`` unwrapped (DDP, torch.compile), read for the expert load; ``world_size`` processes
     each train on ``loader``'s batches (for the speed). Statistics stay on the device; the host reads them once per
-    epoch (and every 20 updates for the progress bar). A non-finite loss stops the run with ``FloatingPointError``
-    before anything of the epoch is written."""
+    epoch (and every 20 updates for the progress bar). A non-finite loss stops the run with :class:`~timm_mlit.errors.DivergedError`
+    (a ``FloatingPointError``) before anything of the epoch is written."""
     optimizer, scheduler = step.optimizer, step.scheduler
     train_model.train()
     num_updates = epoch * len(loader)
     sums = {k: torch.zeros((), device=device) for k in ('loss', 'mse_masked', 'mse_unmasked', 'moe_loss')}
     load_sums: Dict[str, torch.Tensor] = {}
-    step_losses = []
+    step_losses, step_lrs = [], []  # every update's loss (on the device) and the LR it ran at (a Python float)
     start = time.time()
     bar = tqdm(loader, desc=f'epoch {epoch}/{num_epochs - 1}', disable=not progress, leave=False, unit='batch')
     for i, (imgs, _) in enumerate(bar):
+        step_lrs.append(optimizer.param_groups[0]['lr'])
         output = train_step(train_model, imgs.to(device, non_blocking=True), step)
         num_updates += 1
         scheduler.step_update(num_updates=num_updates)
@@ -72,8 +74,13 @@ def train_one_epoch(
     seconds = time.time() - start
     n = len(step_losses)
     step_losses = torch.stack(step_losses).tolist()
-    if not all(math.isfinite(x) for x in step_losses):
-        raise FloatingPointError(f'non-finite loss in epoch {epoch}: stopping (last checkpoint is intact).')
+    bad = next((j for j, x in enumerate(step_losses) if not math.isfinite(x)), None)
+    if bad is not None:
+        raise DivergedError(
+            f'the loss is not finite in epoch {epoch} (first at update {bad} of {n}, learning rate '
+            f'{step_lrs[bad]:g}): the run diverged and stopped before saving anything of this epoch. Start again '
+            f'with a smaller --lr, or resume from the run\'s last.pth, if it wrote one, with a smaller --lr '
+            f'(--resume auto --lr ...).')
     row = {'epoch': epoch, **{k: v.item() / n for k, v in sums.items()}}
     row.update(
         lr=optimizer.param_groups[0]['lr'], epoch_time_s=seconds,
