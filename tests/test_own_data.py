@@ -252,3 +252,28 @@ def test_a_class_folder_without_images_is_refused(tmp_path, capsys, cpu_only):
     (data / 'train' / 'class_2').rmdir()
     path, _ = fit(capsys, 'own_data', '--data-dir', str(data), '--out', str(out))
     assert train_py_args(path).num_classes == 2
+
+
+def test_nested_classes_and_link_loops_are_refused(tmp_path, capsys, cpu_only):
+    """timm labels images by the name of the folder that holds them and follows symbolic links: images in
+    train/cat/small/ and train/dog/small/ would form one class 'small', and a link back up the tree would be read
+    until the path is too long. Both are refused before timm reads the tree, naming the folder and the fix."""
+    out = tmp_path / 'r.yaml'
+    nested = write_folder(tmp_path / 'nested', 12, 6, classes=2)
+    for c in ('class_0', 'class_1'):
+        (nested / 'train' / c / 'small').mkdir()
+        Image.new('RGB', (8, 8)).save(nested / 'train' / c / 'small' / 'x.png')
+    err = _refused(capsys, 'own_data', '--data-dir', str(nested), '--out', str(out))
+    assert "train/class_0/small holds images 2 levels below train/" in err and "a class 'small'" in err
+    assert f'move them up into {nested / "train" / "class_0"}/' in err
+    loop = write_folder(tmp_path / 'loop', 12, 6, classes=2)
+    (loop / 'train' / 'class_1' / 'up').symlink_to(loop / 'train', target_is_directory=True)
+    err = _refused(capsys, 'own_data', '--data-dir', str(loop), '--out', str(out))
+    assert 'class_1/up is' in err and 'reached through a symbolic link' in err and 'remove the link' in err
+    assert not out.exists()
+    # a linked class folder (a tree assembled from elsewhere) is read once: accepted
+    linked = write_folder(tmp_path / 'linked', 12, 6, classes=2)
+    (linked / 'train' / 'class_1').rename(tmp_path / 'elsewhere')
+    (linked / 'train' / 'class_1').symlink_to(tmp_path / 'elsewhere', target_is_directory=True)
+    info = inspect_image_folder(linked)
+    assert info.num_classes == 2 and info.num_train == 12

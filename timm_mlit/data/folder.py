@@ -6,8 +6,11 @@ train.py finds a split's folder with timm's ``create_dataset``: ``ROOT/train`` (
 sub-folders holding images, numbered in sorted (natural) order **per split**. :func:`inspect_image_folder` reads a
 tree with the same timm calls and refuses the trees that train.py would misread: no ``train/`` folder, a validation
 split whose classes differ from the training split's (the labels would not match), a single class, a class folder
-without images timm reads (timm drops it: fewer classes than folders).
+without images timm reads (timm drops it: fewer classes than folders), images nested below a class folder's
+sub-folders (timm would name a class after the sub-folder), and a folder reached twice through symbolic links
+(timm follows them: a loop would be read until the path is too long).
 """
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Union
@@ -41,17 +44,52 @@ _LAYOUT = ('expected ROOT/train/<class>/<images> and, for held-out images, ROOT/
            'val/), the layout train.py and mlit-prepare-data use')
 
 
-def _read_split(root: Path, split: str):
+def _split_folder(root: Path, split: str) -> Optional[Path]:
+    """The folder timm's create_dataset reads for ``split`` (the name itself, then its synonyms), or None."""
+    names = (split, 'train', 'training') if split in ('train', 'training') else \
+        (split, 'val', 'valid', 'validation', 'eval', 'evaluation')
+    found = next((root / n for n in names if (root / n).is_dir()), None)
+    return None if found is None or found.resolve() == root.resolve() else found
+
+
+def _refuse_loops_and_nesting(split_dir: Path, what: str, root: Path) -> None:
+    """Refuse what timm's ImageFolder reader (``os.walk`` following links; a folder's label is its own name, not its
+    path) would misread: a folder reached twice through links (a loop: its images read again and again), and images
+    below a class folder's sub-folders (they would form a class named after the sub-folder, merged across classes:
+    cat/small/ and dog/small/ both become 'small')."""
+    from timm.data.readers.img_extensions import get_img_extensions
+    extensions = get_img_extensions(as_set=True)
+    seen: Dict[str, str] = {}
+    for dirpath, _, filenames in os.walk(split_dir, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            raise ImageFolderError(
+                f'{what} {root}: {dirpath} is {seen[real]} again, reached through a symbolic link (a loop, or two '
+                f'links to one folder): timm\'s reader follows links, so train.py would read those images more than '
+                f'once (a loop: until the path is too long). Fix: remove the link, or replace it by a copy.')
+        seen[real] = dirpath
+        depth = len(Path(dirpath).relative_to(split_dir).parts)
+        if depth >= 2 and any(os.path.splitext(f)[1].lower() in extensions for f in filenames):
+            rel = Path(dirpath).relative_to(split_dir)
+            raise ImageFolderError(
+                f'{what} {root}: {dirpath} holds images {depth} levels below {split_dir.name}/. timm\'s reader names a '
+                f'class after the folder holding its images, so they would form a class {rel.name!r} of their own '
+                f'(merged with any other folder of that name); {_LAYOUT}. Fix: move them up into '
+                f'{split_dir / rel.parts[0]}/.')
+
+
+def _read_split(root: Path, split: str, what: str):
     """(folder, [(image, class index)], {class: index}) of ``split`` as timm's create_dataset finds and reads it;
-    folder is None where the split falls back to ``root`` itself (no folder of that name or a synonym)."""
+    folder is None where the split falls back to ``root`` itself (no folder of that name or a synonym). A tree that
+    reader would misread (:func:`_refuse_loops_and_nesting`) is refused before it reads it."""
     from timm.data import create_dataset
+    folder = _split_folder(root, split)
+    if folder is not None:
+        _refuse_loops_and_nesting(folder, what, root)
     try:
         reader = create_dataset('', root=str(root), split=split).reader
     except RuntimeError:  # timm's reader refuses a folder without images: name the folder it looked in
-        names = (split, 'train', 'training') if split in ('train', 'training') else \
-            (split, 'val', 'valid', 'validation', 'eval', 'evaluation')
-        found = next((root / n for n in names if (root / n).is_dir()), None)
-        return (None if found is None or found.resolve() == root.resolve() else found), [], {}
+        return folder, [], {}
     found = Path(reader.root)
     if found.resolve() == root.resolve():
         return None, [], {}
@@ -82,7 +120,7 @@ def inspect_image_folder(root: Union[str, Path], train_split: str = 'train',
     root = Path(root).expanduser()
     if not root.is_dir():
         raise MissingInputError(f'{what} {root}: no such folder; {_LAYOUT}. Pass the folder that holds train/.')
-    train_dir, train, train_classes = _read_split(root, train_split)
+    train_dir, train, train_classes = _read_split(root, train_split, what)
     if train_dir is None:
         subfolders = sorted(p.name for p in root.iterdir() if p.is_dir())
         held = f'it holds {", ".join(subfolders[:5])}{", ..." if len(subfolders) > 5 else ""}' if subfolders else \
@@ -109,7 +147,7 @@ def inspect_image_folder(root: Union[str, Path], train_split: str = 'train',
                            train_per_class=per_class)
     if not val_split:
         return info
-    val_dir, val, val_classes = _read_split(root, val_split)
+    val_dir, val, val_classes = _read_split(root, val_split, what)
     if val_dir is None or not val:
         return info
     if list(val_classes) != classes:
