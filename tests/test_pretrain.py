@@ -438,3 +438,16 @@ def test_a_diverging_lr_stops_with_the_fix(image_folder, tmp_path, capsys):
     with pytest.raises(SystemExit):
         pretrain_main([a if a != '1000' else '1e38' for a in argv[:-1]] + ['r3'])
     assert "argument --lr: '1e38' is out of range; expected a learning rate > 0 and <= 1000" in capsys.readouterr().err
+
+
+def test_a_link_loop_in_the_folder_is_refused(image_folder, tmp_path):
+    """timm's reader follows symbolic links: a link back up the tree would be read until the path is too long, each
+    image many times. Refused before any image is read, naming the link and the fix."""
+    from timm_mlit.errors import UserInputError
+    train = next(p for p in image_folder.iterdir() if p.name == 'train')
+    (next(train.iterdir()) / 'again').symlink_to(train, target_is_directory=True)
+    argv = SMALL + ['--data-dir', str(image_folder), '--batch-size', '16', '--epochs', '1', '--output', str(tmp_path),
+                    '--experiment', 'r']
+    with pytest.raises(UserInputError, match=r'again is .* reached through a symbolic link.*remove the link'):
+        pretrain_main(argv)
+    assert not (tmp_path / 'r').exists()

@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Union
 
 from timm_mlit.errors import MissingInputError, UserInputError
 
-__all__ = ['ImageFolderError', 'ImageFolderInfo', 'inspect_image_folder']
+__all__ = ['ImageFolderError', 'ImageFolderInfo', 'inspect_image_folder', 'split_folder', 'refuse_misread_tree']
 
 
 class ImageFolderError(UserInputError):
@@ -44,7 +44,7 @@ _LAYOUT = ('expected ROOT/train/<class>/<images> and, for held-out images, ROOT/
            'val/), the layout train.py and mlit-prepare-data use')
 
 
-def _split_folder(root: Path, split: str) -> Optional[Path]:
+def split_folder(root: Path, split: str) -> Optional[Path]:
     """The folder timm's create_dataset reads for ``split`` (the name itself, then its synonyms), or None."""
     names = (split, 'train', 'training') if split in ('train', 'training') else \
         (split, 'val', 'valid', 'validation', 'eval', 'evaluation')
@@ -52,11 +52,11 @@ def _split_folder(root: Path, split: str) -> Optional[Path]:
     return None if found is None or found.resolve() == root.resolve() else found
 
 
-def _refuse_loops_and_nesting(split_dir: Path, what: str, root: Path) -> None:
+def refuse_misread_tree(split_dir: Path, what: str, root: Path, labelled: bool = True) -> None:
     """Refuse what timm's ImageFolder reader (``os.walk`` following links; a folder's label is its own name, not its
-    path) would misread: a folder reached twice through links (a loop: its images read again and again), and images
-    below a class folder's sub-folders (they would form a class named after the sub-folder, merged across classes:
-    cat/small/ and dog/small/ both become 'small')."""
+    path) would misread: a folder reached twice through links (a loop: its images read again and again), and, where
+    the labels matter (``labelled``), images below a class folder's sub-folders (they would form a class named after
+    the sub-folder, merged across classes: cat/small/ and dog/small/ both become 'small')."""
     from timm.data.readers.img_extensions import get_img_extensions
     extensions = get_img_extensions(as_set=True)
     seen: Dict[str, str] = {}
@@ -69,7 +69,7 @@ def _refuse_loops_and_nesting(split_dir: Path, what: str, root: Path) -> None:
                 f'once (a loop: until the path is too long). Fix: remove the link, or replace it by a copy.')
         seen[real] = dirpath
         depth = len(Path(dirpath).relative_to(split_dir).parts)
-        if depth >= 2 and any(os.path.splitext(f)[1].lower() in extensions for f in filenames):
+        if labelled and depth >= 2 and any(os.path.splitext(f)[1].lower() in extensions for f in filenames):
             rel = Path(dirpath).relative_to(split_dir)
             raise ImageFolderError(
                 f'{what} {root}: {dirpath} holds images {depth} levels below {split_dir.name}/. timm\'s reader names a '
@@ -81,11 +81,11 @@ def _refuse_loops_and_nesting(split_dir: Path, what: str, root: Path) -> None:
 def _read_split(root: Path, split: str, what: str):
     """(folder, [(image, class index)], {class: index}) of ``split`` as timm's create_dataset finds and reads it;
     folder is None where the split falls back to ``root`` itself (no folder of that name or a synonym). A tree that
-    reader would misread (:func:`_refuse_loops_and_nesting`) is refused before it reads it."""
+    reader would misread (:func:`refuse_misread_tree`) is refused before it reads it."""
     from timm.data import create_dataset
-    folder = _split_folder(root, split)
+    folder = split_folder(root, split)
     if folder is not None:
-        _refuse_loops_and_nesting(folder, what, root)
+        refuse_misread_tree(folder, what, root)
     try:
         reader = create_dataset('', root=str(root), split=split).reader
     except RuntimeError:  # timm's reader refuses a folder without images: name the folder it looked in

@@ -22,6 +22,8 @@ from timm.scheduler import create_scheduler_v2
 from timm.utils import NativeScaler
 from torch.utils.data import DataLoader, DistributedSampler
 
+from timm_mlit.data.folder import refuse_misread_tree, split_folder
+
 from .arguments import UsageError
 from .checkpoint import CheckpointError, set_rng_state
 from .engine import Step
@@ -84,6 +86,9 @@ def create_model(args, device: torch.device) -> nn.Module:
 
 
 def _create_dataset(args, **kwargs):
+    if not args.dataset and args.data_dir and Path(args.data_dir).is_dir():  # an ImageFolder: no link loops
+        root = Path(args.data_dir)
+        refuse_misread_tree(split_folder(root, args.train_split) or root, '--data-dir', root, labelled=False)
     try:
         return create_dataset(args.dataset, root=args.data_dir, split=args.train_split,
                               download=args.dataset_download, **kwargs)
