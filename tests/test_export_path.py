@@ -35,9 +35,7 @@ def test_rank_top_k_softmax_picks_what_first_max_top_k_picks(t):
             assert torch.equal(got[~chosen], torch.zeros_like(got[~chosen])), (t, k, label)  # only the chosen
             if label != 'large':  # (there a chosen gate may underflow to 0)
                 assert (got[chosen] > 0).all(), (t, k, label)
-            if k < t:  # (k = t is a plain softmax)
-                assert torch.equal(got > 0, ref > 0) or label == 'large', (t, k, label)  # the same experts
-            # k = 2: sigmoid of the two chosen logits' difference, within a few ulp of the softmax
+            # k = 2: the sigmoid of the two chosen logits' difference, within about 1e-7 of the softmax
             torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-7)
 
 
@@ -108,7 +106,9 @@ def test_traced_model_takes_the_export_path_and_matches_eager():
 @pytest.mark.parametrize('dynamo', [True, False])
 def test_quantize_onnx_keeps_the_gate_selection_float32(tmp_path, dynamo):
     """An exporter may store the selection's constant matrices as initializers: quantize_onnx must still leave
-    them float32 (int8 would change the chosen experts), so exactly one int8 matmul per Linear outside the routing."""
+    them float32 (int8 would change the chosen experts), so exactly one int8 matmul per Linear outside the routing.
+    The dynamo exporter does (the value matching of ``routing_weights`` is what keeps them float32); the TorchScript
+    exporter stores them as Constant nodes, which the quantiser leaves alone, so that case checks the count only."""
     if dynamo:
         pytest.importorskip('onnxscript')
     pytest.importorskip('onnxruntime')

@@ -277,3 +277,15 @@ def test_nested_classes_and_link_loops_are_refused(tmp_path, capsys, cpu_only):
     (linked / 'train' / 'class_1').symlink_to(tmp_path / 'elsewhere', target_is_directory=True)
     info = inspect_image_folder(linked)
     assert info.num_classes == 2 and info.num_train == 12
+
+
+def test_split_folder_follows_timms_search(tmp_path):
+    """The folder checked is the folder timm reads: the split's own name (before any '[...]' slice), else a synonym
+    of a training or evaluation split; any other name falls back to ROOT itself (None here), as in timm."""
+    from timm.data.dataset_factory import _search_split
+    from timm_mlit.data.folder import split_folder
+    for name in ('training', 'val', 'other'):
+        (tmp_path / name).mkdir()
+    for split in ('train', 'train[:90%]', 'training', 'validation', 'val', 'eval', 'test', 'other[:10]'):
+        got = split_folder(tmp_path, split)
+        assert str(got or tmp_path) == _search_split(str(tmp_path), split), split

@@ -109,10 +109,12 @@ def fine_tune(encoder_file: Path, data_dir: Path, out: Path, model_name: str, ep
             updates += 1
             scheduler.step_update(num_updates=updates)
             losses.append(result['loss'].item())
-        if not all(math.isfinite(v) for v in losses):
+        bad = next((i for i, v in enumerate(losses) if not math.isfinite(v)), None)
+        if bad is not None:
             raise DivergedError(
-                f'fine-tuning diverged in epoch {epoch}: the training loss is {losses[-1]} at learning rate {lr:g}; '
-                f'nothing of this epoch was saved. Pass a smaller --lr (the default is 3e-3).')
+                f'fine-tuning diverged in epoch {epoch}: the training loss is {losses[bad]} at update {bad} of '
+                f'{len(losses)}, with --lr {lr:g}; nothing of this epoch was saved. Pass a smaller --lr (the default '
+                f'is 3e-3).')
         metrics = evaluate_metrics(model, data_dir, workers=workers)
         top1 = metrics['top1']
         rows.append([epoch, sum(losses) / len(losses), metrics['loss'], top1, metrics['top5'],

@@ -16,7 +16,8 @@ import importlib
 import sys
 from typing import Any, Callable, NoReturn, Optional, Sequence
 
-__all__ = ['UserInputError', 'MissingInputError', 'MissingExtraError', 'DivergedError', 'EXTRAS', 'require', 'UsageExit',
+__all__ = ['UserInputError', 'MissingInputError', 'MissingExtraError', 'DivergedError', 'EXTRAS', 'require',
+           'UsageExit',
            'USAGE_EXIT', 'exit_usage', 'run_command']
 
 # the optional packages by the extra that installs them: pyproject.toml's [project.optional-dependencies]

@@ -44,12 +44,19 @@ _LAYOUT = ('expected ROOT/train/<class>/<images> and, for held-out images, ROOT/
            'val/), the layout train.py and mlit-prepare-data use')
 
 
+_TRAIN_NAMES = ('train', 'training')  # timm's split synonyms (timm.data.dataset_factory), in its order
+_EVAL_NAMES = ('val', 'valid', 'validation', 'eval', 'evaluation')
+
+
 def split_folder(root: Path, split: str) -> Optional[Path]:
-    """The folder timm's create_dataset reads for ``split`` (the name itself, then its synonyms), or None."""
-    names = (split, 'train', 'training') if split in ('train', 'training') else \
-        (split, 'val', 'valid', 'validation', 'eval', 'evaluation')
-    found = next((root / n for n in names if (root / n).is_dir()), None)
-    return None if found is None or found.resolve() == root.resolve() else found
+    """The folder timm's create_dataset reads for ``split``, by its rules (``_search_split``): the name before any
+    ``[``, else the first existing synonym of a training or evaluation name; None where timm reads ``root`` itself."""
+    name = split.split('[')[0]
+    found = root / name if (root / name).exists() else None
+    if found is None:
+        synonyms = _TRAIN_NAMES if name in _TRAIN_NAMES else _EVAL_NAMES if name in _EVAL_NAMES else ()
+        found = next((root / n for n in synonyms if (root / n).exists()), None)
+    return None if found is None or not found.is_dir() or found.resolve() == root.resolve() else found
 
 
 def refuse_misread_tree(split_dir: Path, what: str, root: Path, labelled: bool = True) -> None:
@@ -60,13 +67,15 @@ def refuse_misread_tree(split_dir: Path, what: str, root: Path, labelled: bool =
     from timm.data.readers.img_extensions import get_img_extensions
     extensions = get_img_extensions(as_set=True)
     seen: Dict[str, str] = {}
-    for dirpath, _, filenames in os.walk(split_dir, followlinks=True):
+    for dirpath, dirnames, filenames in os.walk(split_dir, followlinks=True):
+        dirnames.sort()  # the same folder named on every file system
         real = os.path.realpath(dirpath)
         if real in seen:
             raise ImageFolderError(
                 f'{what} {root}: {dirpath} is {seen[real]} again, reached through a symbolic link (a loop, or two '
-                f'links to one folder): timm\'s reader follows links, so train.py would read those images more than '
-                f'once (a loop: until the path is too long). Fix: remove the link, or replace it by a copy.')
+                f'links to one folder): timm\'s reader (train.py, mlit-pretrain) follows links, so it would read '
+                f'those images more than once (a loop: until the path is too long). Fix: remove the link, or replace '
+                f'it by a copy.')
         seen[real] = dirpath
         depth = len(Path(dirpath).relative_to(split_dir).parts)
         if labelled and depth >= 2 and any(os.path.splitext(f)[1].lower() in extensions for f in filenames):

@@ -20,10 +20,10 @@ Choices where the paper is silent or inconsistent:
   * Everything here runs in float32, also under autocast: fp16 load sums overflow and bf16 ties the k-th and
     (k+1)-th logits on a fraction of tokens. ``W_g``/``W_noise`` may be quantised Linears
     (``torch.ao.quantization.quantize_dynamic``): they are then called as modules, on float32 input.
-  * Eval (and export) picks the top k by k rounds of argmax (:func:`first_max_top_k`): ties go to the lowest
-    expert index in every runtime (a fresh model's zero gates tie everywhere), and the graph has no TopK, scatter
-    or einsum (``G`` is built by comparing indices with an arange). Training keeps ``topk`` (its noise makes ties
-    vanishingly rare).
+  * Eval picks the top k by k rounds of argmax (:func:`first_max_top_k`): ties go to the lowest expert index
+    in every runtime (a fresh model's zero gates tie everywhere), and the graph has no TopK, scatter or einsum
+    (``G`` is built by comparing indices with an arange). Exported graphs pick the same experts by constant
+    matmuls (:func:`rank_top_k_softmax`). Training keeps ``topk`` (its noise makes ties vanishingly rare).
 """
 import warnings
 from typing import Dict, NamedTuple, Optional, Tuple
@@ -132,9 +132,11 @@ def rank_top_k_softmax(h: torch.Tensor, k: int, num_experts: Optional[int] = Non
     The gates: for k = 2 (the paper's), the softmax of the two chosen logits is ``σ(h_i − h_o)`` for chosen i and
     the other chosen o, and ``(C ⊙ H) (2I − 1)`` with C the 0/1 chosen matrix is ``2 h_i − (h_i + h_o)`` there:
     one more constant matmul and a sigmoid, where onnxruntime's softmax over rows of t ≤ 5 entries cost more than
-    the whole selection; unchosen entries are multiplied by an exact 0. This equals the eager forward's gates up to
-    float rounding (a few ulp), with the same experts. For other k, unchosen entries are set to −inf before one
-    softmax (they get exactly 0). Logits beyond ±2^100 (which would overflow the scaling) are outside its domain.
+    the whole selection; unchosen entries are multiplied by an exact 0. Against the eager forward's softmax: the
+    chosen experts are exactly the eager forward's, and the gates agree within about 1e-7 (absolute), except that a
+    chosen gate below about 1e-38 in PyTorch, or about 1e-8 in onnxruntime (whose Sigmoid is an approximation), may
+    come out as 0 where the softmax gives a tiny positive value. For other k, unchosen entries are set to −inf
+    before one softmax (they get exactly 0). Logits beyond ±2^100 (which would overflow the scaling) are outside its domain.
 
     ``num_experts``: t, if known as a Python int (``h``'s last size otherwise).
     """
@@ -278,7 +280,8 @@ class NoisyTopKGate(nn.Module):
 
     def eval_combine(self, x: torch.Tensor) -> torch.Tensor:
         """G(x) of an eval forward as the dense (N, t) matrix only (no indices), by :func:`rank_top_k_softmax`: the
-        same experts and gates as ``forward(x).combine`` in eval mode. The export graph's gate."""
+        same experts as ``forward(x).combine`` in eval mode, and its gates up to float rounding (for k = 2 see
+        there). The export graph's gate."""
         x = x.to(torch.promote_types(x.dtype, torch.float32))
         if x.device.type == 'meta':
             return rank_top_k_softmax(self._logits(x), self.top_k, self.num_experts)

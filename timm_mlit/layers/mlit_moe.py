@@ -84,11 +84,11 @@ class MoEFeedForward(nn.Module):
     @torch.jit.unused
     def _forward_export(self, x: torch.Tensor) -> torch.Tensor:
         """The eval forward as exported graphs take it (torch.jit tracing, torch.export, ONNX export): the gate's
-        dense G by two constant matmuls (:meth:`NoisyTopKGate.eval_combine`) and all t experts weighted by it
-        (:meth:`SharedSwiGLUExperts.forward_combine`), the same function as :meth:`forward` in eval mode without
-        its k argmax rounds, index arithmetic and row gathers, on the (B, N, m) tokens as they come (one reshape,
-        of constant shape; no shape ops): at batch 1 such small ops, more than the matmuls, set the latency
-        (docs/benchmarks.md, "On the edge")."""
+        dense G by constant matmuls (:meth:`NoisyTopKGate.eval_combine`) and all t experts weighted by it
+        (:meth:`SharedSwiGLUExperts.forward_combine`), the same function as :meth:`forward` in eval mode (up to
+        float rounding) without its k argmax rounds, index arithmetic and row gathers, on the (B, N, m) tokens as
+        they come (reshapes of constant shape; no shape ops): at batch 1 such ops, more than the matmuls, set the
+        latency (docs/benchmarks.md, "On the edge")."""
         shape = x.shape
         if x.dim() not in (2, 3):
             x = x.reshape(-1, self.experts.dim)  # (..., m) tokens of another rank: flattened

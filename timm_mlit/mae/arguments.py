@@ -201,12 +201,14 @@ def _validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None
         value = getattr(args, name)
         if value is not None and value < 0:
             parser.error(f'--{name.replace("_", "-")} {value}: expected 0 or more.')
-    for name in ('lr', 'lr_base', 'min_lr'):  # a --config may set them
+    for name in ('lr', 'lr_base', 'min_lr'):  # a resumed run's values (the command line and --config are parsed)
         value = getattr(args, name)
-        low_ok = value is None or (value > 0 if name != 'min_lr' else value >= 0)
+        low_ok = value is not None and (value > 0 if name != 'min_lr' else value >= 0)
         if value is not None and not (math.isfinite(value) and low_ok and value <= MAX_LR):
-            parser.error(f'--{name.replace("_", "-")} {value}: expected a learning rate '
-                         f'{"> 0" if name != "min_lr" else ">= 0"} and <= {MAX_LR:g}.')
+            flag = f'--{name.replace("_", "-")}'
+            parser.error(f'{flag} {value}: expected a learning rate {"> 0" if name != "min_lr" else ">= 0"} and <= '
+                         f'{MAX_LR:g} (a resumed run\'s value is taken from its checkpoint: pass {flag} to override '
+                         f'it).')
     if not isinstance(args.model_kwargs, dict):
         parser.error(f'--model-kwargs {args.model_kwargs!r}: expected a YAML/JSON mapping such as '
                      f'\'{{"decoder_num_experts": 0}}\'.')

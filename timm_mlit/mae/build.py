@@ -86,9 +86,6 @@ def create_model(args, device: torch.device) -> nn.Module:
 
 
 def _create_dataset(args, **kwargs):
-    if not args.dataset and args.data_dir and Path(args.data_dir).is_dir():  # an ImageFolder: no link loops
-        root = Path(args.data_dir)
-        refuse_misread_tree(split_folder(root, args.train_split) or root, '--data-dir', root, labelled=False)
     try:
         return create_dataset(args.dataset, root=args.data_dir, split=args.train_split,
                               download=args.dataset_download, **kwargs)
@@ -102,7 +99,11 @@ def _create_dataset(args, **kwargs):
 
 
 def create_train_dataset(args, model: nn.Module):
-    """The training images with Table 3's augmentation (random-resized-crop, flip, mean = std = 0.5)."""
+    """The training images with Table 3's augmentation (random-resized-crop, flip, mean = std = 0.5). An ImageFolder
+    ``--data-dir`` is first checked for symbolic-link loops (timm's reader follows links)."""
+    if not args.dataset and args.data_dir and Path(args.data_dir).is_dir():
+        root = Path(args.data_dir)
+        refuse_misread_tree(split_folder(root, args.train_split) or root, '--data-dir', root, labelled=False)
     transform = create_transform(
         model.encoder.pretrained_cfg['input_size'][-2:], is_training=True, scale=tuple(args.scale),
         ratio=tuple(args.ratio), hflip=args.hflip, vflip=0., color_jitter=None, auto_augment=None,

@@ -46,8 +46,8 @@ def train_one_epoch(
 
     ``model`` is ``train_model`` unwrapped (DDP, torch.compile), read for the expert load; ``world_size`` processes
     each train on ``loader``'s batches (for the speed). Statistics stay on the device; the host reads them once per
-    epoch (and every 20 updates for the progress bar). A non-finite loss stops the run with :class:`~timm_mlit.errors.DivergedError`
-    (a ``FloatingPointError``) before anything of the epoch is written."""
+    epoch (and every 20 updates for the progress bar). A non-finite loss stops the run with
+    :class:`~timm_mlit.errors.DivergedError` (a ``FloatingPointError``) before anything of the epoch is written."""
     optimizer, scheduler = step.optimizer, step.scheduler
     train_model.train()
     num_updates = epoch * len(loader)
